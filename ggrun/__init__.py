@@ -1,0 +1,79 @@
+"""ggrun: run small quantized language models locally, on llama.cpp.
+
+The public API for scripts::
+
+    import ggrun
+    with ggrun.load("qwen2.5-coder-0.5b", n_ctx=4096) as model:
+        print(model.chat([{"role": "user", "content": "hi"}]).text)
+        chat = ggrun.Chat(model, system="Be brief.")
+        print(chat.send("What is 2+2?").text)
+
+Heavy modules (llama_cpp, numpy, gguf) load on first use, so ``import ggrun`` is cheap.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ggrun.errors import (
+    ContextOverflow,
+    ConversionError,
+    GgrunError,
+    GrammarError,
+    InvalidArgument,
+    InvalidModelFile,
+    ModelNotFound,
+    PresetError,
+    PullError,
+    TemplateError,
+    UnsupportedArchitecture,
+)
+
+if TYPE_CHECKING:
+    from ggrun.chat import Chat
+    from ggrun.engine import Chunk, LoadConfig, Model, Result, load
+    from ggrun.models import pull
+    from ggrun.sampling import SamplingConfig
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Chat",
+    "Chunk",
+    "ContextOverflow",
+    "ConversionError",
+    "GgrunError",
+    "GrammarError",
+    "InvalidArgument",
+    "InvalidModelFile",
+    "LoadConfig",
+    "Model",
+    "ModelNotFound",
+    "PresetError",
+    "PullError",
+    "Result",
+    "SamplingConfig",
+    "TemplateError",
+    "UnsupportedArchitecture",
+    "load",
+    "pull",
+]
+
+_LAZY = {
+    "Chat": "ggrun.chat",
+    "Chunk": "ggrun.engine",
+    "LoadConfig": "ggrun.engine",
+    "Model": "ggrun.engine",
+    "Result": "ggrun.engine",
+    "load": "ggrun.engine",
+    "pull": "ggrun.models",
+    "SamplingConfig": "ggrun.sampling",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ggrun' has no attribute {name!r}")

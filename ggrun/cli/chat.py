@@ -1,0 +1,197 @@
+"""``ggrun chat``: an interactive conversation in the terminal.
+
+Line editing and history come from prompt_toolkit when stdin is a terminal (plain
+lines otherwise, so the REPL can be driven by a pipe). Slash commands are a registry
+(:data:`COMMANDS`). Ctrl-C during a reply stops that reply and keeps it; Ctrl-C or
+Ctrl-D at an empty prompt exits.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import typer
+
+from ggrun.cli import options
+from ggrun.cli.options import LOAD, SAMPLING, THINKING, ModelArg
+
+MULTILINE = '"""'
+
+
+@dataclass
+class Session:
+    chat: Any  # ggrun.Chat
+    show_thinking: bool
+    running: bool = True
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+
+
+def _help(s: Session, arg: str) -> None:
+    for name, (_fn, usage, text) in COMMANDS.items():
+        s.say(f"  /{name}{(' ' + usage) if usage else '':<14} {text}")
+    s.say(f"  {MULTILINE} ... {MULTILINE}         multi-line input")
+
+
+def _reset(s: Session, arg: str) -> None:
+    s.chat.reset()
+    s.say("(history cleared)")
+
+
+def _system(s: Session, arg: str) -> None:
+    s.chat.set_system(arg.strip() or None)
+    s.say("(system prompt set)" if arg.strip() else "(system prompt cleared)")
+
+
+def _save(s: Session, arg: str) -> None:
+    if not arg.strip():
+        s.say("usage: /save FILE")
+        return
+    s.say(f"(saved to {s.chat.save(arg.strip())})")
+
+
+def _load(s: Session, arg: str) -> None:
+    if not arg.strip():
+        s.say("usage: /load FILE")
+        return
+    s.chat.load(arg.strip())
+    s.say(f"(loaded {len(s.chat.history)} messages)")
+
+
+def _stats(s: Session, arg: str) -> None:
+    m = s.chat.model
+    used = s.chat.context_used()
+    s.say(f"  model:    {m.path.name} ({m.info.arch}, {m.info.quant})")
+    s.say(f"  context:  {used} / {m.n_ctx} tokens used; threads {m.n_threads}")
+    last = s.chat.last
+    if last is not None:
+        s.say(
+            f"  last:     {last.prompt_tokens} prompt tokens ({last.cached_tokens} from "
+            f"cache) at {last.prompt_tps:.1f} tok/s, {last.completion_tokens} generated at "
+            f"{last.generation_tps:.1f} tok/s ({last.finish_reason})"
+        )
+
+
+def _exit(s: Session, arg: str) -> None:
+    s.running = False
+
+
+COMMANDS: dict[str, tuple[Callable[[Session, str], None], str, str]] = {
+    "help": (_help, "", "show this help"),
+    "reset": (_reset, "", "clear the conversation"),
+    "system": (_system, "TEXT", "set (or clear) the system prompt"),
+    "save": (_save, "FILE", "save the conversation as JSON"),
+    "load": (_load, "FILE", "load a conversation saved with /save"),
+    "stats": (_stats, "", "tokens, speed and context used"),
+    "exit": (_exit, "", "quit (also Ctrl-D)"),
+}
+
+
+class _Input:
+    """Reads user turns: prompt_toolkit on a terminal, plain lines otherwise."""
+
+    def __init__(self) -> None:
+        self.session: Any = None
+        if sys.stdin.isatty() and sys.stdout.isatty():
+            from prompt_toolkit import PromptSession
+            from prompt_toolkit.history import FileHistory
+
+            from ggrun.models import ggrun_home
+
+            home = ggrun_home()
+            try:
+                home.mkdir(parents=True, exist_ok=True)
+                history: Any = FileHistory(str(home / "chat_history"))
+            except OSError:
+                history = None
+            self.session = PromptSession(history=history)
+
+    def line(self, prompt: str) -> str:
+        if self.session is not None:
+            return str(self.session.prompt(prompt))
+        sys.stdout.write(prompt)
+        sys.stdout.flush()
+        text = sys.stdin.readline()
+        if not text:
+            raise EOFError
+        return text.rstrip("\n")
+
+    def turn(self) -> str:
+        first = self.line(">>> ")
+        if not first.lstrip().startswith(MULTILINE):
+            return first
+        body = first.lstrip()[len(MULTILINE) :]
+        if body.rstrip().endswith(MULTILINE) and body.strip():
+            return body.rstrip()[: -len(MULTILINE)]
+        lines = [body] if body else []
+        while True:
+            more = self.line("... ")
+            if more.rstrip().endswith(MULTILINE):
+                lines.append(more.rstrip()[: -len(MULTILINE)])
+                return "\n".join(lines).strip("\n")
+            lines.append(more)
+
+
+def chat(
+    model: ModelArg = None,
+    system: Annotated[str | None, typer.Option("--system", "-s", help="A system prompt.")] = None,
+    *,
+    opts: dict[str, Any],
+) -> None:
+    """Chat with a model in the terminal. Type /help for commands.
+
+    Replies stream as they are generated; Ctrl-C stops a reply, Ctrl-D exits.
+    """
+    from ggrun.chat import Chat
+    from ggrun.cli.render import write_stream
+    from ggrun.errors import GgrunError
+
+    sampling = options.sampling_kwargs(opts)
+    max_tokens = sampling.pop("max_tokens", 1024)
+    with options.load_model(model, opts) as m:
+        convo = Chat(m, system=system, think=opts.get("think"), max_tokens=max_tokens, **sampling)
+        session = Session(convo, show_thinking=opts["show_thinking"])
+        reader = _Input()
+        print(
+            f"ggrun chat with {m.path.name} ({m.n_ctx} tokens of context). "
+            "/help for commands, Ctrl-D to quit.",
+            file=sys.stderr,
+        )
+        while session.running:
+            try:
+                text = reader.turn()
+            except (EOFError, KeyboardInterrupt):
+                print(file=sys.stderr)
+                break
+            if not text.strip():
+                continue
+            if text.startswith("/"):
+                name, _, arg = text[1:].partition(" ")
+                entry = COMMANDS.get(name.strip())
+                if entry is None:
+                    session.say(f"unknown command /{name}; /help lists them")
+                    continue
+                try:
+                    entry[0](session, arg)
+                except GgrunError as e:
+                    session.say(f"error: {e}")
+                continue
+            try:
+                write_stream(convo.stream(text), sys.stdout, show_thinking=session.show_thinking)
+                print(flush=True)
+            except KeyboardInterrupt:
+                print("\n(interrupted)", flush=True)
+            except GgrunError as e:
+                print(f"\nerror: {e}", flush=True)
+            if convo.trimmed:
+                print(
+                    f"(dropped the {convo.trimmed} oldest message(s) to fit the context)",
+                    file=sys.stderr,
+                )
+
+
+chat = options.with_options(LOAD, SAMPLING, THINKING)(chat)

