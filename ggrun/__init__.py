@@ -30,6 +30,7 @@ from ggrun.errors import (
 )
 
 if TYPE_CHECKING:
+    from convert import convert
     from ggrun.chat import Chat
     from ggrun.engine import Chunk, LoadConfig, Model, Result, load
     from ggrun.models import pull
@@ -55,6 +56,7 @@ __all__ = [
     "SamplingConfig",
     "TemplateError",
     "UnsupportedArchitecture",
+    "convert",
     "load",
     "pull",
 ]
@@ -68,6 +70,7 @@ _LAZY = {
     "load": "ggrun.engine",
     "pull": "ggrun.models",
     "SamplingConfig": "ggrun.sampling",
+    "convert": "convert",
 }
 
 

@@ -73,7 +73,7 @@ class Chat:
 
     def _fit(
         self, pending: list[Message], reserve: int, think: bool | None
-    ) -> tuple[list[Message], str]:
+    ) -> tuple[str, list[int]]:
         """Drop the oldest turns until prompt + reserve fits; return messages and prompt."""
         history = list(self.history)
         dropped = 0
@@ -81,7 +81,8 @@ class Chat:
             head = [Message("system", self.system)] if self.system else []
             msgs = head + history + pending
             prompt = self.model.format_chat(msgs, think=think)
-            n = self.model.count_tokens(prompt)
+            tokens = self.model.tokenize_prompt(prompt)
+            n = len(tokens)
             if n + reserve <= self.model.n_ctx or not history:
                 break
             # drop the oldest user turn and everything up to the next user turn
@@ -98,7 +99,7 @@ class Chat:
             )
             self.history = history
         self.trimmed = dropped
-        return msgs, prompt
+        return prompt, tokens
 
     # -- turns ----------------------------------------------------------------------
     def stream(self, content: str, **kwargs: Any) -> Iterator[Chunk]:
@@ -110,9 +111,9 @@ class Chat:
         think = opts.pop("think", self.think)
         reserve = min(max_tokens or self.model.n_ctx // 4, self.model.n_ctx // 2)
         user = Message("user", content)
-        _msgs, prompt = self._fit([user], reserve, think)
+        prompt, tokens = self._fit([user], reserve, think)
         inner = self.model.reply_stream(
-            prompt, think=think, max_tokens=max_tokens, keep_cache=True, **opts
+            prompt, tokens=tokens, think=think, max_tokens=max_tokens, keep_cache=True, **opts
         )
         return self._record(user, inner)
 
@@ -131,16 +132,7 @@ class Chat:
         finally:
             text = "".join(parts)
             self.history += [user, Message("assistant", text)]
-            self.last = Result(
-                text=text,
-                finish_reason=last.finish_reason or "interrupted",
-                prompt_tokens=last.prompt_tokens,
-                completion_tokens=last.completion_tokens,
-                cached_tokens=last.cached_tokens,
-                prompt_tps=last.prompt_tps,
-                generation_tps=last.generation_tps,
-                reasoning="".join(reasoning).strip() or None,
-            )
+            self.last = Result.from_last(last, text, "".join(reasoning), "interrupted")
 
     def send(self, content: str, **kwargs: Any) -> Result:
         """Send a user message and return the whole reply."""

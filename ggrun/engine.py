@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import ctypes
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from convert.llamalog import route_llama_log
 from ggrun import hardware, sampling, templates
 from ggrun.errors import (
     ContextOverflow,
@@ -80,6 +82,7 @@ class Chunk:
     completion_tokens: int = 0
     prompt_tps: float = 0.0
     generation_tps: float = 0.0
+    ttft: float = 0.0  # seconds from the start of the stream to the first token
 
 
 @dataclass
@@ -93,8 +96,26 @@ class Result:
     cached_tokens: int = 0
     prompt_tps: float = 0.0
     generation_tps: float = 0.0
+    ttft: float = 0.0
     reasoning: str | None = None
     data: Any = None
+
+    @classmethod
+    def from_last(
+        cls, last: Chunk, text: str, reasoning: str, default_finish: str = "stop"
+    ) -> Result:
+        """A result from the stream's text, its reasoning and its last chunk's counts."""
+        return cls(
+            text=text,
+            finish_reason=last.finish_reason or default_finish,
+            prompt_tokens=last.prompt_tokens,
+            completion_tokens=last.completion_tokens,
+            cached_tokens=last.cached_tokens,
+            prompt_tps=last.prompt_tps,
+            generation_tps=last.generation_tps,
+            ttft=last.ttft,
+            reasoning=reasoning.strip() or None,
+        )
 
     @classmethod
     def collect(cls, chunks: Iterator[Chunk]) -> Result:
@@ -105,20 +126,7 @@ class Result:
             text.append(c.text)
             reasoning.append(c.reasoning)
             last = c
-        thought = "".join(reasoning).strip()
-        return cls(
-            text="".join(text),
-            finish_reason=last.finish_reason or "stop",
-            prompt_tokens=last.prompt_tokens,
-            completion_tokens=last.completion_tokens,
-            cached_tokens=last.cached_tokens,
-            prompt_tps=last.prompt_tps,
-            generation_tps=last.generation_tps,
-            reasoning=thought or None,
-        )
-
-
-_LOG_CALLBACK: Any = None
+        return cls.from_last(last, "".join(text), "".join(reasoning))
 
 
 def check_architecture(info: GGUFInfo) -> None:
@@ -129,22 +137,6 @@ def check_architecture(info: GGUFInfo) -> None:
         raise UnsupportedArchitecture(
             f"{info.path}: architecture {info.arch!r} is not supported by llama.cpp"
         )
-
-
-def _set_llama_logging(verbose: bool) -> None:
-    """Route llama.cpp's log output: dropped unless verbose, then to stderr."""
-    global _LOG_CALLBACK
-    import sys
-
-    import llama_cpp as ll
-
-    @ll.llama_log_callback
-    def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-        if verbose:
-            sys.stderr.write(text.decode("utf-8", errors="replace"))
-
-    _LOG_CALLBACK = callback  # keep a reference: llama.cpp holds the pointer
-    ll.llama_log_set(callback, ctypes.c_void_p(0))
 
 
 class Model:
@@ -162,7 +154,7 @@ class Model:
         check_architecture(self.info)
         self.family = family or self.info.arch
         self._stack = ExitStack()
-        _set_llama_logging(self.config.verbose)
+        route_llama_log(self.config.verbose)
         ll.llama_backend_init()
 
         mparams = ll.llama_model_default_params()
@@ -377,6 +369,7 @@ class Model:
         self,
         prompt: str,
         *,
+        tokens: list[int] | None = None,
         think: bool | None = None,
         preset: str | None = None,
         sampling: SamplingConfig | None = None,
@@ -388,7 +381,7 @@ class Model:
         if sampling is not None and overrides:
             cfg = cfg.replace(**{k: v for k, v in overrides.items() if v is not None})
         return self.stream(
-            prompt,
+            prompt if tokens is None else tokens,
             sampling=cfg,
             split_thinking=True,
             starts_in_thinking=templates.starts_in_thinking(prompt),
@@ -480,7 +473,7 @@ class Model:
             n_keep = min(n_keep, n_prompt - 1)  # re-decode at least one token for logits
         self._reset_to(n_keep)
 
-        chain = sampling.build_chain(cfg, self._vocab, grammar)
+        sampler = sampling.Sampler(cfg, self._vocab, self._ctx, grammar)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stopper = _StopMatcher(stop)
         stats = Chunk(prompt_tokens=n_prompt, cached_tokens=n_keep)
@@ -496,7 +489,9 @@ class Model:
             n_gen = 0
             while n_gen < limit:
                 t1 = time.perf_counter()
-                token = int(ll.llama_sampler_sample(chain, self._ctx, -1))
+                token = sampler.sample()
+                if not n_gen:
+                    stats.ttft = time.perf_counter() - t0
                 if self.is_end(token):
                     gen_time += time.perf_counter() - t1
                     finish = "stop"
@@ -529,23 +524,14 @@ class Model:
             last.finish_reason = finish
             yield last
         finally:
-            ll.llama_sampler_free(chain)
+            sampler.close()
 
 
 _SAMPLING_FIELDS = frozenset(sampling.SAMPLING_FIELDS)
 
 
 def _delta(stats: Chunk, text: str, reasoning: str, token: int | None) -> Chunk:
-    return Chunk(
-        text=text,
-        reasoning=reasoning,
-        token=token,
-        prompt_tokens=stats.prompt_tokens,
-        cached_tokens=stats.cached_tokens,
-        completion_tokens=stats.completion_tokens,
-        prompt_tps=stats.prompt_tps,
-        generation_tps=stats.generation_tps,
-    )
+    return dataclasses.replace(stats, text=text, reasoning=reasoning, token=token)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from ggrun.cli import chat, generate, models
+from ggrun.cli import chat, convert, generate, models
 
 
 class _Formatter(logging.Formatter):
@@ -125,6 +125,7 @@ app.command("chat")(chat.chat)
 app.command("pull")(models.pull)
 app.command("list")(models.list_models)
 app.command("rm")(models.rm)
+app.command("convert")(convert.convert)
 
 
 def main() -> None:

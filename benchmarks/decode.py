@@ -1,0 +1,218 @@
+"""Generation and prompt speed of ggrun against native llama.cpp (llama-bench), in one run.
+
+For one GGUF and one thread count, interleaved rounds (drift on a shared host then hits
+every side alike) of:
+- ``llama-bench -p 512 -n 128`` (native, its own process: pp512 and tg128);
+- the same two loops as llama-bench, through ctypes on ggrun's own context (native, in
+  this process: separates ggrun's overhead from process and build effects);
+- ggrun's public streaming API: a 512-token prompt processed in one batch (pp512), and
+  128 tokens generated one at a time through ``Model.stream`` with greedy sampling (tg128;
+  unlike llama-bench this includes sampling and detokenization).
+Then a 10-turn chat, twice, recording the time to first token of each turn (KV reuse).
+
+It prints medians, spreads and the ratios, and writes JSON (``--out``).
+
+    python benchmarks/decode.py --model qwen2.5-coder-1.5b --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.llama_tools import tool  # noqa: E402
+from ggrun.chat import Chat  # noqa: E402
+from ggrun.engine import LoadConfig, Model  # noqa: E402
+
+TURNS = [
+    "Give me one tip for writing clear Python.",
+    "Why does that help?",
+    "Show a two-line example.",
+    "What is a common mistake there?",
+    "How would a linter catch it?",
+    "Name one such linter.",
+    "How do I install it?",
+    "How do I run it on one file?",
+    "What does its exit code mean?",
+    "Summarise our conversation in one sentence.",
+]
+
+
+def resolve(model: str) -> Path:
+    p = Path(model)
+    if p.exists():
+        return p
+    from tests.conftest import fetch
+
+    return fetch(model)
+
+
+def llama_bench(path: Path, threads: int, reps: int) -> dict[str, list[float]]:
+    out = subprocess.run(
+        [
+            str(tool("llama-bench")),
+            "-m",
+            str(path),
+            "-t",
+            str(threads),
+            "-p",
+            "512",
+            "-n",
+            "128",
+            "-r",
+            str(reps),
+            "-o",
+            "json",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    res: dict[str, list[float]] = {}
+    for row in json.loads(out):
+        key = "pp512" if row["n_prompt"] else "tg128"
+        res[key] = [float(x) for x in row["samples_ts"]]
+    return res
+
+
+def random_tokens(model: Model, n: int, rng: random.Random) -> list[int]:
+    return [rng.randrange(100, model.info.n_vocab - 1000) for _ in range(n)]
+
+
+def in_process_native(model: Model, rng: random.Random) -> dict[str, list[float]]:
+    """llama-bench's own loops (test_prompt, test_gen) through ctypes on ggrun's context."""
+    import ctypes
+
+    import llama_cpp as ll
+
+    ctx = model._ctx
+    ll.llama_memory_clear(ll.llama_get_memory(ctx), True)
+    arr = (ll.llama_token * 512)(*random_tokens(model, 512, rng))
+    t0 = time.perf_counter()
+    ll.llama_decode(ctx, ll.llama_batch_get_one(arr, 512))
+    ll.llama_synchronize(ctx)
+    pp = 512 / (time.perf_counter() - t0)
+    ll.llama_memory_clear(ll.llama_get_memory(ctx), True)
+    one = (ll.llama_token * 1)(rng.randrange(100, 1000))
+    ptr = ctypes.cast(one, ctypes.POINTER(ll.llama_token))
+    t0 = time.perf_counter()
+    for _ in range(128):
+        ll.llama_decode(ctx, ll.llama_batch_get_one(ptr, 1))
+        ll.llama_synchronize(ctx)
+    tg = 128 / (time.perf_counter() - t0)
+    model._cached = []  # the KV cache no longer matches ggrun's record
+    ll.llama_memory_clear(ll.llama_get_memory(ctx), True)
+    return {"pp512": [pp], "tg128": [tg]}
+
+
+def ggrun_speed(model: Model, rng: random.Random) -> dict[str, list[float]]:
+    """The public API: pp = a 512-token prompt; tg = 128 tokens through Model.stream."""
+    res: dict[str, list[float]] = {"pp512": [], "tg128": []}
+    last = list(model.stream(random_tokens(model, 512, rng), max_tokens=1, temperature=0))[-1]
+    res["pp512"].append(last.prompt_tps)
+    gen = list(model.stream(random_tokens(model, 4, rng), max_tokens=128, temperature=0))[-1]
+    if gen.completion_tokens == 128:  # an early end of text would not be tg128
+        res["tg128"].append(gen.generation_tps)
+    return res
+
+
+def ttft(model: Model) -> list[float]:
+    """Time to first token of each turn: the chat's own work plus the engine's ttft."""
+    chat = Chat(model, system="You are a concise assistant.", temperature=0, max_tokens=48)
+    times = []
+    for text in TURNS:
+        t0 = time.perf_counter()
+        stream = chat.stream(text)  # renders, trims and tokenizes the conversation
+        setup = time.perf_counter() - t0
+        for _ in stream:
+            pass
+        assert chat.last is not None
+        times.append(setup + chat.last.ttft)
+    return times
+
+
+def summary(xs: list[float]) -> dict[str, float]:
+    return {
+        "median": statistics.median(xs),
+        "stdev": statistics.stdev(xs) if len(xs) > 1 else 0.0,
+        "n": len(xs),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="qwen2.5-coder-1.5b", help="a .gguf path or test alias")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=1, help="llama-bench repetitions per round")
+    ap.add_argument("--rounds", type=int, default=8, help="interleaved rounds")
+    ap.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = ap.parse_args()
+    path = resolve(args.model)
+    rng = random.Random(0)
+    sides = ("llama_bench", "native_in_process", "ggrun")
+    res: dict[str, dict[str, list[float]]] = {k: {"pp512": [], "tg128": []} for k in sides}
+    cfg = LoadConfig(n_ctx=4096, n_threads=args.threads, n_threads_batch=args.threads, n_batch=512)
+    with Model(path, cfg) as model:
+        ggrun_speed(model, rng)  # burn in
+        in_process_native(model, rng)
+        for r in range(args.rounds):  # interleave, so that drift on a shared host hits all
+            print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
+            for side, got in (
+                ("llama_bench", llama_bench(path, args.threads, args.reps)),
+                ("native_in_process", in_process_native(model, rng)),
+                ("ggrun", ggrun_speed(model, rng)),
+            ):
+                for k, v in got.items():
+                    res[side][k] += v
+        turns = [ttft(model) for _ in range(2)]
+    result: dict[str, Any] = {
+        "model": path.name,
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "llama_bench_reps": args.reps,
+    }
+    for k in ("pp512", "tg128"):
+        result[k] = {side: summary(res[side][k]) for side in sides}
+        ours = result[k]["ggrun"]["median"]
+        result[k]["ratio_vs_llama_bench"] = ours / result[k]["llama_bench"]["median"]
+        result[k]["ratio_vs_native_in_process"] = ours / result[k]["native_in_process"]["median"]
+    t1 = statistics.median(t[0] for t in turns)
+    t10 = statistics.median(t[-1] for t in turns)
+    result["ttft"] = {
+        "turn1_s": t1,
+        "turn10_s": t10,
+        "ratio": t10 / t1,
+        "per_turn_s": [statistics.median(col) for col in zip(*turns, strict=True)],
+    }
+    print(f"model {path.name}, {args.threads} threads, {args.rounds} interleaved rounds")
+    print(
+        f"{'test':<7}{'llama-bench':>16}{'native in-proc':>17}{'ggrun':>16}"
+        f"{'ggrun/bench':>13}{'ggrun/native':>14}"
+    )
+    for k in ("pp512", "tg128"):
+        cells = "".join(
+            f"{result[k][s]['median']:>9.2f} ± {result[k][s]['stdev']:<5.2f}" for s in sides
+        )
+        print(
+            f"{k:<7}{cells}{result[k]['ratio_vs_llama_bench']:>11.3f}"
+            f"{result[k]['ratio_vs_native_in_process']:>14.3f}"
+        )
+    print(
+        f"chat time to first token: turn 1 {t1 * 1000:.0f} ms, turn 10 {t10 * 1000:.0f} ms, "
+        f"ratio {t10 / t1:.2f}"
+    )
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
