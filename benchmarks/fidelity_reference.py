@@ -4,7 +4,9 @@ Runs the ``convert_hf_to_gguf.py`` vendored in llama-cpp-python's sdist (it need
 and transformers, which ggrun does not: run this in a separate environment) on the tiny
 synthetic Qwen3 checkpoint of the tests, at F16 and BF16, then ``llama-quantize`` on the
 BF16 file at Q8_0 and Q4_K_M, and writes the digests (tensor hashes, types, shapes,
-tokenizer arrays, chat template) to ``tests/data/tiny_qwen3_reference.json``.
+tokenizer arrays, chat template) to ``tests/data/tiny_qwen3_reference.json``. It does
+the same at BF16 for the real-weights round trip (Qwen2.5-Coder-0.5B dequantized back to
+a BF16 folder): ``tests/data/qwen25_roundtrip_reference.json``.
 ``tests/test_convert.py`` compares ggrun's outputs with them.
 
     python -m venv /tmp/ref && /tmp/ref/bin/pip install torch==2.13.0 transformers==4.57.6 \
@@ -25,9 +27,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.llama_tools import CACHE, tool  # noqa: E402
-from tests.checkpoints import digest, write_qwen3  # noqa: E402
+from tests.checkpoints import dequantize_to_hf, digest, write_qwen3  # noqa: E402
 
 OUT = ROOT / "tests" / "data" / "tiny_qwen3_reference.json"
+OUT_ROUNDTRIP = ROOT / "tests" / "data" / "qwen25_roundtrip_reference.json"
 
 
 def upstream_converter() -> Path:
@@ -76,8 +79,15 @@ def main() -> None:
                 capture_output=True,
             )
             result[quant] = digest(dst)
+        # the real-weights round trip: Qwen2.5-Coder-0.5B back to a BF16 folder
+        folder = dequantize_to_hf(args.qwen_gguf, t / "Qwen2.5-Coder-0.5B-Instruct")
+        dst = t / "up-roundtrip-bf16.gguf"
+        subprocess.run([sys.executable, str(script), str(folder), "--outtype", "bf16",
+                        "--outfile", str(dst)], check=True)
+        roundtrip = {"converter": result["converter"], "bf16": digest(dst)}
     OUT.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
-    print(OUT)
+    OUT_ROUNDTRIP.write_text(json.dumps(roundtrip, indent=1, sort_keys=True) + "\n")
+    print(OUT, OUT_ROUNDTRIP)
 
 
 if __name__ == "__main__":

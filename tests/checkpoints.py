@@ -104,7 +104,12 @@ def qwen_vocab(gguf_path: str) -> tuple[list[str], list[str]]:
     return list(tokens), list(merges)
 
 
-def write_tokenizer(folder: Path, qwen_gguf: Path, chat_template: str) -> None:
+def write_tokenizer(
+    folder: Path,
+    qwen_gguf: Path,
+    chat_template: str,
+    specials: list[tuple[int, str, bool]] = SPECIALS,
+) -> None:
     tokens, merges = qwen_vocab(str(qwen_gguf))
     tok = {
         "version": "1.0",
@@ -120,7 +125,7 @@ def write_tokenizer(folder: Path, qwen_gguf: Path, chat_template: str) -> None:
                 "normalized": False,
                 "special": s,
             }
-            for i, c, s in SPECIALS
+            for i, c, s in specials
         ],
         "normalizer": {"type": "NFC"},
         "pre_tokenizer": {
@@ -189,7 +194,7 @@ def write_tokenizer(folder: Path, qwen_gguf: Path, chat_template: str) -> None:
                         "single_word": False,
                         "special": s,
                     }
-                    for i, c, s in SPECIALS
+                    for i, c, s in specials
                 },
             },
             ensure_ascii=False,
@@ -362,3 +367,66 @@ def digest(path: Path) -> dict[str, Any]:
         field = r.get_field(key)
         out[key] = field.contents() if field is not None else None
     return out
+
+
+QWEN25_SPECIALS = [(i, c, s) for i, c, s in SPECIALS if i <= 151664]
+
+
+def dequantize_to_hf(gguf_path: Path, folder: Path, chat_template: str | None = None) -> Path:
+    """Turn a Qwen2 GGUF back into a Hugging Face BF16 folder (real weights, rounded).
+
+    Tensor names are mapped back with gguf-py's own table; the config comes from the
+    GGUF's metadata and the tokenizer from its token and merge arrays.
+    """
+    import gguf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    r = gguf.GGUFReader(gguf_path)
+
+    def kv(key: str) -> Any:
+        return r.get_field(key).contents()
+
+    n_layers = int(kv("qwen2.block_count"))
+    tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN2, n_layers)
+    reverse: dict[str, str] = {}
+    for hf, (_kind, gname) in tmap.mapping.items():
+        if hf.startswith(("model.", "lm_head")) and gname not in reverse:
+            reverse[gname] = hf
+    tensors = {}
+    for t in r.tensors:
+        base, _, suffix = t.name.rpartition(".")
+        x = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).astype(np.float32)
+        shape = tuple(int(d) for d in reversed([int(v) for v in t.shape]))
+        x = x.reshape(shape)
+        tensors[f"{reverse[base]}.{suffix}"] = ("BF16", shape, to_bf16(x).tobytes())
+    write_safetensors(folder / "model.safetensors", tensors)
+    has_output = any(t.name == "output.weight" for t in r.tensors)
+    config = {
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "hidden_size": int(kv("qwen2.embedding_length")),
+        "intermediate_size": int(kv("qwen2.feed_forward_length")),
+        "num_hidden_layers": n_layers,
+        "num_attention_heads": int(kv("qwen2.attention.head_count")),
+        "num_key_value_heads": int(kv("qwen2.attention.head_count_kv")),
+        "max_position_embeddings": int(kv("qwen2.context_length")),
+        "rope_theta": float(kv("qwen2.rope.freq_base")),
+        "rms_norm_eps": float(kv("qwen2.attention.layer_norm_rms_epsilon")),
+        "vocab_size": len(kv("tokenizer.ggml.tokens")),
+        "tie_word_embeddings": not has_output,
+        "torch_dtype": "bfloat16",
+        "bos_token_id": 151643,
+        "eos_token_id": 151645,
+        "hidden_act": "silu",
+        "sliding_window": None,
+        "use_sliding_window": False,
+        "max_window_layers": n_layers,
+        "attention_dropout": 0.0,
+        "initializer_range": 0.02,
+        "use_cache": True,
+        "rope_scaling": None,
+    }
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    template = chat_template if chat_template is not None else kv("tokenizer.chat_template")
+    write_tokenizer(folder, gguf_path, template, specials=QWEN25_SPECIALS)
+    return folder

@@ -253,3 +253,56 @@ def test_existing_output_needs_force(tiny_src: Path, tmp_path: Path) -> None:
 def test_unknown_quant(tiny_src: Path) -> None:
     with pytest.raises(ConversionError, match="unknown quant 'q3_k'"):
         convert.plan(tiny_src, "q3_k")
+
+
+# -- fidelity: byte-identical to llama.cpp's own tools ------------------------------------
+# The references come from benchmarks/fidelity_reference.py (upstream convert_hf_to_gguf.py
+# and llama-quantize, run on the same deterministic checkpoints).
+
+DATA = Path(__file__).parent / "data"
+COMPARED = (
+    "tokenizer.ggml.tokens",
+    "tokenizer.ggml.token_type",
+    "tokenizer.ggml.merges",
+    "tokenizer.chat_template",
+    "tokenizer.ggml.pre",
+    "tokenizer.ggml.eos_token_id",
+    "tokenizer.ggml.padding_token_id",
+    "tokenizer.ggml.bos_token_id",
+    "tokenizer.ggml.add_bos_token",
+    "general.file_type",
+)
+
+
+def _assert_same(ours: dict, ref: dict) -> None:  # type: ignore[type-arg]
+    assert set(ours["tensors"]) == set(ref["tensors"])
+    for name, want in ref["tensors"].items():
+        assert ours["tensors"][name] == want, name
+    for key in COMPARED:
+        assert ours[key] == ref[key], key
+
+
+@pytest.mark.parametrize("quant", ["f16", "bf16", "q8_0", "q4_k_m"])
+def test_identical_to_llama_cpp_tools(tiny_out: dict[str, Path], quant: str) -> None:
+    from tests.checkpoints import digest
+
+    ref = json.loads((DATA / "tiny_qwen3_reference.json").read_text())[quant]
+    _assert_same(digest(tiny_out[quant.upper()]), ref)
+
+
+def test_real_weights_round_trip(qwen_path: Path, tmp_path: Path) -> None:
+    """Qwen2.5-Coder-0.5B dequantized to a BF16 folder, converted back: it still answers,
+    and its tensors equal llama.cpp's conversion of the same folder."""
+    from tests.checkpoints import dequantize_to_hf, digest
+
+    folder = dequantize_to_hf(qwen_path, tmp_path / "Qwen2.5-Coder-0.5B-Instruct")
+    (out,) = convert.convert(folder, "bf16", tmp_path)
+    ref = json.loads((DATA / "qwen25_roundtrip_reference.json").read_text())["bf16"]
+    _assert_same(digest(out), ref)
+    with Model(out, LoadConfig(n_ctx=512)) as m:
+        r = m.chat(
+            [{"role": "user", "content": "What is the capital of France? One word."}],
+            temperature=0,
+            max_tokens=10,
+        )
+    assert "Paris" in r.text
