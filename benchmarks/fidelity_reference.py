@@ -82,8 +82,10 @@ def main() -> None:
         # the real-weights round trip: Qwen2.5-Coder-0.5B back to a BF16 folder
         folder = dequantize_to_hf(args.qwen_gguf, t / "Qwen2.5-Coder-0.5B-Instruct")
         dst = t / "up-roundtrip-bf16.gguf"
-        subprocess.run([sys.executable, str(script), str(folder), "--outtype", "bf16",
-                        "--outfile", str(dst)], check=True)
+        subprocess.run(
+            [sys.executable, str(script), str(folder), "--outtype", "bf16", "--outfile", str(dst)],
+            check=True,
+        )
         roundtrip = {"converter": result["converter"], "bf16": digest(dst)}
     OUT.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
     OUT_ROUNDTRIP.write_text(json.dumps(roundtrip, indent=1, sort_keys=True) + "\n")
