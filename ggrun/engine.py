@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from convert.llamalog import route_llama_log
-from ggrun import hardware, sampling, templates
+from ggrun import hardware, sampling, structured, templates
 from ggrun.errors import (
     ContextOverflow,
     GgrunError,
@@ -338,9 +338,14 @@ class Model:
         split_thinking: bool = False,
         starts_in_thinking: bool = False,
         grammar: str | None = None,
+        grammar_lazy: bool = False,
         **sampling_overrides: Any,
     ) -> Iterator[Chunk]:
-        """Stream a raw completion of ``prompt`` (text or token ids)."""
+        """Stream a raw completion of ``prompt`` (text or token ids).
+
+        ``grammar`` is GBNF text that constrains the output; with ``grammar_lazy`` it
+        applies only after ``</think>`` (free to think, strict to answer).
+        """
         tokens = self.tokenize_prompt(prompt) if isinstance(prompt, str) else list(prompt)
         cfg = sampling or self.sampling_for(preset=preset, **sampling_overrides)
         if sampling is not None and sampling_overrides:
@@ -352,12 +357,19 @@ class Model:
             stop=tuple(stop),
             keep_cache=keep_cache,
             grammar=grammar,
+            lazy_after=structured.THINK_TRIGGER if grammar_lazy else None,
             splitter=templates.ThinkSplitter(starts_in_thinking) if split_thinking else None,
         )
 
     def generate(self, prompt: str | Sequence[int], **kwargs: Any) -> Result:
-        """A raw completion, collected. Same arguments as :meth:`stream`."""
-        return Result.collect(self.stream(prompt, **kwargs))
+        """A raw completion, collected. Same arguments as :meth:`stream`, plus the
+        structured-output options ``json``, ``schema``, ``response_format``, ``format``
+        and ``columns`` (see :mod:`ggrun.structured`); then ``Result.data`` holds the
+        parsed, validated value."""
+        constraint = _pop_constraint(kwargs)
+        if constraint is not None:
+            kwargs["grammar"] = constraint.grammar
+        return _checked(Result.collect(self.stream(prompt, **kwargs)), constraint)
 
     def chat_stream(
         self, messages: Sequence[Any], *, think: bool | None = None, **kwargs: Any
@@ -376,6 +388,8 @@ class Model:
         **kwargs: Any,
     ) -> Iterator[Chunk]:
         """Stream the reply to a chat prompt already rendered by :meth:`format_chat`."""
+        if kwargs.get("grammar") is not None and "grammar_lazy" not in kwargs:
+            kwargs["grammar_lazy"] = self.may_think(prompt, think)
         overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in _SAMPLING_FIELDS}
         cfg = sampling or self.sampling_for(think=think, preset=preset, **overrides)
         if sampling is not None and overrides:
@@ -389,8 +403,26 @@ class Model:
         )
 
     def chat(self, messages: Sequence[Any], **kwargs: Any) -> Result:
-        """An assistant reply to ``messages``, collected. See :meth:`chat_stream`."""
-        return Result.collect(self.chat_stream(messages, **kwargs))
+        """An assistant reply to ``messages``, collected. See :meth:`chat_stream` and, for
+        structured output, :meth:`generate`."""
+        constraint = _pop_constraint(kwargs)
+        if constraint is not None:
+            kwargs["grammar"] = constraint.grammar
+        return _checked(Result.collect(self.chat_stream(messages, **kwargs)), constraint)
+
+    def run_task(self, name: str, text: str, **overrides: Any) -> Result:
+        """Run a few-shot task preset (``presets/tasks/NAME.yaml`` or a path) on ``text``."""
+        from ggrun.tasks import run_task
+
+        return run_task(self, name, text, **overrides)  # type: ignore[no-any-return]
+
+    def may_think(self, prompt: str, think: bool | None) -> bool:
+        """Whether the reply to ``prompt`` may start with a ``<think>`` block."""
+        template = self.info.chat_template or ""
+        if think is False or templates.THINK_OPEN not in template:
+            return False
+        tail = prompt[prompt.rfind("<|im_start|>") :] if "<|im_start|>" in prompt else prompt
+        return templates.THINK_CLOSE not in tail or templates.starts_in_thinking(prompt)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize_prompt(text))
@@ -434,6 +466,7 @@ class Model:
         keep_cache: bool,
         grammar: str | None,
         splitter: templates.ThinkSplitter | None,
+        lazy_after: str | None = None,
     ) -> Iterator[Chunk]:
         self._check_open()
         if not tokens:
@@ -450,7 +483,7 @@ class Model:
             raise InvalidArgument(f"max_tokens must be >= 0, got {max_tokens}")
         room = self.n_ctx - n_prompt
         limit = room if max_tokens is None else min(max_tokens, room)
-        return self._loop(tokens, cfg, limit, stop, keep_cache, grammar, splitter)
+        return self._loop(tokens, cfg, limit, stop, keep_cache, grammar, splitter, lazy_after)
 
     def _loop(
         self,
@@ -461,6 +494,7 @@ class Model:
         keep_cache: bool,
         grammar: str | None,
         splitter: templates.ThinkSplitter | None,
+        lazy_after: str | None,
     ) -> Iterator[Chunk]:
         ll = self._ll
         n_prompt = len(tokens)
@@ -473,7 +507,7 @@ class Model:
             n_keep = min(n_keep, n_prompt - 1)  # re-decode at least one token for logits
         self._reset_to(n_keep)
 
-        sampler = sampling.Sampler(cfg, self._vocab, self._ctx, grammar)
+        sampler = sampling.Sampler(cfg, self._vocab, self._ctx, grammar, lazy_after)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stopper = _StopMatcher(stop)
         stats = Chunk(prompt_tokens=n_prompt, cached_tokens=n_keep)
@@ -528,6 +562,39 @@ class Model:
 
 
 _SAMPLING_FIELDS = frozenset(sampling.SAMPLING_FIELDS)
+_STRUCTURED = ("json", "schema", "response_format", "format", "columns")
+
+
+def _pop_constraint(kwargs: dict[str, Any]) -> structured.Constraint | None:
+    """Take the structured-output options out of ``kwargs``; return their constraint."""
+    opts = {k: kwargs.pop(k) for k in _STRUCTURED if k in kwargs}
+    grammar = kwargs.get("grammar")
+    if isinstance(grammar, structured.Constraint):
+        kwargs.pop("grammar")
+        return grammar
+    if not any(v not in (None, False) for v in opts.values()):
+        return None
+    return structured.from_options(
+        json_mode=bool(opts.get("json")),
+        schema=opts.get("schema"),
+        response_format=opts.get("response_format"),
+        fmt=opts.get("format"),
+        columns=opts.get("columns"),
+    )
+
+
+def _checked(result: Result, constraint: structured.Constraint | None) -> Result:
+    """Parse a constrained result; a cut-off one is an error, never passed off as valid."""
+    if constraint is None:
+        return result
+    if result.finish_reason == "length":
+        raise structured.IncompleteOutput(
+            f"the output was cut off after {result.completion_tokens} tokens "
+            "(finish_reason=length) before it was complete; raise max_tokens",
+            result,
+        )
+    result.data = constraint.parse(result.text)
+    return result
 
 
 def _delta(stats: Chunk, text: str, reasoning: str, token: int | None) -> Chunk:

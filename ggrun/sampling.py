@@ -11,6 +11,7 @@ temperature, then a seeded distribution sampler (or greedy when temperature is 0
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import logging
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ggrun.errors import InvalidArgument, PresetError
+from ggrun.errors import GrammarError, InvalidArgument, PresetError
 from ggrun.presets import build, load_yaml, presets_dir
 
 logger = logging.getLogger(__name__)
@@ -143,21 +144,50 @@ def resolve(
     return SamplingConfig(**values)
 
 
-def build_chain(cfg: SamplingConfig, vocab: Any, grammar: str | None = None) -> Any:
+def _grammar_sampler(ll: Any, vocab: Any, grammar: str, lazy_after: str | None) -> Any:
+    """A grammar sampler; lazy ones apply only once ``lazy_after`` (a regex) matches."""
+    from convert.llamalog import captured_llama_log
+
+    with captured_llama_log() as log:
+        if lazy_after is None:
+            g = ll.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+        else:
+            patterns = (ctypes.c_char_p * 1)(lazy_after.encode())
+            g = ll.llama_sampler_init_grammar_lazy_patterns(
+                vocab, grammar.encode(), b"root", patterns, 1, None, 0
+            )
+    if not g:
+        raise GrammarError(_grammar_problem(grammar, log))
+    return g
+
+
+def _grammar_problem(grammar: str, log: list[str]) -> str:
+    """llama.cpp's parse error, with the grammar line it points at when it can be found."""
+    detail = next(
+        (m.strip() for m in log if "error" in m.lower() or "undefined" in m.lower()),
+        "llama.cpp could not parse it",
+    )
+    where = ""
+    if " at " in detail:
+        rest = detail.split(" at ", 1)[1].strip()[:20]
+        pos = grammar.find(rest) if rest else -1
+        if pos >= 0:
+            where = f" (line {grammar.count(chr(10), 0, pos) + 1})"
+    return f"invalid grammar{where}: {detail}"
+
+
+def build_chain(
+    cfg: SamplingConfig, vocab: Any, grammar: str | None = None, lazy_after: str | None = None
+) -> Any:
     """Build a native llama.cpp sampler chain; the caller frees it with ``llama_sampler_free``."""
     import llama_cpp as ll
 
+    g = _grammar_sampler(ll, vocab, grammar, lazy_after) if grammar is not None else None
     params = ll.llama_sampler_chain_default_params()
     params.no_perf = True
     chain = ll.llama_sampler_chain_init(params)
     add = ll.llama_sampler_chain_add
-    if grammar is not None:
-        g = ll.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
-        if not g:
-            ll.llama_sampler_free(chain)
-            from ggrun.errors import GrammarError
-
-            raise GrammarError("the grammar could not be parsed by llama.cpp")
+    if g is not None:
         add(chain, g)
     if cfg.repeat_penalty != 1.0 or cfg.presence_penalty or cfg.frequency_penalty:
         n_vocab = ll.llama_vocab_n_tokens(vocab)
@@ -194,7 +224,12 @@ class Sampler:
     """
 
     def __init__(
-        self, cfg: SamplingConfig, vocab: Any, ctx: Any, grammar: str | None = None
+        self,
+        cfg: SamplingConfig,
+        vocab: Any,
+        ctx: Any,
+        grammar: str | None = None,
+        lazy_after: str | None = None,
     ) -> None:
         import llama_cpp as ll
 
@@ -208,7 +243,7 @@ class Sampler:
             self._n_vocab = int(ll.llama_vocab_n_tokens(vocab))
             self._np = np
         else:
-            self._chain = build_chain(cfg, vocab, grammar)
+            self._chain = build_chain(cfg, vocab, grammar, lazy_after)
 
     def sample(self) -> int:
         if self._chain is not None:

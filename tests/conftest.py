@@ -62,6 +62,29 @@ def qwen(qwen_path: Path) -> Iterator[object]:
         yield m
 
 
+@pytest.fixture(scope="session")
+def tiny_src(qwen_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.checkpoints import write_qwen3
+    from tests.helpers import QWEN3_TEMPLATE
+
+    return write_qwen3(tmp_path_factory.mktemp("ckpt") / "Tiny-Qwen3", qwen_path, QWEN3_TEMPLATE)
+
+
+@pytest.fixture(scope="session")
+def tiny_out(tiny_src: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("converted")
+    import convert
+
+    paths = convert.convert(tiny_src, "f16,bf16,q8_0,q4_k_m", out)
+    return {p.name.rsplit("-", 1)[1].removesuffix(".gguf"): p for p in paths}
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_out: dict[str, Path]) -> Path:
+    """A converted random-weights Qwen3 (its output is noise)."""
+    return tiny_out["Q8_0"]
+
+
 @pytest.fixture(autouse=True)
 def isolated_home(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch

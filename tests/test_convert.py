@@ -18,18 +18,6 @@ from tests.checkpoints import TINY, to_bf16, write_qwen3
 from tests.helpers import QWEN3_TEMPLATE
 
 
-@pytest.fixture(scope="session")
-def tiny_src(qwen_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_qwen3(tmp_path_factory.mktemp("ckpt") / "Tiny-Qwen3", qwen_path, QWEN3_TEMPLATE)
-
-
-@pytest.fixture(scope="session")
-def tiny_out(tiny_src: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("converted")
-    paths = convert.convert(tiny_src, "f16,bf16,q8_0,q4_k_m", out)
-    return {p.name.rsplit("-", 1)[1].removesuffix(".gguf"): p for p in paths}
-
-
 def _src_f32(src: Path, name: str) -> np.ndarray:
     from convert.safetensors import SafetensorsFile
 

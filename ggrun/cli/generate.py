@@ -7,6 +7,7 @@ Only the answer goes to stdout; notices, reasoning and statistics go to stderr, 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -33,6 +34,58 @@ def generate(
     stats: Annotated[
         bool, typer.Option("--stats", help="Print token counts and speeds to stderr at the end.")
     ] = False,
+    json_mode: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="The output is one valid JSON value (grammar-constrained).",
+            rich_help_panel="Structured output",
+        ),
+    ] = False,
+    schema: Annotated[
+        str | None,
+        typer.Option(
+            "--schema",
+            help="A JSON Schema (file or inline JSON) the output must match.",
+            rich_help_panel="Structured output",
+        ),
+    ] = None,
+    grammar: Annotated[
+        str | None,
+        typer.Option(
+            "--grammar", help="A llama.cpp GBNF grammar file.", rich_help_panel="Structured output"
+        ),
+    ] = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="csv, yaml or xml (grammars in presets/grammars).",
+            rich_help_panel="Structured output",
+        ),
+    ] = None,
+    columns: Annotated[
+        str | None,
+        typer.Option(
+            "--columns",
+            help="With --format csv: the header, e.g. name,age.",
+            rich_help_panel="Structured output",
+        ),
+    ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            "--task",
+            help="A few-shot task from "
+            "presets/tasks (sentiment, extract-contact, "
+            "translate-english) or a task file.",
+            rich_help_panel="Structured output",
+        ),
+    ] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", "-f", help="Read the prompt (the task input) from this file."),
+    ] = None,
     *,
     opts: dict[str, Any],
 ) -> None:
@@ -47,6 +100,13 @@ def generate(
     """
     from ggrun.errors import InvalidArgument
 
+    if file is not None:
+        if prompt is not None:
+            raise InvalidArgument("give PROMPT or --file, not both")
+        try:
+            prompt = file.read_text(encoding="utf-8")
+        except OSError as e:
+            raise InvalidArgument(f"{file}: cannot read: {e.strerror or e}") from None
     if prompt is None or prompt == "-":
         if sys.stdin is None or sys.stdin.isatty():
             raise InvalidArgument("no prompt: give PROMPT, or pipe it on stdin")
@@ -55,6 +115,18 @@ def generate(
         raise InvalidArgument("the prompt is empty")
     sampling = options.sampling_kwargs(opts)
     max_tokens = sampling.pop("max_tokens", None)
+    structured = {
+        "json": json_mode,
+        "schema": schema,
+        "grammar": grammar,
+        "format": fmt,
+        "columns": columns.split(",") if columns else None,
+    }
+    if task is not None or any(v not in (None, False) for v in structured.values()):
+        _constrained(
+            model, prompt, system, raw, task, structured, max_tokens, sampling, opts, stats
+        )
+        return
     with options.load_model(model, opts) as m:
         if raw:
             chunks = m.stream(prompt, max_tokens=max_tokens, **sampling)
@@ -79,3 +151,49 @@ def generate(
                 f"finish: {last.finish_reason}",
                 file=sys.stderr,
             )
+
+
+def _constrained(
+    model: str,
+    prompt: str,
+    system: str | None,
+    raw: bool,
+    task: str | None,
+    structured: dict[str, Any],
+    max_tokens: int | None,
+    sampling: dict[str, Any],
+    opts: dict[str, Any],
+    stats: bool,
+) -> None:
+    """Structured output: generated whole, checked, then printed (never half-valid)."""
+    from ggrun.errors import InvalidArgument
+    from ggrun.tasks import load_task
+
+    kwargs = {k: v for k, v in structured.items() if v not in (None, False)}
+    if max_tokens is not None:
+        kwargs["max_tokens"] = max_tokens
+    kwargs.update(sampling)
+    if task is not None:
+        if raw or system:
+            raise InvalidArgument("--task brings its own prompt: drop --raw and --system")
+        t = load_task(task)  # a bad task file fails before the model loads
+    with options.load_model(model, opts) as m:
+        if task is not None:
+            result = m.run_task(t.name if not Path(task).exists() else task, prompt, **kwargs)
+        elif raw:
+            result = m.generate(prompt, **kwargs)
+        else:
+            messages = ([{"role": "system", "content": system}] if system else []) + [
+                {"role": "user", "content": prompt}
+            ]
+            result = m.chat(messages, think=opts.get("think"), **kwargs)
+    if result.reasoning and opts.get("show_thinking"):
+        print(result.reasoning, file=sys.stderr)
+    sys.stdout.write(result.text.strip() + "\n")
+    if stats or opts.get("verbose"):
+        print(
+            f"ggrun: {result.prompt_tokens} prompt tokens, {result.completion_tokens} "
+            f"generated ({result.generation_tps:.1f} tok/s), finish: "
+            f"{result.finish_reason}",
+            file=sys.stderr,
+        )

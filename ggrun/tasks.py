@@ -1,0 +1,108 @@
+"""Few-shot tasks: YAML presets with a system prompt, examples and an output constraint.
+
+A task file (``presets/tasks/NAME.yaml``, or any path) holds:
+
+- ``system``: the instructions;
+- ``examples``: ``input`` -> ``output`` pairs, sent as prior user/assistant turns (an
+  ``output`` mapping is written as JSON);
+- optionally ``schema`` (a JSON Schema) or ``format`` (``json``, ``csv``, ``yaml``,
+  ``xml``) to constrain the answer;
+- optionally ``prompt`` (how the input is phrased, ``{input}`` marks it), sampling
+  settings (``temperature``, ``top_k``, ...), ``max_tokens`` and ``think``.
+
+Unknown keys and wrong types are :class:`~ggrun.errors.PresetError`\\ s naming the file,
+the line and the field. ``model.run_task("sentiment", "I loved it").data``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ggrun.errors import PresetError
+from ggrun.presets import build, line_of, load_yaml, presets_dir
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str = ""
+    description: str = ""
+    system: str = ""
+    prompt: str = "{input}"
+    examples: tuple[dict[str, Any], ...] = ()
+    schema: dict[str, Any] | None = None
+    format: str | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    max_tokens: int = 256
+    think: bool | None = False
+
+    def messages(self, text: str) -> list[dict[str, str]]:
+        msgs = [{"role": "system", "content": self.system}] if self.system else []
+        for ex in self.examples:
+            out = ex["output"]
+            answer = out if isinstance(out, str) else json.dumps(out, ensure_ascii=False)
+            msgs += [
+                {"role": "user", "content": self.prompt.replace("{input}", ex["input"])},
+                {"role": "assistant", "content": answer},
+            ]
+        msgs.append({"role": "user", "content": self.prompt.replace("{input}", text)})
+        return msgs
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments for ``Model.chat``."""
+        opts: dict[str, Any] = {"max_tokens": self.max_tokens, "think": self.think}
+        for k in ("temperature", "top_k", "top_p", "min_p"):
+            if getattr(self, k) is not None:
+                opts[k] = getattr(self, k)
+        if self.schema is not None:
+            opts["schema"] = self.schema
+        elif self.format == "json":
+            opts["json"] = True
+        elif self.format is not None:
+            opts["format"] = self.format
+        return opts
+
+
+def task_path(name: str) -> Path:
+    p = Path(name).expanduser()
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    path = presets_dir() / "tasks" / f"{name}.yaml"
+    if not path.exists():
+        known = sorted(f.stem for f in (presets_dir() / "tasks").glob("*.yaml"))
+        raise PresetError(f"unknown task {name!r} (known: {', '.join(known)})")
+    return path
+
+
+def load_task(name: str) -> Task:
+    path = task_path(name)
+    data = load_yaml(path)
+    where = str(path)
+    task = build(Task, data, where=where)
+    if not task.system and not task.examples:
+        raise PresetError(f"{where}: a task needs a 'system' prompt or 'examples'")
+    for i, ex in enumerate(task.examples):
+        line = line_of(data.get("examples", [None])[i], "input") if isinstance(data, dict) else 0
+        at = f"{where}, example {i + 1}" + (f", line {line}" if line else "")
+        if not isinstance(ex, dict) or set(ex) != {"input", "output"}:
+            raise PresetError(f"{at}: an example needs exactly 'input' and 'output'")
+        if not isinstance(ex["input"], str):
+            raise PresetError(f"{at}: 'input' must be a string")
+        if not isinstance(ex["output"], (str, dict, list)):
+            raise PresetError(f"{at}: 'output' must be a string or a mapping")
+    if task.format not in (None, "json", "csv", "yaml", "xml"):
+        raise PresetError(f"{where}: format must be json, csv, yaml or xml")
+    if "{input}" not in task.prompt:
+        raise PresetError(f"{where}: 'prompt' must contain {{input}}")
+    return Task(**{**task.__dict__, "name": task.name or path.stem})
+
+
+def run_task(model: Any, name: str, text: str, **overrides: Any) -> Any:
+    """Run a task on ``text`` with ``model``; returns a :class:`~ggrun.engine.Result`."""
+    task = load_task(name)
+    return model.chat(task.messages(text), **{**task.options(), **overrides})
