@@ -81,7 +81,7 @@ class Chat:
             head = [Message("system", self.system)] if self.system else []
             msgs = head + history + pending
             prompt = self.model.format_chat(msgs, think=think)
-            tokens = self.model.tokenize_prompt(prompt)
+            tokens = self._tokens_for(prompt)
             n = len(tokens)
             if n + reserve <= self.model.n_ctx or not history:
                 break
@@ -100,6 +100,21 @@ class Chat:
             self.history = history
         self.trimmed = dropped
         return prompt, tokens
+
+    def _tokens_for(self, prompt: str) -> list[int]:
+        """Tokens for ``prompt`` that keep what the KV cache already holds.
+
+        Re-tokenizing a reply does not always give back the tokens that were generated
+        (and never does for noise), which would send the whole history through the model
+        again. When the prompt extends the text the cache holds, only the new suffix is
+        tokenized.
+        """
+        held = self.model.kv_tokens
+        if held:
+            text = self.model.detokenize(held)
+            if prompt.startswith(text) and len(prompt) > len(text):
+                return [*held, *self.model.tokenize(prompt[len(text) :])]
+        return self.model.tokenize_prompt(prompt)
 
     # -- turns ----------------------------------------------------------------------
     def stream(self, content: str, **kwargs: Any) -> Iterator[Chunk]:

@@ -201,15 +201,17 @@ class _Reader:
         self.pos += n
         return raw.decode("utf-8", errors="replace")
 
-    def skip_string(self, what: str) -> None:
+    def skip_string(self, what: str) -> tuple[int, int]:
+        """Step over a string; return its (start, end) in the buffer."""
         start = self.pos
         n = self.u64(f"length of {what}")
         if n > MAX_STRING_LEN:
             raise self.fail(f"{what} is {n} bytes long, over the limit of {MAX_STRING_LEN}", start)
         self.need(n, what)
         self.pos += n
+        return self.pos - n, self.pos
 
-    def value(self, vtype: int, what: str, depth: int = 0) -> Any:
+    def value(self, vtype: int, what: str, depth: int = 0, unique: bool = False) -> Any:
         if vtype in _SCALARS:
             return self.scalar(_SCALARS[vtype], what)
         if vtype == GGUFValueType.STRING:
@@ -217,10 +219,10 @@ class _Reader:
         if vtype == GGUFValueType.ARRAY:
             if depth > 0:
                 raise self.fail(f"{what} is a nested array, which llama.cpp does not support")
-            return self.array(what)
+            return self.array(what, unique)
         raise self.fail(f"{what} has unknown value type {vtype}", self.pos - 4)
 
-    def array(self, what: str) -> ArrayValue:
+    def array(self, what: str, unique: bool = False) -> ArrayValue:
         start = self.pos
         etype = self.u32(f"element type of {what}")
         count = self.u64(f"length of {what}")
@@ -240,10 +242,16 @@ class _Reader:
             return ArrayValue(etype, count)
         if etype == GGUFValueType.STRING:
             self.need(count * 8, what)  # every string has at least its 8-byte length
-            if count <= KEEP_ARRAY_VALUES:
+            if count <= KEEP_ARRAY_VALUES and not unique:
                 return ArrayValue(etype, count, tuple(self.string(what) for _ in range(count)))
-            for _ in range(count):
-                self.skip_string(f"element of {what}")
+            seen: set[bytes] = set()
+            for i in range(count):
+                a, b = self.skip_string(f"element of {what}")
+                if unique:  # llama.cpp asserts (aborts) on duplicate tokens
+                    item = bytes(self.buf[a:b])
+                    if item in seen:
+                        raise self.fail(f"{what} holds {item[:40]!r} twice (entry {i})", a)
+                    seen.add(item)
             return ArrayValue(etype, count)
         if etype == GGUFValueType.ARRAY:
             raise self.fail(f"{what} is a nested array, which llama.cpp does not support", start)
@@ -303,7 +311,7 @@ def _parse(r: _Reader) -> GGUFInfo:
         if key in metadata:
             raise r.fail(f"duplicate metadata key {key!r}", start)
         vtype = r.u32(f"type of {key!r}")
-        metadata[key] = r.value(vtype, repr(key))
+        metadata[key] = r.value(vtype, repr(key), unique=key == "tokenizer.ggml.tokens")
 
     alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):

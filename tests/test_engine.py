@@ -102,6 +102,7 @@ def test_thinking_is_split_from_the_answer(qwen3_style: Model) -> None:
             [{"role": "user", "content": "Hi"}],
             think=True,
             grammar=THINK_GRAMMAR,
+            grammar_lazy=False,
             temperature=0,
             max_tokens=120,
         )

@@ -1,0 +1,132 @@
+"""Fuzz: damaged copies of the real SmolLM2 GGUF never crash or hang ggrun.
+
+Each mutant (bit flips in the header region, truncations, extreme values written over
+counts, lengths, types and offsets) goes through ggrun's validator; what passes it is
+loaded and run by ``ggrun.engine.Model`` in a child process, so a crash is observed
+rather than fatal. Every mutant must end as a GgrunError or a model that works: no
+signal, no hang, no other exception.
+"""
+
+from __future__ import annotations
+
+import random
+import select
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+from ggrun.errors import GgrunError
+from ggrun.gguffile import read_gguf
+
+N_MUTANTS = 240
+TIMEOUT_S = 30
+
+
+def _header_end(path: Path) -> int:
+    info = read_gguf(path)
+    return info.data_offset
+
+
+def _mutants(src: bytes, header_end: int, rng: random.Random) -> list[tuple[str, bytes]]:
+    out: list[tuple[str, bytes]] = []
+    extremes = [0, 1, 0x7F, 0xFF, 0x7FFF_FFFF, 0xFFFF_FFFF, 2**63 - 1, 2**64 - 1, 2**40]
+    for i in range(N_MUTANTS):
+        kind = i % 4
+        raw = bytearray(src[:header_end] if kind != 3 else src)
+        if kind == 0:  # bit flips in the header region
+            for _ in range(rng.randint(1, 8)):
+                pos = rng.randrange(4, header_end)
+                raw[pos] ^= 1 << rng.randrange(8)
+            name = "flip"
+        elif kind == 1:  # an extreme u64 over a random 8-byte-aligned-ish spot
+            pos = rng.randrange(8, header_end - 8)
+            raw[pos : pos + 8] = struct.pack("<Q", rng.choice(extremes))
+            name = f"u64@{pos}"
+        elif kind == 2:  # an extreme u32 (types, dims, lengths)
+            pos = rng.randrange(4, header_end - 4)
+            raw[pos : pos + 4] = struct.pack("<I", rng.choice(extremes) & 0xFFFF_FFFF)
+            name = f"u32@{pos}"
+        else:  # truncation anywhere in the file
+            cut = rng.randrange(0, len(src))
+            out.append((f"cut@{cut}", bytes(src[:cut])))
+            continue
+        out.append((name, bytes(raw) + src[header_end:]))
+    return out
+
+
+WORKER = """
+import sys
+from ggrun.engine import LoadConfig, Model
+from ggrun.errors import GgrunError
+for line in sys.stdin:
+    try:
+        with Model(line.strip(), LoadConfig(n_ctx=64)) as m:
+            m.generate("Hi", max_tokens=2, temperature=0)
+        print("ok", flush=True)
+    except GgrunError:
+        print("refused", flush=True)
+    except BaseException as e:
+        print("exception", type(e).__name__, flush=True)
+"""
+
+
+class Worker:
+    """A child process that loads one file per line; a crash kills only the child."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", WORKER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+
+    def load(self, path: Path) -> str:
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(f"{path}\n")
+        self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], TIMEOUT_S)
+        if not ready:
+            self.proc.kill()
+            return "hang"
+        line = self.proc.stdout.readline()
+        if not line:
+            code = self.proc.wait()
+            return f"crash (signal {-code})" if code < 0 else f"died ({code})"
+        return line.strip()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def test_mutants_never_crash(smol_path: Path, tmp_path: Path) -> None:
+    """Pure-Python validation runs here; what passes it is loaded in a child process."""
+    src = smol_path.read_bytes()
+    rng = random.Random(1234)
+    counts = {"refused": 0, "ok": 0}
+    failures = []
+    worker = Worker()
+    try:
+        for i, (name, data) in enumerate(_mutants(src, _header_end(smol_path), rng)):
+            target = tmp_path / f"m{i % 4}.gguf"
+            target.write_bytes(data)
+            try:
+                read_gguf(target)
+            except GgrunError:
+                counts["refused"] += 1
+                continue
+            outcome = worker.load(target)
+            if outcome in counts:
+                counts[outcome] += 1
+            else:
+                failures.append(f"{name}: {outcome}")
+                worker.close()
+                worker = Worker()
+    finally:
+        worker.close()
+    assert not failures, failures[:10]
+    assert counts["refused"] > N_MUTANTS // 2, counts  # most are refused with a clear error
