@@ -127,6 +127,7 @@ def ggrun_speed(model: Model, rng: random.Random) -> dict[str, list[float]]:
 
 def ttft(model: Model) -> list[float]:
     """Time to first token of each turn: the chat's own work plus the engine's ttft."""
+    model.reset()  # turn 1 starts from an empty cache, as a new conversation does
     chat = Chat(model, system="You are a concise assistant.", temperature=0, max_tokens=48)
     times = []
     for text in TURNS:
@@ -155,12 +156,27 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=1, help="llama-bench repetitions per round")
     ap.add_argument("--rounds", type=int, default=8, help="interleaved rounds")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
+    ap.add_argument("--ttft-only", action="store_true", help="only the 10-turn chat")
     args = ap.parse_args()
     path = resolve(args.model)
     rng = random.Random(0)
     sides = ("llama_bench", "native_in_process", "ggrun")
     res: dict[str, dict[str, list[float]]] = {k: {"pp512": [], "tg128": []} for k in sides}
     cfg = LoadConfig(n_ctx=4096, n_threads=args.threads, n_threads_batch=args.threads, n_batch=512)
+    if args.ttft_only:
+        with Model(path, cfg) as model:
+            ttft(model)  # burn in
+            turns = [ttft(model) for _ in range(3)]
+        t1 = statistics.median(t[0] for t in turns)
+        t10 = statistics.median(t[-1] for t in turns)
+        print(
+            f"model {path.name}: chat time to first token: turn 1 {t1 * 1000:.0f} ms, "
+            f"turn 10 {t10 * 1000:.0f} ms, ratio {t10 / t1:.2f}"
+        )
+        print(
+            "per turn (ms):", [round(statistics.median(c) * 1000) for c in zip(*turns, strict=True)]
+        )
+        return
     with Model(path, cfg) as model:
         ggrun_speed(model, rng)  # burn in
         in_process_native(model, rng)

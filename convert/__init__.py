@@ -144,6 +144,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _release_memory() -> None:
+    """Return freed heap memory (the tokenizer tables, the writers) to the OS."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # glibc only; elsewhere a no-op
+
+
 def _tmp(path: Path) -> Path:
     return path.with_name(path.name + ".tmp")
 
@@ -210,6 +220,8 @@ def convert(
             writer.write_float(ckpt, arch, tensors, write, name, on_bytes)
         for o in floats.values():
             os.replace(_tmp(o.path), o.path)
+        if quants:
+            _release_memory()  # the quantizer needs ~1.5 GB of its own; give back ours
         for o in quants:
             tmp = _tmp(o.path)
             assert inter_path is not None

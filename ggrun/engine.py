@@ -424,6 +424,11 @@ class Model:
         tail = prompt[prompt.rfind("<|im_start|>") :] if "<|im_start|>" in prompt else prompt
         return templates.THINK_CLOSE not in tail or templates.starts_in_thinking(prompt)
 
+    def reset(self) -> None:
+        """Forget everything the KV cache holds."""
+        self._check_open()
+        self._reset_to(0)
+
     @property
     def kv_tokens(self) -> list[int]:
         """The tokens whose keys and values the context holds now (sequence 0)."""

@@ -176,19 +176,14 @@ def _grammar_problem(grammar: str, log: list[str]) -> str:
     return f"invalid grammar{where}: {detail}"
 
 
-def build_chain(
-    cfg: SamplingConfig, vocab: Any, grammar: str | None = None, lazy_after: str | None = None
-) -> Any:
+def build_chain(cfg: SamplingConfig, vocab: Any) -> Any:
     """Build a native llama.cpp sampler chain; the caller frees it with ``llama_sampler_free``."""
     import llama_cpp as ll
 
-    g = _grammar_sampler(ll, vocab, grammar, lazy_after) if grammar is not None else None
     params = ll.llama_sampler_chain_default_params()
     params.no_perf = True
     chain = ll.llama_sampler_chain_init(params)
     add = ll.llama_sampler_chain_add
-    if g is not None:
-        add(chain, g)
     if cfg.repeat_penalty != 1.0 or cfg.presence_penalty or cfg.frequency_penalty:
         n_vocab = ll.llama_vocab_n_tokens(vocab)
         add(
@@ -220,7 +215,13 @@ class Sampler:
 
     Plain greedy decoding (no penalties, no grammar) takes the argmax of the logits
     directly: llama.cpp's chain would first copy all ~150k candidates, which costs ~1 ms
-    a token on a Qwen vocabulary. Everything else goes through the native chain.
+    a token on a Qwen vocabulary.
+
+    With a grammar, checking every candidate against it costs far more than the model on a
+    small CPU model. As llama.cpp's own common sampler does, the token is first sampled
+    without the grammar and then checked alone; only when the grammar rejects it are all
+    candidates filtered by the grammar and the token sampled again. The result is the same
+    distribution; the cost is one check per token in the common case.
     """
 
     def __init__(
@@ -232,26 +233,72 @@ class Sampler:
         lazy_after: str | None = None,
     ) -> None:
         import llama_cpp as ll
+        import numpy as np
 
         self._ll = ll
+        self._np = np
         self._ctx = ctx
         self._chain: Any = None
+        self._grammar: Any = None
+        self._n_vocab = int(ll.llama_vocab_n_tokens(vocab))
         plain = cfg.repeat_penalty == 1.0 and not cfg.presence_penalty and not cfg.frequency_penalty
         if cfg.greedy and plain and grammar is None:
-            import numpy as np
-
-            self._n_vocab = int(ll.llama_vocab_n_tokens(vocab))
-            self._np = np
-        else:
-            self._chain = build_chain(cfg, vocab, grammar, lazy_after)
+            return
+        if grammar is not None:
+            self._grammar = _grammar_sampler(ll, vocab, grammar, lazy_after)
+            fields = [("id", "<i4"), ("logit", "<f4"), ("p", "<f4")]
+            self._buf = np.zeros(self._n_vocab, dtype=np.dtype(fields, align=True))
+            self._ids = np.arange(self._n_vocab, dtype=np.int32)
+            self._one = (ll.llama_token_data * 1)()
+        try:
+            self._chain = build_chain(cfg, vocab)
+        except BaseException:
+            self.close()
+            raise
 
     def sample(self) -> int:
+        if self._grammar is not None:
+            return self._sample_with_grammar()
         if self._chain is not None:
             return int(self._ll.llama_sampler_sample(self._chain, self._ctx, -1))
         logits = self._ll.llama_get_logits_ith(self._ctx, -1)
         return int(self._np.ctypeslib.as_array(logits, shape=(self._n_vocab,)).argmax())
 
+    def _candidates(self) -> Any:
+        ll = self._ll
+        logits = self._np.ctypeslib.as_array(
+            ll.llama_get_logits_ith(self._ctx, -1), shape=(self._n_vocab,)
+        )
+        self._buf["id"] = self._ids
+        self._buf["logit"] = logits
+        self._buf["p"] = 0.0
+        data = self._buf.ctypes.data_as(ctypes.POINTER(ll.llama_token_data))
+        return ll.llama_token_data_array(data, self._n_vocab, -1, False)
+
+    def _allowed(self, token: int) -> bool:
+        ll = self._ll
+        self._one[0] = ll.llama_token_data(token, 0.0, 0.0)
+        arr = ll.llama_token_data_array(self._one, 1, -1, False)
+        ll.llama_sampler_apply(self._grammar, ctypes.byref(arr))
+        return bool(self._one[0].logit > -3.0e38)
+
+    def _sample_with_grammar(self) -> int:
+        ll = self._ll
+        arr = self._candidates()
+        ll.llama_sampler_apply(self._chain, ctypes.byref(arr))
+        token = int(arr.data[arr.selected].id)
+        if not self._allowed(token):  # resample with the grammar over every candidate
+            arr = self._candidates()
+            ll.llama_sampler_apply(self._grammar, ctypes.byref(arr))
+            ll.llama_sampler_apply(self._chain, ctypes.byref(arr))
+            token = int(arr.data[arr.selected].id)
+        ll.llama_sampler_accept(self._grammar, token)
+        ll.llama_sampler_accept(self._chain, token)
+        return token
+
     def close(self) -> None:
-        if self._chain is not None:
-            self._ll.llama_sampler_free(self._chain)
-            self._chain = None
+        for name in ("_chain", "_grammar"):
+            handle = getattr(self, name)
+            if handle is not None:
+                self._ll.llama_sampler_free(handle)
+                setattr(self, name, None)
