@@ -154,6 +154,17 @@ class GGUFInfo:
         return max(by_type, key=lambda k: by_type[k]) if by_type else "?"
 
     @property
+    def file_type(self) -> str:
+        """The quantization named by ``general.file_type`` (e.g. ``Q4_K_M``), else ``quant``."""
+        from gguf.constants import LlamaFileType
+
+        try:
+            name = LlamaFileType(self.metadata.get("general.file_type")).name
+        except ValueError:
+            return self.quant
+        return name.removeprefix("MOSTLY_").removeprefix("ALL_")
+
+    @property
     def bits_per_weight(self) -> float:
         n = self.n_params
         return 8.0 * self.weights_bytes / n if n else 0.0

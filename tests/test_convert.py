@@ -294,3 +294,9 @@ def test_real_weights_round_trip(qwen_path: Path, tmp_path: Path) -> None:
             max_tokens=10,
         )
     assert "Paris" in r.text
+
+
+def test_hub_repo_id_offline_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConversionError, match="Qwen/Qwen3-1.7B"):
+        convert.convert("Qwen/Qwen3-1.7B", "q4_k_m", tmp_path)
+    _assert_clean(tmp_path)

@@ -23,6 +23,7 @@ def test_reads_real_models(smol_path: Path, qwen_path: Path) -> None:
     assert qwen.n_vocab == 151936
     assert qwen.get("tokenizer.ggml.eos_token_id") == 151645
     assert qwen.arch_get("block_count") == 24
+    assert qwen.file_type == "Q4_K_M" and smol.file_type == "Q4_1"
     # tensors are inside the file and do not overlap
     ends = sorted((t.offset, t.offset + t.nbytes) for t in qwen.tensors)
     assert all(a[1] <= b[0] for a, b in zip(ends, ends[1:], strict=False))

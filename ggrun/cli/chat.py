@@ -65,7 +65,7 @@ def _load(s: Session, arg: str) -> None:
 def _stats(s: Session, arg: str) -> None:
     m = s.chat.model
     used = s.chat.context_used()
-    s.say(f"  model:    {m.path.name} ({m.info.arch}, {m.info.quant})")
+    s.say(f"  model:    {m.path.name} ({m.info.arch}, {m.info.file_type})")
     s.say(f"  context:  {used} / {m.n_ctx} tokens used; threads {m.n_threads}")
     last = s.chat.last
     if last is not None:

@@ -63,7 +63,7 @@ def list_models(
     for m in models.list_local():
         try:
             info = read_gguf(m.path)
-            arch, quant, params = info.arch, info.quant, info.n_params
+            arch, quant, params = info.arch, info.file_type, info.n_params
         except GgrunError as e:
             arch, quant, params = f"invalid: {e}", "?", 0
         rows.append(
