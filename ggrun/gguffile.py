@@ -158,9 +158,12 @@ class GGUFInfo:
         """The quantization named by ``general.file_type`` (e.g. ``Q4_K_M``), else ``quant``."""
         from gguf.constants import LlamaFileType
 
+        ft = self.metadata.get("general.file_type")
         try:
-            name = LlamaFileType(self.metadata.get("general.file_type")).name
+            name = LlamaFileType(int(ft)).name if isinstance(ft, int) else ""
         except ValueError:
+            name = ""
+        if not name:
             return self.quant
         return name.removeprefix("MOSTLY_").removeprefix("ALL_")
 
