@@ -175,17 +175,21 @@ def schema_constraint(schema: Any) -> Constraint:
     return Constraint(grammar, "schema", schema, model_class)
 
 
+def _read(path: str, what: str) -> str:
+    p = Path(path).expanduser()
+    try:
+        return p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise GrammarError(f"{p}: no such {what} file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise GrammarError(f"{p}: cannot read: {e}") from None
+
+
 def load_schema(value: str | Path) -> Any:
     """Inline JSON, or the path of a JSON file."""
     text = str(value).strip()
     if not text.startswith("{"):
-        p = Path(text).expanduser()
-        try:
-            text = p.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise GrammarError(f"{p}: no such schema file") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise GrammarError(f"{p}: cannot read: {e}") from None
+        text = _read(text, "schema")
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -202,13 +206,7 @@ def grammar_constraint(source: str | Path) -> Constraint:
     """A GBNF grammar given as text, or as the path of a .gbnf file."""
     text = str(source)
     if "::=" not in text:
-        p = Path(text).expanduser()
-        try:
-            text = p.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise GrammarError(f"{p}: no such grammar file") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise GrammarError(f"{p}: cannot read: {e}") from None
+        text = _read(text, "grammar")
     return Constraint(text, "grammar")
 
 
