@@ -74,7 +74,7 @@ class Chat:
     def _fit(
         self, pending: list[Message], reserve: int, think: bool | None
     ) -> tuple[str, list[int]]:
-        """Drop the oldest turns until prompt + reserve fits; return messages and prompt."""
+        """Drop the oldest turns until prompt + reserve fits; return the prompt and its tokens."""
         history = list(self.history)
         dropped = 0
         while True:

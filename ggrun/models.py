@@ -22,7 +22,6 @@ import hashlib
 import importlib.util
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -408,13 +407,3 @@ def remove(ref: str) -> list[Path]:
     if not removed:
         raise ModelNotFound(f"{ref} is not downloaded")
     return removed
-
-
-def copy_atomic(src: Path, dest: Path) -> None:
-    """Copy a file so that ``dest`` is complete or absent."""
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)

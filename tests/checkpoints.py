@@ -332,6 +332,23 @@ def write_qwen3(
     return folder
 
 
+# metadata compared between converters: large arrays by hash, small values as they are
+HASHED_KEYS = (
+    "tokenizer.ggml.tokens",
+    "tokenizer.ggml.token_type",
+    "tokenizer.ggml.merges",
+    "tokenizer.chat_template",
+)
+VALUE_KEYS = (
+    "tokenizer.ggml.pre",
+    "tokenizer.ggml.eos_token_id",
+    "tokenizer.ggml.padding_token_id",
+    "tokenizer.ggml.bos_token_id",
+    "tokenizer.ggml.add_bos_token",
+    "general.file_type",
+)
+
+
 def digest(path: Path) -> dict[str, Any]:
     """What must match between two converters: tensors (name, type, shape, data hash),
     the tokenizer arrays and the chat template."""
@@ -347,23 +364,11 @@ def digest(path: Path) -> dict[str, Any]:
             "shape": [int(d) for d in t.shape],
             "sha256": hashlib.sha256(np.asarray(t.data).tobytes()).hexdigest(),
         }
-    for key in (
-        "tokenizer.ggml.tokens",
-        "tokenizer.ggml.token_type",
-        "tokenizer.ggml.merges",
-        "tokenizer.chat_template",
-    ):
+    for key in HASHED_KEYS:
         field = r.get_field(key)
         value = field.contents() if field is not None else None
         out[key] = hashlib.sha256(json.dumps(value, ensure_ascii=False).encode()).hexdigest()
-    for key in (
-        "tokenizer.ggml.pre",
-        "tokenizer.ggml.eos_token_id",
-        "tokenizer.ggml.padding_token_id",
-        "tokenizer.ggml.bos_token_id",
-        "tokenizer.ggml.add_bos_token",
-        "general.file_type",
-    ):
+    for key in VALUE_KEYS:
         field = r.get_field(key)
         out[key] = field.contents() if field is not None else None
     return out

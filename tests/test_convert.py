@@ -14,7 +14,7 @@ import pytest
 import convert
 from ggrun.engine import LoadConfig, Model
 from ggrun.errors import ConversionError, UnsupportedArchitecture
-from tests.checkpoints import TINY, to_bf16, write_qwen3
+from tests.checkpoints import HASHED_KEYS, TINY, VALUE_KEYS, to_bf16, write_qwen3
 from tests.helpers import QWEN3_TEMPLATE
 
 
@@ -248,18 +248,7 @@ def test_unknown_quant(tiny_src: Path) -> None:
 # and llama-quantize, run on the same deterministic checkpoints).
 
 DATA = Path(__file__).parent / "data"
-COMPARED = (
-    "tokenizer.ggml.tokens",
-    "tokenizer.ggml.token_type",
-    "tokenizer.ggml.merges",
-    "tokenizer.chat_template",
-    "tokenizer.ggml.pre",
-    "tokenizer.ggml.eos_token_id",
-    "tokenizer.ggml.padding_token_id",
-    "tokenizer.ggml.bos_token_id",
-    "tokenizer.ggml.add_bos_token",
-    "general.file_type",
-)
+COMPARED = HASHED_KEYS + VALUE_KEYS
 
 
 def _assert_same(ours: dict, ref: dict) -> None:  # type: ignore[type-arg]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -195,7 +194,3 @@ def load_model(ref: str | None, opts: dict[str, Any]) -> Any:
         n_ctx=opts.get("ctx"), n_threads=opts.get("threads"), verbose=bool(opts.get("verbose"))
     )
     return load(ref, config=cfg)
-
-
-def existing_file(path: str) -> Path:
-    return Path(path)
