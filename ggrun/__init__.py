@@ -20,6 +20,7 @@ from ggrun.errors import (
     ConversionError,
     GgrunError,
     GrammarError,
+    InsufficientMemory,
     InvalidArgument,
     InvalidModelFile,
     ModelNotFound,
@@ -33,7 +34,10 @@ if TYPE_CHECKING:
     from convert import convert
     from ggrun.chat import Chat
     from ggrun.engine import Chunk, LoadConfig, Model, Result, load
+    from ggrun.hardware import Hardware, detect_hardware
     from ggrun.models import pull
+    from ggrun.planner import Plan
+    from ggrun.planner import plan_model as plan
     from ggrun.sampling import SamplingConfig
 
 __version__ = "0.1.0"
@@ -45,11 +49,14 @@ __all__ = [
     "ConversionError",
     "GgrunError",
     "GrammarError",
+    "Hardware",
+    "InsufficientMemory",
     "InvalidArgument",
     "InvalidModelFile",
     "LoadConfig",
     "Model",
     "ModelNotFound",
+    "Plan",
     "PresetError",
     "PullError",
     "Result",
@@ -57,7 +64,9 @@ __all__ = [
     "TemplateError",
     "UnsupportedArchitecture",
     "convert",
+    "detect_hardware",
     "load",
+    "plan",
     "pull",
 ]
 
@@ -69,6 +78,10 @@ _LAZY = {
     "Result": "ggrun.engine",
     "load": "ggrun.engine",
     "pull": "ggrun.models",
+    "Hardware": "ggrun.hardware",
+    "detect_hardware": "ggrun.hardware",
+    "Plan": "ggrun.planner",
+    "plan": ("ggrun.planner", "plan_model"),
     "SamplingConfig": "ggrun.sampling",
     "convert": "convert",
 }
@@ -78,5 +91,7 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        where = _LAZY[name]
+        module, attr = where if isinstance(where, tuple) else (where, name)
+        return getattr(importlib.import_module(module), attr)
     raise AttributeError(f"module 'ggrun' has no attribute {name!r}")

@@ -23,10 +23,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from convert.llamalog import route_llama_log
-from ggrun import hardware, sampling, structured, templates
+from ggrun import hardware, planner, sampling, structured, templates
 from ggrun.errors import (
     ContextOverflow,
     GgrunError,
@@ -35,6 +35,8 @@ from ggrun.errors import (
     UnsupportedArchitecture,
 )
 from ggrun.gguffile import GGUFInfo, read_gguf
+from ggrun.hardware import Hardware, detect_hardware
+from ggrun.planner import Plan
 from ggrun.sampling import SamplingConfig
 
 logger = logging.getLogger(__name__)
@@ -103,7 +105,7 @@ class Result:
     @classmethod
     def from_last(
         cls, last: Chunk, text: str, reasoning: str, default_finish: str = "stop"
-    ) -> Result:
+    ) -> Self:
         """A result from the stream's text, its reasoning and its last chunk's counts."""
         return cls(
             text=text,
@@ -143,14 +145,21 @@ class Model:
     """A loaded GGUF model with one llama.cpp context (sequence 0)."""
 
     def __init__(
-        self, path: str | Path, config: LoadConfig | None = None, *, family: str = ""
+        self,
+        path: str | Path,
+        config: LoadConfig | None = None,
+        *,
+        family: str = "",
+        plan: Plan | None = None,
+        info: GGUFInfo | None = None,
     ) -> None:
         import llama_cpp as ll
 
         self._ll = ll
         self.config = config or LoadConfig()
         self.path = Path(path)
-        self.info: GGUFInfo = read_gguf(self.path)
+        self.plan = plan  # how ggrun.load decided to run it (None for a bare Model())
+        self.info: GGUFInfo = info or read_gguf(self.path)
         check_architecture(self.info)
         self.family = family or self.info.arch
         self._stack = ExitStack()
@@ -369,7 +378,7 @@ class Model:
         constraint = _pop_constraint(kwargs)
         if constraint is not None:
             kwargs["grammar"] = constraint.grammar
-        return _checked(Result.collect(self.stream(prompt, **kwargs)), constraint)
+        return check_structured(Result.collect(self.stream(prompt, **kwargs)), constraint)
 
     def chat_stream(
         self, messages: Sequence[Any], *, think: bool | None = None, **kwargs: Any
@@ -408,7 +417,25 @@ class Model:
         constraint = _pop_constraint(kwargs)
         if constraint is not None:
             kwargs["grammar"] = constraint.grammar
-        return _checked(Result.collect(self.chat_stream(messages, **kwargs)), constraint)
+        return check_structured(Result.collect(self.chat_stream(messages, **kwargs)), constraint)
+
+    def batch_stream(
+        self, items: Sequence[Any], *, parallel: int = 8, **kwargs: Any
+    ) -> Iterator[Any]:
+        """Run many prompts (strings), message lists or dicts together, up to ``parallel``
+        at once (continuous batching, :mod:`ggrun.batch`); yield each result as it
+        finishes. ``result.id`` is the input's position unless a dict gave an ``id``;
+        a request that failed on its own has ``error`` set."""
+        from ggrun.batch import run_batch  # the batch engine sits on top of Model
+
+        return (r for _, r in run_batch(self, items, parallel=parallel, **kwargs))
+
+    def batch(self, items: Sequence[Any], *, parallel: int = 8, **kwargs: Any) -> list[Any]:
+        """:meth:`batch_stream`, collected in input order."""
+        from ggrun.batch import run_batch
+
+        done = dict(run_batch(self, items, parallel=parallel, **kwargs))
+        return [done[i] for i in range(len(done))]
 
     def run_task(self, name: str, text: str, **overrides: Any) -> Result:
         """Run a few-shot task preset (``presets/tasks/NAME.yaml`` or a path) on ``text``."""
@@ -519,7 +546,7 @@ class Model:
 
         sampler = sampling.Sampler(cfg, self._vocab, self._ctx, grammar, lazy_after)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        stopper = _StopMatcher(stop)
+        stopper = StopMatcher(stop)
         stats = Chunk(prompt_tokens=n_prompt, cached_tokens=n_keep)
         try:
             t0 = time.perf_counter()
@@ -593,7 +620,7 @@ def _pop_constraint(kwargs: dict[str, Any]) -> structured.Constraint | None:
     )
 
 
-def _checked(result: Result, constraint: structured.Constraint | None) -> Result:
+def check_structured(result: Result, constraint: structured.Constraint | None) -> Result:
     """Parse a constrained result; a cut-off one is an error, never passed off as valid."""
     if constraint is None:
         return result
@@ -612,7 +639,7 @@ def _delta(stats: Chunk, text: str, reasoning: str, token: int | None) -> Chunk:
 
 
 @dataclass
-class _StopMatcher:
+class StopMatcher:
     """Cut the stream at the first stop string, holding back possible partial matches."""
 
     stops: tuple[str, ...]
@@ -645,10 +672,21 @@ def load(
     *,
     n_ctx: int | None = None,
     n_threads: int | None = None,
+    device: str | None = None,
+    gpu_layers: int | str | None = None,
+    use_mmap: bool | None = None,
+    hardware: Hardware | None = None,
+    verbose: bool = False,
     config: LoadConfig | None = None,
     **load_options: Any,
 ) -> Model:
-    """Load a model from a path or an alias; ``None`` picks the default model."""
+    """Load a model from a path or an alias; ``None`` picks the default model.
+
+    Device, GPU layers, threads, context and mmap come from :func:`ggrun.plan`
+    unless given; a value that cannot work raises before llama.cpp allocates.
+    ``config`` skips the plan and loads exactly as told. Other keywords
+    (``n_batch``, ``n_threads_batch``, ``extra_buffers``) go to :class:`LoadConfig`.
+    """
     from ggrun import models
 
     if model is None:
@@ -658,5 +696,33 @@ def load(
     else:
         ref = str(model)
     path = models.resolve(ref)
-    cfg = config or LoadConfig(n_ctx=n_ctx, n_threads=n_threads, **load_options)
-    return Model(path, cfg, family=models.family_of(ref))
+    family = models.family_of(ref)
+    if config is not None:
+        return Model(path, config, family=family)
+    info = read_gguf(path)
+    check_architecture(info)
+    p = planner.plan(
+        planner.ModelShape.from_gguf(info),
+        hardware or detect_hardware(),
+        n_ctx=n_ctx,
+        device=device,
+        gpu_layers=gpu_layers,
+        n_threads=n_threads,
+        n_threads_batch=load_options.pop("n_threads_batch", None),
+        n_batch=load_options.pop("n_batch", planner.DEFAULT_BATCH),
+        use_mmap=use_mmap,
+    )
+    for note in p.notes:
+        logger.warning("%s", note)
+    logger.info("plan: %s", p.summary())
+    cfg = LoadConfig(
+        n_ctx=p.n_ctx,
+        n_threads=p.n_threads,
+        n_threads_batch=p.n_threads_batch,
+        n_batch=p.n_batch,
+        n_gpu_layers=p.n_gpu_layers,
+        use_mmap=p.use_mmap,
+        verbose=verbose,
+        **load_options,
+    )
+    return Model(path, cfg, family=family, plan=p, info=info)

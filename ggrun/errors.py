@@ -58,3 +58,7 @@ class PullError(GgrunError):
 
 class InvalidArgument(GgrunError):
     """A parameter value is out of range or inconsistent with others."""
+
+
+class InsufficientMemory(GgrunError):
+    """A model and its context would not fit in the memory of the chosen device."""

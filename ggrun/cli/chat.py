@@ -67,6 +67,8 @@ def _stats(s: Session, arg: str) -> None:
     used = s.chat.context_used()
     s.say(f"  model:    {m.path.name} ({m.info.arch}, {m.info.file_type})")
     s.say(f"  context:  {used} / {m.n_ctx} tokens used; threads {m.n_threads}")
+    if m.plan is not None:
+        s.say(f"  plan:     {m.plan.summary()}")
     last = s.chat.last
     if last is not None:
         s.say(

@@ -34,22 +34,8 @@ def generate(
     stats: Annotated[
         bool, typer.Option("--stats", help="Print token counts and speeds to stderr at the end.")
     ] = False,
-    json_mode: Annotated[
-        bool,
-        typer.Option(
-            "--json",
-            help="The output is one valid JSON value (grammar-constrained).",
-            rich_help_panel="Structured output",
-        ),
-    ] = False,
-    schema: Annotated[
-        str | None,
-        typer.Option(
-            "--schema",
-            help="A JSON Schema (file or inline JSON) the output must match.",
-            rich_help_panel="Structured output",
-        ),
-    ] = None,
+    json_mode: options.JsonOpt = False,
+    schema: options.SchemaOpt = None,
     grammar: Annotated[
         str | None,
         typer.Option(
@@ -72,16 +58,7 @@ def generate(
             rich_help_panel="Structured output",
         ),
     ] = None,
-    task: Annotated[
-        str | None,
-        typer.Option(
-            "--task",
-            help="A few-shot task from "
-            "presets/tasks (sentiment, extract-contact, "
-            "translate-english) or a task file.",
-            rich_help_panel="Structured output",
-        ),
-    ] = None,
+    task: options.TaskOpt = None,
     file: Annotated[
         Path | None,
         typer.Option("--file", "-f", help="Read the prompt (the task input) from this file."),

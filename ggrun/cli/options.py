@@ -25,6 +25,42 @@ ModelArg = Annotated[
     ),
 ]
 
+STRUCTURED_PANEL = "Structured output"
+JsonOpt = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="The output is one valid JSON value (grammar-constrained).",
+        rich_help_panel=STRUCTURED_PANEL,
+    ),
+]
+SchemaOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--schema",
+        help="A JSON Schema (file or inline JSON) the output must match.",
+        rich_help_panel=STRUCTURED_PANEL,
+    ),
+]
+TaskOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--task",
+        help="A few-shot task from presets/tasks (sentiment, extract-contact, "
+        "translate-english) or a task file.",
+        rich_help_panel=STRUCTURED_PANEL,
+    ),
+]
+ThinkOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--think/--no-think",
+        help="Qwen3 thinking mode, through the template's enable_thinking (default: the "
+        "template's).",
+        show_default=False,
+    ),
+]
+
 LOAD: dict[str, tuple[Any, Any]] = {
     "ctx": (
         int | None,
@@ -42,6 +78,33 @@ LOAD: dict[str, tuple[Any, Any]] = {
             "-t",
             min=1,
             help="Generation threads (default: physical cores).",
+            rich_help_panel=LOAD_PANEL,
+        ),
+    ),
+    "device": (
+        str | None,
+        typer.Option(
+            "--device",
+            help="cpu, cuda, metal, rocm or vulkan (default: the best this build and "
+            "machine have; see `ggrun doctor`).",
+            rich_help_panel=LOAD_PANEL,
+        ),
+    ),
+    "gpu_layers": (
+        str | None,
+        typer.Option(
+            "--gpu-layers",
+            "--ngl",
+            help="Layers to offload to the GPU: auto (as many as fit), a number, or all.",
+            rich_help_panel=LOAD_PANEL,
+        ),
+    ),
+    "mmap": (
+        bool | None,
+        typer.Option(
+            "--mmap/--no-mmap",
+            help="Memory-map the model file (default: on, off when fully on a discrete GPU).",
+            show_default=False,
             rich_help_panel=LOAD_PANEL,
         ),
     ),
@@ -186,11 +249,32 @@ def sampling_kwargs(opts: dict[str, Any]) -> dict[str, Any]:
     return split(opts, SAMPLING)
 
 
+def gpu_layers(value: str | None) -> int | str | None:
+    """``--gpu-layers``: ``auto`` (None), ``all`` or a number."""
+    from ggrun.errors import InvalidArgument
+
+    if value is None or value.lower() == "auto":
+        return None
+    if value.lower() == "all":
+        return "all"
+    if value.isdigit():
+        return int(value)
+    raise InvalidArgument(f"--gpu-layers takes auto, all or a number, not {value!r}")
+
+
+def load_kwargs(opts: dict[str, Any]) -> dict[str, Any]:
+    """The LOAD options as keywords of :func:`ggrun.load` (and of the planner)."""
+    return {
+        "n_ctx": opts.get("ctx"),
+        "n_threads": opts.get("threads"),
+        "device": opts.get("device"),
+        "gpu_layers": gpu_layers(opts.get("gpu_layers")),
+        "use_mmap": opts.get("mmap"),
+    }
+
+
 def load_model(ref: str | None, opts: dict[str, Any]) -> Any:
     """Load a model with the LOAD options; notices go to stderr through logging."""
-    from ggrun.engine import LoadConfig, load
+    from ggrun.engine import load
 
-    cfg = LoadConfig(
-        n_ctx=opts.get("ctx"), n_threads=opts.get("threads"), verbose=bool(opts.get("verbose"))
-    )
-    return load(ref, config=cfg)
+    return load(ref, verbose=bool(opts.get("verbose")), **load_kwargs(opts))
