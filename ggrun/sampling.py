@@ -256,18 +256,19 @@ class Sampler:
             self.close()
             raise
 
-    def sample(self) -> int:
+    def sample(self, idx: int = -1) -> int:
+        """The next token, from the logits of batch position ``idx`` (default: the last)."""
         if self._grammar is not None:
-            return self._sample_with_grammar()
+            return self._sample_with_grammar(idx)
         if self._chain is not None:
-            return int(self._ll.llama_sampler_sample(self._chain, self._ctx, -1))
-        logits = self._ll.llama_get_logits_ith(self._ctx, -1)
+            return int(self._ll.llama_sampler_sample(self._chain, self._ctx, idx))
+        logits = self._ll.llama_get_logits_ith(self._ctx, idx)
         return int(self._np.ctypeslib.as_array(logits, shape=(self._n_vocab,)).argmax())
 
-    def _candidates(self) -> Any:
+    def _candidates(self, idx: int) -> Any:
         ll = self._ll
         logits = self._np.ctypeslib.as_array(
-            ll.llama_get_logits_ith(self._ctx, -1), shape=(self._n_vocab,)
+            ll.llama_get_logits_ith(self._ctx, idx), shape=(self._n_vocab,)
         )
         self._buf["id"] = self._ids
         self._buf["logit"] = logits
@@ -282,13 +283,13 @@ class Sampler:
         ll.llama_sampler_apply(self._grammar, ctypes.byref(arr))
         return bool(self._one[0].logit > -3.0e38)
 
-    def _sample_with_grammar(self) -> int:
+    def _sample_with_grammar(self, idx: int) -> int:
         ll = self._ll
-        arr = self._candidates()
+        arr = self._candidates(idx)
         ll.llama_sampler_apply(self._chain, ctypes.byref(arr))
         token = int(arr.data[arr.selected].id)
         if not self._allowed(token):  # resample with the grammar over every candidate
-            arr = self._candidates()
+            arr = self._candidates(idx)
             ll.llama_sampler_apply(self._grammar, ctypes.byref(arr))
             ll.llama_sampler_apply(self._chain, ctypes.byref(arr))
             token = int(arr.data[arr.selected].id)

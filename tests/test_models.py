@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -76,3 +77,28 @@ def test_checksum_mismatch_deletes_the_download(
 def test_offline_hub_pull_is_a_clear_error() -> None:
     with pytest.raises(PullError, match="could not get qwen3-1.7b:q4_k_m"):
         models.pull("qwen3-1.7b")
+
+
+def test_list_verify_rechecks_sha256(isolated_home: Path, smol_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ggrun.cli.app import app
+
+    d = isolated_home / "models"
+    d.mkdir(parents=True, exist_ok=True)
+    local = d / smol_path.name
+    shutil.copyfile(smol_path, local)
+    r = CliRunner().invoke(app, ["list", "--verify", "--json"])
+    assert r.exit_code == 0, r.output
+    (row,) = json.loads(r.stdout)
+    assert row["model"] == "smollm2-135m:q4_1" and row["verified"] and row["check"] == "sha256 ok"
+    with local.open("r+b") as f:  # one flipped bit in the weights
+        f.seek(local.stat().st_size - 100)
+        b = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([b[0] ^ 1]))
+    r = CliRunner().invoke(app, ["list", "--verify", "--json"])
+    assert r.exit_code == 1
+    (row,) = json.loads(r.stdout)
+    assert not row["verified"] and "sha256 mismatch" in row["check"]
+    assert CliRunner().invoke(app, ["list", "--verify"]).exit_code == 1

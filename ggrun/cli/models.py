@@ -53,6 +53,14 @@ def pull(
 def list_models(
     all_: Annotated[bool, typer.Option("--all", help="Also list aliases not downloaded.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Re-check each local file: GGUF structure, size and sha256 when known "
+            "(exit 1 if any fails).",
+        ),
+    ] = False,
 ) -> None:
     """List local models with size, quant and architecture."""
     from ggrun import models
@@ -60,22 +68,26 @@ def list_models(
     from ggrun.gguffile import read_gguf
 
     rows: list[dict[str, Any]] = []
+    failed = False
     for m in models.list_local():
         try:
             info = read_gguf(m.path)
             arch, quant, params = info.arch, info.file_type, info.n_params
         except GgrunError as e:
             arch, quant, params = f"invalid: {e}", "?", 0
-        rows.append(
-            {
-                "model": m.ref,
-                "size": m.size,
-                "quant": quant,
-                "arch": arch,
-                "params": params,
-                "path": str(m.path),
-            }
-        )
+        row = {
+            "model": m.ref,
+            "size": m.size,
+            "quant": quant,
+            "arch": arch,
+            "params": params,
+            "path": str(m.path),
+        }
+        if verify:
+            ok, detail = _verify(m)
+            row["verified"], row["check"] = ok, detail
+            failed |= not ok
+        rows.append(row)
     local = {r["model"] for r in rows}
     if all_:
         for alias in models.aliases().values():
@@ -94,21 +106,45 @@ def list_models(
                     )
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
-        return
+    elif not rows:
+        typer.echo("no local models; try `ggrun pull qwen2.5-coder-0.5b`", err=True)
+    else:
+        _table(rows, verify)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _verify(m: Any) -> tuple[bool, str]:
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress
+
+    from ggrun import models
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        transient=True,
+        console=Console(stderr=True),
+    ) as bar:
+        task = bar.add_task(f"checking {m.ref}", total=m.size)
+        return models.verify(m, lambda done, total: bar.update(task, completed=done))
+
+
+def _table(rows: list[dict[str, Any]], verify: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(box=None)
-    for col in ("MODEL", "SIZE", "QUANT", "ARCH", "PATH"):
+    cols = ["MODEL", "SIZE", "QUANT", "ARCH", "PATH"] + (["CHECK"] if verify else [])
+    for col in cols:
         table.add_column(col)
     for r in rows:
         size = f"{r['size'] / 1e6:,.0f} MB" if r["size"] else "-"
-        table.add_row(
-            r["model"], size, r["quant"], r["arch"] or "-", r["path"] or "(not downloaded)"
-        )
-    if not rows:
-        typer.echo("no local models; try `ggrun pull qwen2.5-coder-0.5b`", err=True)
-        return
+        cells = [r["model"], size, r["quant"], r["arch"] or "-", r["path"] or "(not downloaded)"]
+        if verify:
+            cells.append(r.get("check", ""))
+        table.add_row(*cells)
     Console().print(table)
 
 
