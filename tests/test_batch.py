@@ -171,3 +171,19 @@ def test_sigkill_midway_then_resume(smol_path: Path, tmp_path: Path) -> None:
     assert f"{first} ids already" in rerun.stderr
     ids = _ids(out)  # every line parses
     assert sorted(ids) == sorted(f"q{i}" for i in range(30))  # each id exactly once
+
+
+def test_ctrl_c_stops_cleanly_with_code_130(smol_path: Path, tmp_path: Path) -> None:
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    _write_input(src, 30)
+    cmd = [sys.executable, "-m", "ggrun", "batch", str(smol_path), str(src), "-o", str(out)]
+    cmd += ["-p", "2", "-n", "24", "--temp", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (out.exists() and out.read_text().count("\n") >= 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "ggrun: interrupted" in err and "Traceback" not in err
+    assert 3 <= len(_ids(out)) < 30  # every line complete

@@ -34,6 +34,9 @@ def setup_logging(argv: list[str]) -> None:
     root.propagate = False
 
 
+INTERRUPTED = 130  # the shell's code for SIGINT
+
+
 def _fail(message: str, code: int) -> int:
     sys.stdout.flush()
     print(f"ggrun: error: {message}", file=sys.stderr)
@@ -58,15 +61,13 @@ def _run(invoke: Callable[[], Any], args: list[str]) -> int:
     debug = os.environ.get("GGRUN_DEBUG") == "1"
     try:
         rv = invoke()
-        return rv if isinstance(rv, int) else 0
+        code = rv if isinstance(rv, int) else 0
     except typer.Exit as e:
-        return e.exit_code
+        code = e.exit_code
     except (KeyboardInterrupt, typer.Abort):
         if debug:
             raise
-        sys.stdout.flush()
-        print("\nggrun: interrupted", file=sys.stderr)
-        return 130
+        code = INTERRUPTED
     except ex.UsageError as e:
         if type(e).__name__ == "NoArgsIsHelpError":  # help was shown
             return 0
@@ -80,6 +81,10 @@ def _run(invoke: Callable[[], Any], args: list[str]) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
+    if code == INTERRUPTED:  # newer typer turns Ctrl-C into Exit(130) itself
+        sys.stdout.flush()
+        print("\nggrun: interrupted", file=sys.stderr)
+    return code
 
 
 class GgrunGroup(TyperGroup):
