@@ -32,6 +32,7 @@ from ggrun.errors import (
 
 if TYPE_CHECKING:
     from convert import convert
+    from ggrun.benchmark import BenchResult, bench
     from ggrun.chat import Chat
     from ggrun.engine import Chunk, LoadConfig, Model, Result, load
     from ggrun.hardware import Hardware, detect_hardware
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "BenchResult",
     "Chat",
     "Chunk",
     "ContextOverflow",
@@ -63,6 +65,7 @@ __all__ = [
     "SamplingConfig",
     "TemplateError",
     "UnsupportedArchitecture",
+    "bench",
     "convert",
     "detect_hardware",
     "load",
@@ -71,6 +74,8 @@ __all__ = [
 ]
 
 _LAZY = {
+    "BenchResult": "ggrun.benchmark",
+    "bench": "ggrun.benchmark",
     "Chat": "ggrun.chat",
     "Chunk": "ggrun.engine",
     "LoadConfig": "ggrun.engine",

@@ -1,0 +1,449 @@
+"""``ggrun bench``: speed, memory and quality of several quants of one model, on this machine.
+
+Speed follows llama-bench's definitions so the figures compare: **pp** is a prompt of
+``pp`` random tokens decoded in one batch on an empty cache; **tg** is ``tg`` tokens
+decoded one at a time, without sampling. Each is repeated ``reps`` times after a warm-up
+and reported as mean ± standard deviation. Each model's speed runs in a child process, so
+its load time and peak resident memory are its own.
+
+Quality follows llama-perplexity's definitions: the text is tokenized once (BOS added as
+the vocabulary asks), cut into ``chunks`` chunks of ``ctx`` tokens (the first token of each
+replaced by BOS), and the second half of each chunk is scored: perplexity is
+exp(mean negative log-likelihood of the next token). Against the reference (the most
+precise model in the set, or ``reference``), each scored token also gives the KL
+divergence KL(reference ‖ model) and whether both put the same token on top. Logits are
+compared chunk by chunk in memory, never written to disk.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import math
+import multiprocessing
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ggrun.engine import LoadConfig, Model
+from ggrun.errors import GgrunError, InvalidArgument
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class BenchResult:
+    """One model's figures; quality fields are None when not measured."""
+
+    model: str
+    path: str
+    quant: str
+    size_bytes: int
+    bits_per_weight: float
+    n_params: int
+    threads: int
+    load_s: float = 0.0
+    pp: int = 512
+    tg: int = 128
+    pp_tps: float = 0.0
+    pp_tps_std: float = 0.0
+    tg_tps: float = 0.0
+    tg_tps_std: float = 0.0
+    bandwidth_gbs: float = 0.0  # size x tg speed
+    peak_rss_bytes: int = 0
+    reference: str | None = None
+    ppl: float | None = None
+    ppl_ratio: float | None = None
+    kld_mean: float | None = None
+    kld_p99: float | None = None
+    same_top: float | None = None  # fraction of scored tokens
+    scored_tokens: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    threads: int | None = None
+    reps: int = 5
+    pp: int = 512
+    tg: int = 128
+    ctx: int = 512  # perplexity chunk size
+    chunks: int = 8
+    text: Path | None = None
+    quality: bool = True
+    speed: bool = True
+
+
+def corpus_path() -> Path:
+    from ggrun.presets import presets_dir
+
+    return presets_dir() / "corpus" / "python-reference.txt"
+
+
+# ---------------------------------------------------------------- speed
+
+
+def _speed_child(path: str, cfg: BenchConfig, conn: Any) -> None:
+    """Runs in a child process: load, pp and tg; sends back a dict or an error string."""
+    import random
+    import resource
+
+    try:
+        t0 = time.perf_counter()
+        n_ctx = cfg.pp + cfg.tg
+        lc = LoadConfig(n_ctx=n_ctx, n_batch=cfg.pp, n_threads=cfg.threads,
+                        n_threads_batch=cfg.threads)  # fmt: skip
+        with Model(path, lc) as m:
+            load_s = time.perf_counter() - t0
+            rng = random.Random(42)
+            n_vocab = m.info.n_vocab or 1000
+
+            def toks(n: int) -> list[int]:
+                return [rng.randrange(n_vocab) for _ in range(n)]
+
+            def pp_once() -> float:
+                m.reset()
+                prompt = toks(cfg.pp)
+                t = time.perf_counter()
+                m._decode(prompt, 0)
+                return cfg.pp / (time.perf_counter() - t)
+
+            def tg_once() -> float:
+                m.reset()
+                seq = toks(cfg.tg)
+                t = time.perf_counter()
+                for i in range(cfg.tg):
+                    m._decode(seq[: i + 1], i)
+                return cfg.tg / (time.perf_counter() - t)
+
+            pp_once()  # warm-up, as llama-bench
+            pps = [pp_once() for _ in range(cfg.reps)]
+            tg_once()
+            tgs = [tg_once() for _ in range(cfg.reps)]
+            threads = m.n_threads
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+        conn.send({"load_s": load_s, "pp": pps, "tg": tgs, "peak": peak, "threads": threads})
+    except GgrunError as e:
+        conn.send(str(e))
+    except BaseException as e:  # noqa: BLE001 - reported to the parent as one line
+        conn.send(f"{type(e).__name__}: {e}")
+    finally:
+        conn.close()
+
+
+def measure_speed(path: Path, cfg: BenchConfig) -> dict[str, Any]:
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_speed_child, args=(str(path), cfg, child))
+    proc.start()
+    child.close()
+    try:
+        out = parent.recv()
+    except EOFError:
+        out = f"the benchmark process died (exit code {proc.exitcode})"
+    finally:
+        proc.join()
+    if isinstance(out, str):
+        raise GgrunError(f"{path.name}: {out}")
+    return out  # type: ignore[no-any-return]
+
+
+def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+# ---------------------------------------------------------------- quality
+
+
+class _Scorer:
+    """A model opened for perplexity: a context of ``ctx`` tokens and every logit out."""
+
+    def __init__(self, path: Path, cfg: BenchConfig) -> None:
+        import llama_cpp as ll
+
+        self._ll = ll
+        self.model = Model(
+            path,
+            LoadConfig(n_ctx=cfg.ctx, n_batch=cfg.ctx, n_threads=cfg.threads,
+                       n_threads_batch=cfg.threads),
+        )  # fmt: skip
+        self.ctx = cfg.ctx
+        self.n_vocab = int(ll.llama_vocab_n_tokens(self.model._vocab))
+        self._batch = ll.llama_batch_init(cfg.ctx, 0, 1)
+
+    def close(self) -> None:
+        if self._batch is not None:
+            self._ll.llama_batch_free(self._batch)
+            self._batch = None
+        self.model.close()
+
+    def tokenize(self, text: str) -> list[int]:
+        """As llama-perplexity: special tokens added as the vocab asks, not parsed."""
+        ll, vocab = self._ll, self.model._vocab
+        raw = text.encode("utf-8")
+        buf = (ll.llama_token * (len(raw) + 8))()
+        n = ll.llama_tokenize(vocab, raw, len(raw), buf, len(buf), True, False)
+        if n < 0:
+            raise GgrunError("the bench text could not be tokenized")
+        return list(buf[:n])
+
+    def log_probs(self, chunk: list[int], first: int) -> Any:
+        """Log-softmax rows for positions ``first .. ctx-2`` (each predicts the next token)."""
+        import numpy as np
+
+        ll, b = self._ll, self._batch
+        ll.llama_memory_clear(ll.llama_get_memory(self.model._ctx), True)
+        for i, t in enumerate(chunk):
+            b.token[i] = t
+            b.pos[i] = i
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = 0
+            b.logits[i] = i >= first
+        b.n_tokens = len(chunk)
+        if ll.llama_decode(self.model._ctx, b) != 0:
+            raise GgrunError(f"{self.model.path.name}: llama.cpp failed to decode a chunk")
+        n_out = len(chunk) - first
+        ptr = ll.llama_get_logits(self.model._ctx)
+        arr: Any = ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float * (n_out * self.n_vocab)))
+        x = np.frombuffer(arr.contents, dtype=np.float32).reshape(n_out, self.n_vocab)[:-1].copy()
+        x -= x.max(axis=1, keepdims=True)
+        lse = np.log(np.exp(x).sum(axis=1, keepdims=True, dtype=np.float64))
+        x -= lse.astype(np.float32)
+        return x
+
+
+def chunks_of(tokens: list[int], cfg: BenchConfig, bos: int | None) -> Iterator[list[int]]:
+    n = min(cfg.chunks, len(tokens) // cfg.ctx)
+    if n < 1 or len(tokens) < 2 * cfg.ctx:
+        raise InvalidArgument(
+            f"the text has {len(tokens)} tokens; the quality pass needs at least "
+            f"{2 * cfg.ctx} (2 x --ctx)"
+        )
+    for i in range(n):
+        chunk = tokens[i * cfg.ctx : (i + 1) * cfg.ctx]
+        if bos is not None:
+            chunk = [bos, *chunk[1:]]
+        yield chunk
+
+
+def _kld_rows(lp_ref: Any, lp: Any, block: int = 32) -> Any:
+    """KL(ref || model) of each row, a block of rows at a time (bounded memory)."""
+    import numpy as np
+
+    out = np.empty(len(lp_ref), dtype=np.float64)
+    for i in range(0, len(lp_ref), block):
+        a, b = lp_ref[i : i + block], lp[i : i + block]
+        out[i : i + block] = (np.exp(a) * (a - b)).sum(axis=1, dtype=np.float64)
+    return out
+
+
+@dataclass
+class _Quality:
+    nll: float = 0.0
+    count: int = 0
+    kld: list[Any] = field(default_factory=list)
+    same: int = 0
+
+
+def measure_quality(
+    ref_path: Path, paths: list[Path], cfg: BenchConfig, progress: Progress | None = None
+) -> dict[Path, dict[str, float]]:
+    """Perplexity of each model, and KLD / same-top against the reference."""
+    import numpy as np
+
+    text = (cfg.text or corpus_path()).read_text(encoding="utf-8", errors="replace")
+    first = cfg.ctx // 2
+    out: dict[Path, dict[str, float]] = {}
+    others = [p for p in paths if p != ref_path] or [ref_path]
+    ref = _Scorer(ref_path, cfg)
+    try:
+        ll = ref._ll
+        tokens = ref.tokenize(text)
+        wants_bos = bool(ll.llama_vocab_get_add_bos(ref.model._vocab))
+        bos = int(ll.llama_vocab_bos(ref.model._vocab)) if wants_bos else None
+        chunks = list(chunks_of(tokens, cfg, bos))
+        ref_q = _Quality()
+        for other in others:
+            cand = _Scorer(other, cfg) if other != ref_path else None
+            try:
+                if cand is not None and cand.n_vocab != ref.n_vocab:
+                    raise InvalidArgument(
+                        f"{other.name} has a {cand.n_vocab}-token vocabulary and the "
+                        f"reference {ref_path.name} {ref.n_vocab}: they cannot be compared"
+                    )
+                q = _Quality()
+                for ci, chunk in enumerate(chunks):
+                    if progress:
+                        progress(f"quality {other.name}: chunk {ci + 1}/{len(chunks)}")
+                    targets = np.asarray(chunk[first + 1 :])
+                    rows = np.arange(len(targets))
+                    lp_ref = ref.log_probs(chunk, first)
+                    if ref_q.count < len(chunks) * len(targets):
+                        ref_q.nll -= float(lp_ref[rows, targets].sum())
+                        ref_q.count += len(targets)
+                    if cand is None:
+                        continue
+                    lp = cand.log_probs(chunk, first)
+                    q.nll -= float(lp[rows, targets].sum())
+                    q.count += len(targets)
+                    q.kld.append(_kld_rows(lp_ref, lp))
+                    q.same += int((lp_ref.argmax(axis=1) == lp.argmax(axis=1)).sum())
+                if cand is not None:
+                    kld = np.concatenate(q.kld)
+                    out[other] = {
+                        "ppl": math.exp(q.nll / q.count),
+                        "kld_mean": float(kld.mean()),
+                        "kld_p99": float(np.percentile(kld, 99)),
+                        "same_top": q.same / q.count,
+                        "scored": q.count,
+                    }
+            finally:
+                if cand is not None:
+                    cand.close()
+        out[ref_path] = {
+            "ppl": math.exp(ref_q.nll / ref_q.count),
+            "kld_mean": 0.0,
+            "kld_p99": 0.0,
+            "same_top": 1.0,
+            "scored": ref_q.count,
+        }
+    finally:
+        ref.close()
+    for d in out.values():
+        d["ppl_ratio"] = d["ppl"] / out[ref_path]["ppl"]
+    return out
+
+
+# ---------------------------------------------------------------- the whole bench
+
+
+def expand(refs: Sequence[str | Path], quant: str | None = None) -> list[Path]:
+    """GGUF paths for what the user named: a .gguf, an alias (every local quant, or the
+    one named), or a Hugging Face checkpoint folder with ``quant`` (converted once and
+    cached under ``GGRUN_HOME/converted``)."""
+    from ggrun import models as store
+
+    out: list[Path] = []
+    for ref in refs:
+        r = str(ref)
+        p = Path(r)
+        if p.is_dir():
+            if not quant:
+                raise InvalidArgument(f"{r} is a checkpoint folder: say which --quant to bench")
+            out += _converted(p, quant)
+        elif store.looks_like_path(r) or ":" in r:
+            out.append(store.resolve(r))
+        else:
+            alias, _q = store.parse_ref(r)
+            local = [lp for q in alias.quants if (lp := store.local_path(alias, q)) is not None]
+            if not local:
+                store.resolve(r)  # the usual "not downloaded" error
+            out += local
+    return list(dict.fromkeys(out))
+
+
+def _converted(src: Path, quant: str) -> list[Path]:
+    import convert
+    from ggrun.models import ggrun_home
+
+    cache = ggrun_home() / "converted"
+    cache.mkdir(parents=True, exist_ok=True)
+    wanted = [q.strip().lower() for q in quant.split(",") if q.strip()]
+    plan = convert.plan(src, wanted, cache)
+    missing = [o.quant for o in plan.outputs if not o.path.exists()]
+    if missing:
+        logger.warning("converting %s to %s (cached in %s)", src.name, ", ".join(missing), cache)
+        convert.convert(src, missing, cache)
+    return [o.path for o in plan.outputs]
+
+
+def bench(
+    models: Sequence[str | Path],
+    *,
+    reference: str | Path | None = None,
+    config: BenchConfig | None = None,
+    progress: Progress | None = None,
+    **overrides: Any,
+) -> list[BenchResult]:
+    """Benchmark GGUF files (paths or aliases); returns one result per model."""
+    from ggrun import models as store
+    from ggrun.gguffile import read_gguf
+
+    cfg = config or BenchConfig(**overrides)
+    if cfg.reps < 1 or cfg.pp < 1 or cfg.tg < 1 or cfg.chunks < 1 or cfg.ctx < 16:
+        raise InvalidArgument("--reps, --pp, --tg and --chunks must be >= 1, --ctx >= 16")
+    paths = expand(models)
+    if not paths:
+        raise InvalidArgument("nothing to benchmark")
+    infos = {p: read_gguf(p) for p in paths}
+    results = []
+    for p, info in infos.items():
+        results.append(
+            BenchResult(
+                model=p.name,
+                path=str(p),
+                quant=info.file_type,
+                size_bytes=info.file_size,
+                bits_per_weight=info.bits_per_weight,
+                n_params=info.n_params,
+                threads=cfg.threads or 0,
+                pp=cfg.pp,
+                tg=cfg.tg,
+            )
+        )
+    if cfg.speed:
+        for r, p in zip(results, paths, strict=True):
+            if progress:
+                progress(f"speed {p.name}")
+            s = measure_speed(p, cfg)
+            r.load_s, r.threads, r.peak_rss_bytes = s["load_s"], s["threads"], s["peak"]
+            r.pp_tps, r.pp_tps_std = _mean_std(s["pp"])
+            r.tg_tps, r.tg_tps_std = _mean_std(s["tg"])
+            r.bandwidth_gbs = r.size_bytes * r.tg_tps / 1e9
+    if cfg.quality:
+        ref = store.resolve(str(reference)) if reference else None
+        if ref is None:
+            ref = max(paths, key=lambda p: infos[p].bits_per_weight)
+        q = measure_quality(ref, [p for p in paths if p != ref] or [ref], cfg, progress)
+        for r, p in zip(results, paths, strict=True):
+            if p in q:
+                d = q[p]
+                r.reference = ref.name
+                r.ppl, r.ppl_ratio = d["ppl"], d["ppl_ratio"]
+                r.kld_mean, r.kld_p99, r.same_top = d["kld_mean"], d["kld_p99"], d["same_top"]
+                r.scored_tokens = int(d["scored"])
+    return results
+
+
+KLD_OK = 0.05  # mean KLD below this is "close to the reference" for the recommendation
+
+
+def recommend(results: Sequence[BenchResult]) -> str:
+    """One line: the fastest model whose output stays close to the reference."""
+    if not results:
+        return ""
+    measured = [r for r in results if r.tg_tps > 0]
+    if not measured:
+        return ""
+    ref = next((r for r in results if r.kld_mean == 0.0 and r.reference), None)
+    close = [r for r in measured if r.kld_mean is None or r.kld_mean <= KLD_OK]
+    best = max(close or measured, key=lambda r: r.tg_tps)
+    slowest = min(measured, key=lambda r: r.tg_tps)
+    parts = [f"{best.quant}: {best.tg_tps:.1f} tok/s"]
+    if best is not slowest:
+        parts[0] += f", {best.tg_tps / slowest.tg_tps:.1f}x faster than {slowest.quant}"
+    if best.kld_mean is not None and ref is not None and best is not ref:
+        parts.append(f"KLD {best.kld_mean:.3f}")
+        parts.append(f"same top token {100 * (best.same_top or 0):.0f}%")
+    why = "recommended on this machine"
+    if not close:
+        why += f" (no model stays within KLD {KLD_OK} of the reference)"
+    return ", ".join(parts) + f": {why}"
