@@ -50,7 +50,7 @@ class Request:
     think: bool | None = None
     stop: tuple[str, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)  # sampling, json, schema, format
-    on_chunk: Callable[[Chunk], None] | None = None  # called with each new piece of text
+    on_chunk: Callable[[Chunk], Any] | None = None  # called with each new piece of text
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from ggrun.cli import batch, bench, chat, convert, generate, hardware, models
+from ggrun.cli import batch, bench, chat, convert, generate, hardware, models, serve
 
 
 class _Formatter(logging.Formatter):
@@ -133,6 +133,7 @@ app.command("rm")(models.rm)
 app.command("convert")(convert.convert)
 app.command("batch")(batch.batch)
 app.command("bench")(bench.bench)
+app.command("serve")(serve.serve)
 app.command("doctor")(hardware.doctor)
 app.command("fit")(hardware.fit)
 

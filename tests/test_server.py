@@ -1,0 +1,193 @@
+"""`ggrun serve` as a real process on a loopback port, driven by the official openai client."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+import pytest
+
+openai = pytest.importorskip("openai")
+
+KEY = "test-key-123"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(smol_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = _free_port()
+    cmd = [sys.executable, "-m", "ggrun", "serve", str(smol_path), "--port", str(port)]
+    cmd += ["--parallel", "4", "--ctx", "512", "--api-key", KEY]
+    env = {**os.environ, "GGRUN_HOME": str(tmp_path_factory.mktemp("home"))}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(base + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+    yield base
+    proc.terminate()  # SIGTERM: a clean shutdown
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert b"Traceback" not in out, out
+
+
+@pytest.fixture()
+def client(server: str) -> Any:
+    return openai.OpenAI(base_url=server + "/v1", api_key=KEY, max_retries=0)
+
+
+def test_models_and_chat(client: Any) -> None:
+    (m,) = client.models.list().data
+    assert m.id == "SmolLM2-135M-Instruct.Q4_1"
+    r = client.chat.completions.create(
+        model=m.id,
+        messages=[{"role": "user", "content": "Say hello."}],
+        max_tokens=8,
+        temperature=0,
+    )
+    choice = r.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+    assert r.usage.completion_tokens <= 8 and r.usage.prompt_tokens > 5
+    c = client.completions.create(model=m.id, prompt="The sky is", max_tokens=4, temperature=0)
+    assert c.choices[0].text and c.usage.completion_tokens <= 4
+
+
+def test_streaming_matches_the_whole(client: Any) -> None:
+    msgs = [{"role": "user", "content": "Name three colours."}]
+    whole = client.chat.completions.create(
+        model="SmolLM2-135M-Instruct.Q4_1", messages=msgs, max_tokens=16, temperature=0
+    )
+    parts, finish = [], None
+    for ev in client.chat.completions.create(
+        model="SmolLM2-135M-Instruct.Q4_1", messages=msgs, max_tokens=16, temperature=0,
+        stream=True,
+    ):  # fmt: skip
+        delta = ev.choices[0].delta
+        parts.append(delta.content or "")
+        finish = ev.choices[0].finish_reason or finish
+    assert "".join(parts) == whole.choices[0].message.content
+    assert finish == whole.choices[0].finish_reason
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+
+
+def test_response_format_json_schema_validates(client: Any) -> None:
+    r = client.chat.completions.create(
+        model="SmolLM2-135M-Instruct.Q4_1",
+        messages=[{"role": "user", "content": "Invent a person with a name and an age."}],
+        max_tokens=60,
+        temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": SCHEMA}},
+    )
+    jsonschema.validate(json.loads(r.choices[0].message.content), SCHEMA)
+
+
+def test_eight_concurrent_streams_overlap(client: Any) -> None:
+    spans: dict[int, tuple[float, float, str]] = {}
+
+    def one(i: int) -> None:
+        t0, text = time.monotonic(), []
+        for ev in client.chat.completions.create(
+            model="SmolLM2-135M-Instruct.Q4_1",
+            messages=[{"role": "user", "content": f"Count to {i + 3}."}],
+            max_tokens=24, temperature=0, stream=True,
+        ):  # fmt: skip
+            text.append(ev.choices[0].delta.content or "")
+        spans[i] = (t0, time.monotonic(), "".join(text))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert sorted(spans) == list(range(8)) and all(s[2] for s in spans.values())
+    # batched, not serialized: streams run at the same time
+    ends = sorted(s[1] for s in spans.values())
+    starts = sorted(s[0] for s in spans.values())
+    assert starts[3] < ends[0]  # at least 4 (one per slot) were in flight together
+
+
+def test_api_key_is_enforced(server: str) -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    r = httpx.post(server + "/v1/chat/completions", json=body)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    bad = {"Authorization": "Bearer nope"}
+    assert httpx.get(server + "/v1/models", headers=bad).status_code == 401
+    assert httpx.get(server + "/metrics").status_code == 401
+    assert httpx.get(server + "/health").status_code == 200  # health needs no key
+
+
+def test_bad_requests_get_4xx_and_the_server_lives_on(server: str) -> None:
+    h = {"Authorization": f"Bearer {KEY}"}
+    url = server + "/v1/chat/completions"
+    r = httpx.post(url, content=b"{not json", headers=h)
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    r = httpx.post(url, json={"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]},
+                   headers=h)  # fmt: skip
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    r = httpx.post(url, content=b"x" * (2 << 20), headers=h)
+    assert r.status_code == 413 and "error" in r.json()
+    r = httpx.post(url, json={"messages": [{"role": "user", "content": "x"}],
+                              "max_tokens": 100000}, headers=h)  # fmt: skip
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"
+    r = httpx.post(url, json={"messages": "hello"}, headers=h)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    r = httpx.post(url, json={"messages": [{"role": "user", "content": "x"}],
+                              "temperature": "hot"}, headers=h)  # fmt: skip
+    assert r.status_code == 400
+    bad_schema = {"type": "json_schema", "json_schema": {"schema": {"type": "nonsense"}}}
+    r = httpx.post(url, json={"messages": [{"role": "user", "content": "x"}],
+                              "response_format": bad_schema}, headers=h)  # fmt: skip
+    assert r.status_code == 400
+    assert httpx.get(server + "/health").json()["status"] == "ok"
+
+
+def test_client_disconnect_frees_the_slot(server: str, client: Any) -> None:
+    h = {"Authorization": f"Bearer {KEY}"}
+    body = {"messages": [{"role": "user", "content": "Write a long story."}],
+            "max_tokens": 400, "stream": True}  # fmt: skip
+    with httpx.stream("POST", server + "/v1/chat/completions", json=body, headers=h) as r:
+        for line in r.iter_lines():
+            if line.startswith("data:") and "content" in line:
+                break  # leave mid-stream
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        metrics = httpx.get(server + "/metrics", headers=h).text
+        if "ggrun_requests_active 0" in metrics:
+            break
+        time.sleep(0.2)
+    assert "ggrun_requests_active 0" in metrics
+    assert "ggrun_requests_cancelled_total 0" not in metrics
+    r2 = client.chat.completions.create(
+        model="SmolLM2-135M-Instruct.Q4_1",
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=2,
+    )
+    assert r2.choices[0].message.content is not None
