@@ -526,27 +526,32 @@ def serve(
     """Run the server until Ctrl-C (exit 130) or SIGTERM (exit 0), shutting down cleanly.
 
     uvicorn handles both signals itself (stop accepting, finish or cancel the open
-    requests), then raises the signal again once its handlers are restored: SIGTERM then
-    reaches the handler installed here and ends :func:`serve` normally.
+    requests), then raises the signal again once its handlers are restored; the handlers
+    installed here turn that into a normal return (SIGTERM) or a KeyboardInterrupt
+    (SIGINT) outside uvicorn, which would otherwise swallow it.
     """
     import signal
 
     import uvicorn
 
     class _Stop(Exception):
-        pass
+        def __init__(self, signum: int) -> None:
+            self.signum = signum
 
-    def on_term(signum: int, frame: Any) -> None:
-        raise _Stop
+    def on_signal(signum: int, frame: Any) -> None:
+        raise _Stop(signum)
 
     server = Server(model, model_id=model_id, parallel=parallel, slot_ctx=slot_ctx,
                     api_key=api_key)  # fmt: skip
-    previous = signal.signal(signal.SIGTERM, on_term)
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         uvicorn.run(server.app, host=host, port=port, log_level="warning",
                     timeout_graceful_shutdown=5)  # fmt: skip
-    except _Stop:
+    except _Stop as e:
+        if e.signum == signal.SIGINT:
+            raise KeyboardInterrupt from None  # the CLI's one line and exit code 130
         logger.warning("stopped (SIGTERM)")
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         server.close()

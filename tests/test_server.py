@@ -191,3 +191,22 @@ def test_client_disconnect_frees_the_slot(server: str, client: Any) -> None:
         max_tokens=2,
     )
     assert r2.choices[0].message.content is not None
+
+
+def test_ctrl_c_stops_the_server_with_130(smol_path: Path, tmp_path: Path) -> None:
+    import signal
+
+    port = _free_port()
+    cmd = [sys.executable, "-m", "ggrun", "serve", str(smol_path), "--port", str(port)]
+    env = {**os.environ, "GGRUN_HOME": str(tmp_path)}
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "ggrun: interrupted" in err and "Traceback" not in err
