@@ -67,8 +67,10 @@ def bench(
         typer.Option("--plot", help="Save speed against KLD as a PNG (needs matplotlib)."),
     ] = None,
 ) -> None:
-    """Compare quants of a model: size, load time, pp and tg speed, bandwidth, peak memory,
-    and quality against the most precise one (perplexity, KLD, same top token).
+    """Compare quants of a model on this machine: speed, memory and quality.
+
+    For each model: size, load time, pp and tg speed, bandwidth, peak memory, and quality
+    against the most precise one (perplexity, KLD, same top token); then a recommendation.
 
       ggrun bench model-Q4_K_M.gguf model-Q8_0.gguf model-F16.gguf
 
