@@ -95,11 +95,26 @@ def bench(
         threads=threads, reps=reps, pp=pp, tg=tg, ctx=ctx, chunks=chunks, text=text,
         quality=not no_quality,
     )  # fmt: skip
-    console = Console(stderr=True)
-    with console.status("benchmarking") as status:
-        results = b.bench(
-            paths, reference=reference, config=cfg, progress=lambda m: status.update(m)
-        )
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    steps = len(paths) + (0 if no_quality else chunks * max(1, len(paths) - 1))
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("benchmarking", total=steps)
+        started = [False]
+
+        def step(message: str) -> None:  # a message starts a step: the previous one is done
+            bar.update(task, description=message, advance=1 if started[0] else 0)
+            started[0] = True
+
+        results = b.bench(paths, reference=reference, config=cfg, progress=step)
+        bar.advance(task)
     rows = [_row(r) for r in results]
     if as_json:
         typer.echo(json.dumps([r.as_dict() for r in results], indent=2))
