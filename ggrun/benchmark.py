@@ -80,6 +80,32 @@ class BenchConfig:
     text: Path | None = None
     quality: bool = True
     speed: bool = True
+    device: str | None = None  # as ggrun.load: None lets the planner choose
+
+
+def load_config(path: Path, cfg: BenchConfig, n_ctx: int, n_batch: int) -> LoadConfig:
+    """The planner's device, offload, threads and mmap for this run (as ``ggrun.load``)."""
+    from ggrun.gguffile import read_gguf
+    from ggrun.hardware import detect_hardware
+    from ggrun.planner import ModelShape, plan
+
+    p = plan(
+        ModelShape.from_gguf(read_gguf(path)),
+        detect_hardware(),
+        n_ctx=n_ctx,
+        device=cfg.device,
+        n_threads=cfg.threads,
+        n_threads_batch=cfg.threads,
+        n_batch=n_batch,
+    )
+    return LoadConfig(
+        n_ctx=p.n_ctx,
+        n_threads=p.n_threads,
+        n_threads_batch=p.n_threads_batch,
+        n_batch=p.n_batch,
+        n_gpu_layers=p.n_gpu_layers,
+        use_mmap=p.use_mmap,
+    )
 
 
 def corpus_path() -> Path:
@@ -99,9 +125,7 @@ def _speed_child(path: str, cfg: BenchConfig, conn: Any) -> None:
     try:
         t0 = time.perf_counter()
         n_ctx = cfg.pp + cfg.tg
-        lc = LoadConfig(n_ctx=n_ctx, n_batch=cfg.pp, n_threads=cfg.threads,
-                        n_threads_batch=cfg.threads)  # fmt: skip
-        with Model(path, lc) as m:
+        with Model(path, load_config(Path(path), cfg, n_ctx, cfg.pp)) as m:
             load_s = time.perf_counter() - t0
             rng = random.Random(42)
             n_vocab = m.info.n_vocab or 1000
@@ -170,11 +194,7 @@ class _Scorer:
         import llama_cpp as ll
 
         self._ll = ll
-        self.model = Model(
-            path,
-            LoadConfig(n_ctx=cfg.ctx, n_batch=cfg.ctx, n_threads=cfg.threads,
-                       n_threads_batch=cfg.threads),
-        )  # fmt: skip
+        self.model = Model(path, load_config(path, cfg, cfg.ctx, cfg.ctx))
         self.ctx = cfg.ctx
         self.n_vocab = int(ll.llama_vocab_n_tokens(self.model._vocab))
         self._batch = ll.llama_batch_init(cfg.ctx, 0, 1)
@@ -384,6 +404,8 @@ def bench(
     if not paths:
         raise InvalidArgument("nothing to benchmark")
     infos = {p: read_gguf(p) for p in paths}
+    for p in paths:  # a device this build lacks, or a model that cannot fit: fail now
+        load_config(p, cfg, cfg.pp + cfg.tg, cfg.pp)
     results = []
     for p, info in infos.items():
         results.append(

@@ -133,3 +133,14 @@ def test_checkpoint_folder_is_converted_once(tiny_src: Path) -> None:
     before = path.stat().st_mtime_ns
     assert benchmark.expand([tiny_src], "q8_0") == [path]  # cached
     assert path.stat().st_mtime_ns == before
+
+
+def test_bench_uses_the_plan(smol_path: Path) -> None:
+    import ggrun
+
+    hw = ggrun.detect_hardware()
+    (r,) = benchmark.bench([smol_path], quality=False, reps=1, pp=16, tg=2)
+    assert r.threads == hw.generation_threads
+    if "cuda" not in hw.backends:
+        with pytest.raises(InvalidArgument, match="no cuda support"):
+            benchmark.bench([smol_path], device="cuda", quality=False)

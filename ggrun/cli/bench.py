@@ -54,7 +54,8 @@ def bench(
         int | None, typer.Option("--threads", "-t", min=1, help="Threads (default: plan).")
     ] = None,
     device: Annotated[
-        str | None, typer.Option("--device", help="cpu (GPU offload is not benched yet).")
+        str | None,
+        typer.Option("--device", help="cpu, cuda, metal, rocm or vulkan (default: the plan's)."),
     ] = None,
     no_quality: Annotated[
         bool, typer.Option("--no-quality", help="Speed only (no perplexity/KLD pass).")
@@ -83,8 +84,6 @@ def bench(
     from ggrun import benchmark as b
     from ggrun.errors import InvalidArgument
 
-    if device not in (None, "cpu"):
-        raise InvalidArgument("ggrun bench measures on the CPU for now (--device cpu)")
     if plot is not None:
         try:
             import matplotlib  # noqa: F401
@@ -93,7 +92,7 @@ def bench(
     paths = b.expand(models, quant)
     cfg = b.BenchConfig(
         threads=threads, reps=reps, pp=pp, tg=tg, ctx=ctx, chunks=chunks, text=text,
-        quality=not no_quality,
+        quality=not no_quality, device=device,
     )  # fmt: skip
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
