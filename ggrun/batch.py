@@ -322,7 +322,10 @@ class Batcher:
         return None
 
     def _emit(self, slot: _Slot, text: str) -> None:
-        answer, thought = slot.splitter.feed(text) if slot.splitter else (text, "")
+        self._record(slot, *(slot.splitter.feed(text) if slot.splitter else (text, "")))
+
+    def _record(self, slot: _Slot, answer: str, thought: str) -> None:
+        """Keep a piece of the reply and pass it on to the request's listener."""
         slot.text.append(answer)
         slot.reasoning.append(thought)
         if (answer or thought) and slot.job.req.on_chunk is not None:
@@ -331,10 +334,8 @@ class Batcher:
     def _finish(self, slot: _Slot, reason: str) -> BatchResult:
         tail = slot.decoder.decode(b"", final=True) + slot.stopper.flush()
         self._emit(slot, tail)
-        if slot.splitter:
-            a, t = slot.splitter.flush()
-            slot.text.append(a)
-            slot.reasoning.append(t)
+        if slot.splitter:  # text held back as a possible partial tag is the reply's end
+            self._record(slot, *slot.splitter.flush())
         now = time.perf_counter()
         t_gen = now - slot.t_first if slot.t_first else 0.0
         last = Chunk(

@@ -187,3 +187,18 @@ def test_ctrl_c_stops_cleanly_with_code_130(smol_path: Path, tmp_path: Path) -> 
     assert proc.returncode == 130, err
     assert "ggrun: interrupted" in err and "Traceback" not in err
     assert 3 <= len(_ids(out)) < 30  # every line complete
+
+
+def test_listener_gets_the_text_held_back_at_the_end(qwen: Any) -> None:
+    """A reply cut right after "<" (which could start "<think>") still reaches on_chunk."""
+    pieces: list[str] = []
+    req = Request(
+        messages=[{"role": "user", "content": "Write: < b"}],
+        max_tokens=1,  # greedy: "<", held back as a possible "<think>" until the end
+        options={"temperature": 0},
+        on_chunk=lambda c: pieces.append(c.text),
+    )
+    with Batcher(qwen, parallel=1, slot_ctx=256) as b:
+        ((_, result),) = list(b.run([req]))
+    assert result.text == "<"
+    assert "".join(pieces) == result.text
