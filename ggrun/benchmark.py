@@ -12,7 +12,9 @@ replaced by BOS), and the second half of each chunk is scored: perplexity is
 exp(mean negative log-likelihood of the next token). Against the reference (the most
 precise model in the set, or ``reference``), each scored token also gives the KL
 divergence KL(reference ‖ model) and whether both put the same token on top. Logits are
-compared chunk by chunk in memory, never written to disk.
+compared chunk by chunk in memory, never written to disk: the reference and one candidate
+are open at a time, and the reference's chunks are evaluated again for each candidate
+(compute traded for memory: no stored reference logits).
 """
 
 from __future__ import annotations
@@ -63,7 +65,6 @@ class BenchResult:
     kld_p99: float | None = None
     same_top: float | None = None  # fraction of scored tokens
     scored_tokens: int = 0
-    notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,14 +84,16 @@ class BenchConfig:
     device: str | None = None  # as ggrun.load: None lets the planner choose
 
 
-def load_config(path: Path, cfg: BenchConfig, n_ctx: int, n_batch: int) -> LoadConfig:
+def load_config(
+    path: Path, cfg: BenchConfig, n_ctx: int, n_batch: int, info: Any = None
+) -> LoadConfig:
     """The planner's device, offload, threads and mmap for this run (as ``ggrun.load``)."""
     from ggrun.gguffile import read_gguf
     from ggrun.hardware import detect_hardware
     from ggrun.planner import ModelShape, plan
 
     p = plan(
-        ModelShape.from_gguf(read_gguf(path)),
+        ModelShape.from_gguf(info or read_gguf(path)),
         detect_hardware(),
         n_ctx=n_ctx,
         device=cfg.device,
@@ -98,14 +101,7 @@ def load_config(path: Path, cfg: BenchConfig, n_ctx: int, n_batch: int) -> LoadC
         n_threads_batch=cfg.threads,
         n_batch=n_batch,
     )
-    return LoadConfig(
-        n_ctx=p.n_ctx,
-        n_threads=p.n_threads,
-        n_threads_batch=p.n_threads_batch,
-        n_batch=p.n_batch,
-        n_gpu_layers=p.n_gpu_layers,
-        use_mmap=p.use_mmap,
-    )
+    return LoadConfig.from_plan(p)
 
 
 def corpus_path() -> Path:
@@ -290,8 +286,8 @@ def measure_quality(
         wants_bos = bool(ll.llama_vocab_get_add_bos(ref.model._vocab))
         bos = int(ll.llama_vocab_bos(ref.model._vocab)) if wants_bos else None
         chunks = list(chunks_of(tokens, cfg, bos))
-        ref_q = _Quality()
-        for other in others:
+        ref_q = _Quality()  # scored during the first candidate's pass
+        for n_pass, other in enumerate(others):
             cand = _Scorer(other, cfg) if other != ref_path else None
             try:
                 if cand is not None and cand.n_vocab != ref.n_vocab:
@@ -306,7 +302,7 @@ def measure_quality(
                     targets = np.asarray(chunk[first + 1 :])
                     rows = np.arange(len(targets))
                     lp_ref = ref.log_probs(chunk, first)
-                    if ref_q.count < len(chunks) * len(targets):
+                    if n_pass == 0:
                         ref_q.nll -= float(lp_ref[rows, targets].sum())
                         ref_q.count += len(targets)
                     if cand is None:
@@ -405,7 +401,7 @@ def bench(
         raise InvalidArgument("nothing to benchmark")
     infos = {p: read_gguf(p) for p in paths}
     for p in paths:  # a device this build lacks, or a model that cannot fit: fail now
-        load_config(p, cfg, cfg.pp + cfg.tg, cfg.pp)
+        load_config(p, cfg, cfg.pp + cfg.tg, cfg.pp, infos[p])
     results = []
     for p, info in infos.items():
         results.append(

@@ -67,6 +67,19 @@ class LoadConfig:
         if self.n_batch < 1:
             raise InvalidArgument(f"n_batch must be at least 1, got {self.n_batch}")
 
+    @classmethod
+    def from_plan(cls, plan: Plan, **extra: Any) -> LoadConfig:
+        """Load exactly as ``plan`` says; ``extra`` sets the other fields."""
+        return cls(
+            n_ctx=plan.n_ctx,
+            n_threads=plan.n_threads,
+            n_threads_batch=plan.n_threads_batch,
+            n_batch=plan.n_batch,
+            n_gpu_layers=plan.n_gpu_layers,
+            use_mmap=plan.use_mmap,
+            **extra,
+        )
+
 
 @dataclass
 class Chunk:
@@ -715,14 +728,5 @@ def load(
     for note in p.notes:
         logger.warning("%s", note)
     logger.info("plan: %s", p.summary())
-    cfg = LoadConfig(
-        n_ctx=p.n_ctx,
-        n_threads=p.n_threads,
-        n_threads_batch=p.n_threads_batch,
-        n_batch=p.n_batch,
-        n_gpu_layers=p.n_gpu_layers,
-        use_mmap=p.use_mmap,
-        verbose=verbose,
-        **load_options,
-    )
+    cfg = LoadConfig.from_plan(p, verbose=verbose, **load_options)
     return Model(path, cfg, family=family, plan=p, info=info)

@@ -201,7 +201,8 @@ def _gib(n: int) -> str:
     return f"{n / GIB:.2f} GiB"
 
 
-def _pick_gpu(hw: Hardware, device: str | None) -> GPU | None:
+def pick_gpu(hw: Hardware, device: str | None = None) -> GPU | None:
+    """The GPU a plan uses: ``device``'s, or the preferred backend's with most free memory."""
     if device == "cpu":
         return None
     if device is not None:
@@ -250,6 +251,14 @@ def _layout(
     return gpu, weights_ram + kv_ram + compute_ram
 
 
+def _most_layers(shape: ModelShape, n_ctx: int, n_ubatch: int, gpu_cap: int) -> int:
+    """How many layers fit on the GPU (``n_layer + 1`` counts the output layer)."""
+    n = 0
+    while n <= shape.n_layer and _layout(shape, n_ctx, n + 1, n_ubatch)[0] <= gpu_cap:
+        n += 1
+    return n
+
+
 def _fits(
     shape: ModelShape, n_ctx: int, ngl: int, n_ubatch: int, gpu_cap: int, ram_cap: int
 ) -> bool:
@@ -283,7 +292,7 @@ def plan(
     """Decide device, offload, context, threads and mmap; raise when it cannot work."""
     hw = hardware
     notes: list[str] = []
-    gpu = _pick_gpu(hw, device)
+    gpu = pick_gpu(hw, device)
     gpu_cap = gpu_budget(gpu, hw) if gpu else 0
     ram_cap = hw.ram_available or hw.ram_total
     full = shape.n_layer + 1
@@ -302,17 +311,13 @@ def plan(
             raise InvalidArgument(f"--gpu-layers must be >= 0, got {gpu_layers}")
         ngl = min(gpu_layers, full)
     else:  # auto: as many layers as fit, the output layer last
-        ngl = 0
-        while ngl < full and _layout(shape, ctx, ngl + 1, ubatch)[0] <= gpu_cap:
-            ngl += 1
+        ngl = _most_layers(shape, ctx, ubatch, gpu_cap)
         if ngl == 0:
             notes.append(f"nothing fits in {gpu.name}'s free memory; running on the CPU")
     if gpu is not None and ngl > 0:
         need = _layout(shape, ctx, ngl, ubatch)[0]
         if need > gpu_cap:
-            most = 0
-            while most < full and _layout(shape, ctx, most + 1, ubatch)[0] <= gpu_cap:
-                most += 1
+            most = _most_layers(shape, ctx, ubatch, gpu_cap)
             raise InsufficientMemory(
                 f"{ngl} layers of {shape.name} with a {ctx}-token context need "
                 f"{_gib(need)} on {gpu.name}, which has {_gib(gpu_cap)} free after a "

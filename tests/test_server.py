@@ -28,6 +28,19 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _wait_healthy(base: str, proc: subprocess.Popen[Any]) -> None:
+    """Until /health answers; fails if the server process dies first."""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(base + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+    raise AssertionError(f"{base} did not become healthy in 90 s")
+
+
 @pytest.fixture(scope="module")
 def server(smol_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = _free_port()
@@ -36,14 +49,7 @@ def server(smol_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     env = {**os.environ, "GGRUN_HOME": str(tmp_path_factory.mktemp("home"))}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(base + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+    _wait_healthy(base, proc)
     yield base
     proc.terminate()  # SIGTERM: a clean shutdown
     out, _ = proc.communicate(timeout=30)
@@ -200,13 +206,7 @@ def test_ctrl_c_stops_the_server_with_130(smol_path: Path, tmp_path: Path) -> No
     cmd = [sys.executable, "-m", "ggrun", "serve", str(smol_path), "--port", str(port)]
     env = {**os.environ, "GGRUN_HOME": str(tmp_path)}
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
+    _wait_healthy(f"http://127.0.0.1:{port}", proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and "ggrun: interrupted" in err and "Traceback" not in err

@@ -57,7 +57,6 @@ def batch(
 
       ggrun batch qwen2.5-coder-0.5b prompts.jsonl -o results.jsonl --parallel 8
     """
-    from ggrun.batch import run_batch
     from ggrun.errors import InvalidArgument
     from ggrun.jsonl import ResultsFile, id_key, read_requests
     from ggrun.structured import load_schema
@@ -104,7 +103,7 @@ def batch(
             print(f"ggrun: nothing to do ({total} new requests)", file=sys.stderr)
             return
         with options.load_model(model, opts) as m:
-            _run(m, items, common, parallel, slot_ctx, out, total, len(errors), run_batch)
+            _run(m, items, common, parallel, slot_ctx, out, total, len(errors))
 
 
 def _record_error(rid: Any, error: str) -> dict[str, Any]:
@@ -142,10 +141,11 @@ def _run(
     out: Any,
     total: int,
     already: int,
-    run_batch: Any,
 ) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from ggrun.batch import run_batch
 
     def on_start(n: int, ctx: int) -> None:
         print(f"ggrun: {n} slots of {ctx} tokens each", file=sys.stderr)

@@ -108,9 +108,7 @@ def generate(
         if raw:
             chunks = m.stream(prompt, max_tokens=max_tokens, **sampling)
         else:
-            messages = ([{"role": "system", "content": system}] if system else []) + [
-                {"role": "user", "content": prompt}
-            ]
+            messages = _messages(system, prompt)
             chunks = m.chat_stream(
                 messages, think=opts.get("think"), max_tokens=max_tokens, **sampling
             )
@@ -160,9 +158,7 @@ def _constrained(
         elif raw:
             result = m.generate(prompt, **kwargs)
         else:
-            messages = ([{"role": "system", "content": system}] if system else []) + [
-                {"role": "user", "content": prompt}
-            ]
+            messages = _messages(system, prompt)
             result = m.chat(messages, think=opts.get("think"), **kwargs)
     if result.reasoning and opts.get("show_thinking"):
         print(result.reasoning, file=sys.stderr)
@@ -174,3 +170,9 @@ def _constrained(
             f"{result.finish_reason}",
             file=sys.stderr,
         )
+
+
+def _messages(system: str | None, prompt: str) -> list[dict[str, str]]:
+    """One user turn, after the system prompt when there is one."""
+    head = [{"role": "system", "content": system}] if system else []
+    return [*head, {"role": "user", "content": prompt}]

@@ -39,10 +39,11 @@ def doctor(
 ) -> None:
     """Show this machine, what this llama.cpp build can use, and ggrun's default settings."""
     from ggrun import hardware as hwmod
+    from ggrun.planner import pick_gpu
 
     hw = _hardware(hardware)
     warnings = hwmod.warnings(hw)
-    gpu = next(iter(sorted(hw.usable_gpus, key=lambda g: -g.free_bytes)), None)
+    gpu = pick_gpu(hw)  # the device every command's plan starts from
     defaults = {
         "device": gpu.backend if gpu else "cpu",
         "threads": hw.generation_threads,
