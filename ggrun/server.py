@@ -519,6 +519,17 @@ class Server:
         return EventSourceResponse(events(), ping=15)
 
 
+def check_address(host: str, port: int) -> None:
+    """Fail with one line now, not with uvicorn's log after the model has loaded."""
+    import socket
+
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as e:
+        raise GgrunError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
 def serve(
     model: Model, *, model_id: str, host: str = "127.0.0.1", port: int = 8080,
     parallel: int = 4, slot_ctx: int | None = None, api_key: str | None = None,

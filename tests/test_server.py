@@ -210,3 +210,13 @@ def test_ctrl_c_stops_the_server_with_130(smol_path: Path, tmp_path: Path) -> No
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and "ggrun: interrupted" in err and "Traceback" not in err
+
+
+def test_port_in_use_is_one_line_before_loading(smol_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        cmd = [sys.executable, "-m", "ggrun", "serve", str(smol_path), "--port", str(port)]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert r.stderr.startswith(f"ggrun: error: cannot listen on 127.0.0.1:{port}")
+    assert r.stderr.count("\n") == 1 and "serving" not in r.stderr

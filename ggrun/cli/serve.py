@@ -57,6 +57,7 @@ def serve(
     """
     from ggrun import models
     from ggrun.engine import DEFAULT_CTX
+    from ggrun.server import check_address
     from ggrun.server import serve as run
 
     if not _is_loopback(host) and not api_key:
@@ -65,6 +66,7 @@ def serve(
             "this port can use the model",
             file=sys.stderr,
         )
+    check_address(host, port)
     ref = model or models.default_model()[0]
     kw = options.load_kwargs(opts)
     slot_ctx = kw.pop("n_ctx")
