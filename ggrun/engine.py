@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-from convert.llamalog import route_llama_log
+from ggrun.llama import route_llama_log
 from ggrun import hardware, planner, sampling, structured, templates
 from ggrun.errors import (
     ContextOverflow,

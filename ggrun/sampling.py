@@ -146,7 +146,7 @@ def resolve(
 
 def _grammar_sampler(ll: Any, vocab: Any, grammar: str, lazy_after: str | None) -> Any:
     """A grammar sampler; lazy ones apply only once ``lazy_after`` (a regex) matches."""
-    from convert.llamalog import captured_llama_log
+    from ggrun.llama import captured_llama_log
 
     with captured_llama_log() as log:
         if lazy_after is None:

@@ -70,7 +70,7 @@ def test_alias_estimate_matches_the_real_shape(shaped: ModelShape) -> None:
 
 
 def _llama_buffers(path: Path, n_ctx: int) -> dict[str, float]:
-    from convert.llamalog import captured_llama_log
+    from ggrun.llama import captured_llama_log
     from ggrun.engine import LoadConfig, Model
 
     with captured_llama_log() as lines, Model(path, LoadConfig(n_ctx=n_ctx)):

@@ -1,7 +1,9 @@
-"""Where llama.cpp's log output goes: nowhere, unless verbose (then stderr).
+"""The llama layer: the only module that calls llama.cpp to decode, tokenize, sample or
+manage the KV cache.
 
-llama.cpp logs every tensor it loads or quantizes through one process-wide callback.
-ggrun's engine and converter both route it here, so the output stays clean by default.
+Log routing: llama.cpp logs every tensor it loads or quantizes through one process-wide
+callback. The runtime and the converter both route it here: nowhere unless verbose
+(then stderr), and captured on demand to explain a failure.
 """
 
 from __future__ import annotations
