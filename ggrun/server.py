@@ -282,12 +282,15 @@ class Server:
         from starlette.applications import Starlette
         from starlette.routing import Route
 
+        from ggrun import webpage
+
         routes = [
             Route("/health", self.health, methods=["GET"]),
             Route("/metrics", self.metrics, methods=["GET"]),
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/v1/chat/completions", self.chat, methods=["POST"]),
             Route("/v1/completions", self.completions, methods=["POST"]),
+            *webpage.routes(self),
         ]
         return Starlette(routes=routes, exception_handlers={ApiError: self._api_error,
                                                               404: self._not_found,
