@@ -198,7 +198,7 @@ def _shot(page: Page, name: str) -> Path:
 def test_a_reply_streams_in(open_page: Callable[..., Page]) -> None:
     page = open_page()
     _ready(page)
-    _settings(page, max_tokens=80)
+    _settings(page, max_tokens=48)
     box = page.get_by_label("Message", exact=True)
     box.fill("Write a short poem")
     box.press("Shift+Enter")  # a new line, not a send
@@ -219,6 +219,7 @@ def test_a_reply_streams_in(open_page: Callable[..., Page]) -> None:
     stats = reply.locator(".stats").inner_text()
     assert re.search(r"\d+ tokens · [\d.]+ tok/s", stats) and "prompt" in stats, stats
     assert page.locator("#send").is_visible() and not page.locator("#stop").is_visible()
+    _shot(page, "webpage-reply.png")
 
 
 def test_stop_cancels_the_request_and_frees_the_slot(
@@ -253,6 +254,69 @@ HOSTILE = (
     '1. <iframe src="javascript:window.__pwned=6"></iframe>\n'
     "2. [ok](https://example.org/)"
 )
+
+
+def _sse(*events: dict[str, Any]) -> str:
+    return "".join(f"data: {json.dumps(e)}\r\n\r\n" for e in events) + "data: [DONE]\r\n\r\n"
+
+
+def test_reasoning_settings_and_usage(open_page: Callable[..., Page]) -> None:
+    """A Qwen3-style stream (canned here: SmolLM2 does not think) and what the page sends."""
+    page = open_page()
+    _ready(page)
+    sent: list[Any] = []
+
+    def reply(route: Any) -> None:
+        sent.append((route.request.headers, route.request.post_data_json))
+        chunk = {"choices": [{"index": 0, "delta": {}, "finish_reason": None}]}
+        route.fulfill(
+            status=200,
+            content_type="text/event-stream",
+            body=_sse(
+                {"choices": [{"index": 0, "delta": {"reasoning_content": "Hmm, <b>two</b>"}}]},
+                {"choices": [{"index": 0, "delta": {"reasoning_content": " words."}}]},
+                {"choices": [{"index": 0, "delta": {"content": "Hello **there**"}}]},
+                chunk,
+                {"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}],
+                 "usage": {"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14}},
+            ),
+        )  # fmt: skip
+
+    page.route("**/v1/chat/completions", reply)
+    page.click("#settings-btn")
+    page.get_by_label("System prompt").fill("Be brief.")
+    page.get_by_label("Temperature").fill("0.3")
+    page.get_by_label("Think").uncheck()
+    _send(page, "Hi")
+    _wait_done(page)
+    headers, body = sent[0]
+    assert headers["content-type"] == "application/json"
+    assert body["model"] == MODEL_ID and body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True}
+    assert body["chat_template_kwargs"] == {"enable_thinking": False}
+    assert body["temperature"] == 0.3 and "max_tokens" not in body
+    assert body["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+    ]
+    msg = _reply(page)
+    details = msg.locator("details.reasoning")
+    assert not details.get_attribute("open")  # folded once the answer began
+    assert details.locator(".text").text_content() == "Hmm, <b>two</b> words."
+    assert msg.locator(".body strong").inner_text() == "there"
+    stats = msg.locator(".stats").inner_text()
+    assert "5 tokens" in stats and "prompt 9 tokens" in stats and "length" in stats, stats
+
+
+def test_an_api_error_is_shown(open_page: Callable[..., Page]) -> None:
+    page = open_page()
+    _ready(page)
+    _settings(page, max_tokens=100_000)  # more than the context holds: a 400
+    _send(page, "Hi")
+    _wait_done(page)
+    error = _reply(page).locator(".error-text").inner_text()
+    assert "max_tokens" in error, error
+    assert page.locator("#send").is_visible()
 
 
 def test_model_text_is_text_never_html(open_page: Callable[..., Page]) -> None:
@@ -359,6 +423,8 @@ def test_phone_width(open_page: Callable[..., Page]) -> None:
     _shot(page, "webpage-phone.png")
     page.get_by_role("button", name="Conversations").click()
     assert page.locator("#sidebar").is_visible()
+    page.wait_for_timeout(300)  # the slide-in
+    _shot(page, "webpage-phone-menu.png")
     page.keyboard.press("Escape")
     page.wait_for_selector("#sidebar", state="hidden")
 
