@@ -28,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.decode import resolve  # noqa: E402
 from benchmarks.llama_tools import tool  # noqa: E402
-from ggrun.batch import Batcher, Request  # noqa: E402
+from ggrun.batch import Batcher  # noqa: E402
 from ggrun.engine import LoadConfig, Model  # noqa: E402
+from ggrun.request import Request  # noqa: E402
 
 
 def native(path: Path, threads: int, npp: int, tg: int, levels: list[int]) -> dict[int, float]:
@@ -77,10 +78,10 @@ def prompts(n: int) -> list[str]:
 def ggrun_batch(m: Model, level: int, tg: int) -> tuple[float, float]:
     """(tokens/s end to end, tokens/s after the first token: llama-batched-bench's S_TG)."""
     greedy = {"temperature": 0, "repeat_penalty": 1.0}  # llama-batched-bench does not sample
-    reqs = [Request(prompt=p, max_tokens=tg, options=greedy) for p in prompts(level)]
+    reqs = [Request.build(prompt=p, max_tokens=tg, **greedy) for p in prompts(level)]
     with Batcher(m, parallel=level, slot_ctx=256) as b:
         t0 = time.perf_counter()
-        results = [r for _, r in b.run(reqs)]
+        results = [r for _, r in b.run(enumerate(reqs))]
         dt = time.perf_counter() - t0
     n = sum(r.completion_tokens for r in results)
     first = max(r.ttft for r in results)  # every prompt is decoded in the first step

@@ -89,28 +89,24 @@ def random_tokens(model: Model, n: int, rng: random.Random) -> list[int]:
 
 
 def in_process_native(model: Model, rng: random.Random) -> dict[str, list[float]]:
-    """llama-bench's own loops (test_prompt, test_gen) through ctypes on ggrun's context."""
-    import ctypes
+    """llama-bench's own loops (test_prompt, test_gen) on a context of ggrun's llama layer."""
+    from ggrun import llama
 
-    import llama_cpp as ll
-
-    ctx = model._ctx
-    ll.llama_memory_clear(ll.llama_get_memory(ctx), True)
-    arr = (ll.llama_token * 512)(*random_tokens(model, 512, rng))
-    t0 = time.perf_counter()
-    ll.llama_decode(ctx, ll.llama_batch_get_one(arr, 512))
-    ll.llama_synchronize(ctx)
-    pp = 512 / (time.perf_counter() - t0)
-    ll.llama_memory_clear(ll.llama_get_memory(ctx), True)
-    one = (ll.llama_token * 1)(rng.randrange(100, 1000))
-    ptr = ctypes.cast(one, ctypes.POINTER(ll.llama_token))
-    t0 = time.perf_counter()
-    for _ in range(128):
-        ll.llama_decode(ctx, ll.llama_batch_get_one(ptr, 1))
-        ll.llama_synchronize(ctx)
-    tg = 128 / (time.perf_counter() - t0)
-    model._cached = []  # the KV cache no longer matches ggrun's record
-    ll.llama_memory_clear(ll.llama_get_memory(ctx), True)
+    params = model.context_params(model.n_ctx)
+    with llama.Context(model.weights, params) as ctx, llama.Batch(512) as batch:
+        for i, t in enumerate(random_tokens(model, 512, rng)):
+            batch.add(t, i, 0, i == 511)
+        t0 = time.perf_counter()
+        ctx.decode(batch)
+        pp = 512 / (time.perf_counter() - t0)
+        ctx.clear()
+        token = rng.randrange(100, 1000)
+        t0 = time.perf_counter()
+        for i in range(128):
+            batch.clear()
+            batch.add(token, i, 0, True)
+            ctx.decode(batch)
+        tg = 128 / (time.perf_counter() - t0)
     return {"pp512": [pp], "tg128": [tg]}
 
 

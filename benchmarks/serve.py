@@ -28,6 +28,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.decode import resolve  # noqa: E402
+from ggrun.batch import batch  # noqa: E402
 from ggrun.engine import LoadConfig, Model  # noqa: E402
 
 
@@ -84,8 +85,8 @@ def client_run(base: str, clients: int, requests: int, max_tokens: int) -> dict[
 def batch_run(m: Model, clients: int, requests: int, max_tokens: int) -> float:
     chats = [_question(i) for i in range(clients * requests)]
     t0 = time.perf_counter()
-    rs = m.batch(chats, parallel=clients, max_tokens=max_tokens, temperature=0,
-                 repeat_penalty=1.0, slot_ctx=512)  # fmt: skip
+    rs = batch(m, chats, parallel=clients, max_tokens=max_tokens, temperature=0,
+               repeat_penalty=1.0, slot_ctx=512)  # fmt: skip
     return sum(r.completion_tokens for r in rs) / (time.perf_counter() - t0)
 
 

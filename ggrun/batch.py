@@ -2,13 +2,13 @@
 
 Generating one sequence reads every weight once per token; decoding ``parallel``
 sequences in one ``llama_decode`` reads them once for all. :class:`Batcher` owns a
-second llama.cpp context on the model's weights, with ``n_seq_max = parallel`` and a
-KV cache of ``parallel × slot_ctx`` cells (not unified: each sequence has its own
-``slot_ctx`` cells, llama.cpp's ``kv_unified = false``). Each request takes a free
-slot (a sequence id) with its own sampler: its own seed, penalties and grammar. Every
-step decodes one token for each generating slot plus as many prompt tokens of newly
-admitted requests as fit in ``n_batch``. A finished sequence frees its cells and its
-slot at once, and the next request takes it.
+context on the model's weights with ``n_seq_max = parallel`` and a KV cache of
+``parallel × slot_ctx`` cells (each sequence has its own ``slot_ctx`` cells), and runs
+requests through the one token loop of :mod:`ggrun.decoder`: each request takes a free
+slot (a sequence id) with its own sampler (seed, penalties, grammar); a finished
+sequence frees its cells and its slot at once, and the next request takes it.
+:class:`Engine` runs a batcher in its own thread for the server: requests queue, are
+admitted as slots free up, and report their chunks through callbacks.
 
 Determinism: the sampler of a request does not depend on its neighbours, so the same
 seed gives the same choices. The logits do, slightly: llama.cpp's CPU matrix kernels
@@ -22,106 +22,29 @@ a result with ``error`` set; it never stops the batch.
 
 from __future__ import annotations
 
-import codecs
+import collections
 import contextlib
+import itertools
 import logging
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ggrun import sampling, structured, templates
-from ggrun.engine import Chunk, Model, Result, StopMatcher, check_structured
+from ggrun import llama, structured
+from ggrun.decoder import Decoder, Prepared
+from ggrun.decoder import Sequence as Seq
+from ggrun.engine import Model
 from ggrun.errors import ContextOverflow, GgrunError, InsufficientMemory, InvalidArgument
+from ggrun.request import Request, build_many
+from ggrun.textstream import Chunk, Result
 
 logger = logging.getLogger(__name__)
 
 SLOT_STEP = 256  # slot contexts are rounded up to a multiple of this
 
-
-@dataclass
-class Request:
-    """One prompt (raw completion) or one message list (chat reply)."""
-
-    prompt: str | None = None
-    messages: list[dict[str, Any]] | None = None
-    id: Any = None
-    max_tokens: int | None = 256
-    think: bool | None = None
-    stop: tuple[str, ...] = ()
-    options: dict[str, Any] = field(default_factory=dict)  # sampling, json, schema, format
-    on_chunk: Callable[[Chunk], Any] | None = None  # called with each new piece of text
-
-
-@dataclass
-class BatchResult(Result):
-    """A :class:`~ggrun.Result` with the request's ``id`` and, if it failed, ``error``."""
-
-    id: Any = None
-    error: str | None = None
-
-
-@dataclass
-class Prepared:
-    index: int
-    req: Request
-    tokens: list[int]
-    cfg: sampling.SamplingConfig
-    constraint: structured.Constraint | None
-    chat: bool
-    starts_thinking: bool
-    lazy: bool
-
-
-@dataclass
-class _Slot:
-    seq: int
-    job: Prepared
-    sampler: sampling.Sampler
-    limit: int
-    splitter: templates.ThinkSplitter | None
-    stopper: Any
-    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
-    n_past: int = 0  # tokens of this sequence in the KV cache
-    pending: int | None = None  # a sampled token to decode next step
-    n_gen: int = 0
-    text: list[str] = field(default_factory=list)
-    reasoning: list[str] = field(default_factory=list)
-    logits_at: int = -1  # this step's batch row with its logits
-    t0: float = field(default_factory=time.perf_counter)
-    t_first: float = 0.0
-
-
-def prepare(model: Model, index: int, req: Request) -> Prepared:
-    """Render and tokenize a request and resolve its sampling; raise if it cannot run."""
-    m = model
-    opts = dict(req.options)
-    constraint = structured.from_options(
-        json_mode=bool(opts.pop("json", False)),
-        schema=opts.pop("schema", None),
-        response_format=opts.pop("response_format", None),
-        fmt=opts.pop("format", None),
-        columns=opts.pop("columns", None),
-    )
-    preset = opts.pop("preset", None)
-    unknown = set(opts) - set(sampling.SAMPLING_FIELDS)
-    if unknown:
-        raise InvalidArgument(f"unknown option(s): {', '.join(sorted(unknown))}")
-    if req.messages is not None:
-        prompt = m.format_chat(req.messages, think=req.think)
-        cfg = m.sampling_for(think=req.think, preset=preset, **opts)
-        chat = True
-    elif req.prompt is not None:
-        prompt, chat = req.prompt, False
-        cfg = m.sampling_for(preset=preset, **opts)
-    else:
-        raise InvalidArgument("a request needs a prompt or messages")
-    tokens = m.tokenize_prompt(prompt)
-    if not tokens:
-        raise InvalidArgument("the prompt is empty")
-    lazy = chat and constraint is not None and m.may_think(prompt, req.think)
-    starts = chat and templates.starts_in_thinking(prompt)
-    return Prepared(index, req, tokens, cfg, constraint, chat, starts, lazy)
+BatchResult = Result  # a batch result is a Result with ``id`` (and ``error`` if it failed)
 
 
 class Batcher:
@@ -130,39 +53,20 @@ class Batcher:
     def __init__(
         self, model: Model, *, parallel: int = 8, slot_ctx: int = 2048, n_batch: int = 512
     ) -> None:
-        import llama_cpp as ll
-
         if parallel < 1:
             raise InvalidArgument(f"parallel must be at least 1, got {parallel}")
         if slot_ctx < 16:
             raise InvalidArgument(f"the context per slot must be at least 16, got {slot_ctx}")
-        model._check_open()
-        self._ll = ll
+        model.weights.check_open()
         self.model = model
         self.parallel = parallel
         self.slot_ctx = slot_ctx
         self._check_memory()
-        cparams = ll.llama_context_default_params()
-        cparams.n_ctx = parallel * slot_ctx
-        cparams.n_batch = n_batch
-        cparams.n_ubatch = n_batch
-        cparams.n_seq_max = parallel
-        cparams.kv_unified = False
-        cparams.n_threads = model.n_threads
-        cparams.n_threads_batch = model.n_threads_batch
-        cparams.no_perf = True
-        ctx = ll.llama_init_from_model(model._model, cparams)
-        if not ctx:
-            raise GgrunError(
-                f"llama.cpp could not create a batch context of {parallel} x {slot_ctx} tokens"
-            )
-        self._ctx = ctx
-        self._mem = ll.llama_get_memory(ctx)
-        self.n_batch = n_batch
-        self._batch = ll.llama_batch_init(n_batch, 0, 1)
+        params = model.context_params(parallel * slot_ctx, n_seq_max=parallel)
+        self._ctx = llama.Context(model.weights, params)
+        self._decoder = Decoder(self._ctx, model.is_end)
         self._free = list(range(parallel - 1, -1, -1))
-        self._slots: dict[int, _Slot] = {}
-        self.tokens_generated = 0
+        self._index: dict[int, Seq] = {}  # request index -> its running sequence
         logger.info("batch context: %d slots of %d tokens", parallel, slot_ctx)
 
     def _check_memory(self) -> None:
@@ -181,13 +85,9 @@ class Batcher:
 
     # -- lifetime -----------------------------------------------------------
     def close(self) -> None:
-        for slot in self._slots.values():
-            slot.sampler.close()
-        self._slots.clear()
-        if self._ctx is not None:
-            self._ll.llama_batch_free(self._batch)
-            self._ll.llama_free(self._ctx)
-            self._ctx = None
+        self._decoder.close()
+        self._ctx.close()
+        self._index.clear()
 
     def __enter__(self) -> Batcher:
         return self
@@ -199,43 +99,80 @@ class Batcher:
         with contextlib.suppress(Exception):  # interpreter shutdown
             self.close()
 
-    # -- requests -------------------------------------------------------------
-    def _start(self, job: Prepared) -> None:
-        if len(job.tokens) >= self.slot_ctx:
-            raise ContextOverflow(
-                f"the prompt has {len(job.tokens)} tokens but a batch slot holds {self.slot_ctx}",
-                n_tokens=len(job.tokens),
-                n_ctx=self.slot_ctx,
-            )
-        grammar = job.constraint.grammar if job.constraint else None
-        lazy_after = structured.THINK_TRIGGER if job.lazy else None
-        sampler = sampling.Sampler(job.cfg, self.model._vocab, self._ctx, grammar, lazy_after)
-        room = self.slot_ctx - len(job.tokens)
-        limit = room if job.req.max_tokens is None else min(job.req.max_tokens, room)
-        seq = self._free.pop()
-        splitter = templates.ThinkSplitter(job.starts_thinking) if job.chat else None
-        self._slots[seq] = _Slot(seq, job, sampler, limit, splitter, StopMatcher(job.req.stop))
-
     @property
     def free_slots(self) -> int:
         return len(self._free)
 
     @property
     def active(self) -> int:
-        return len(self._slots)
+        return len(self._index)
 
-    # -- the loop ---------------------------------------------------------------
+    @property
+    def tokens_generated(self) -> int:
+        return self._decoder.tokens_generated
+
+    # -- requests -------------------------------------------------------------
+    def admit(
+        self,
+        index: int,
+        job: Request | Prepared,
+        on_chunk: Callable[[Chunk], Any] | None = None,
+    ) -> tuple[int, Result] | None:
+        """Start a request in a free slot; one that cannot run comes back as a failure."""
+        if not self._free:
+            raise GgrunError("no free batch slot")
+        req = job.request if isinstance(job, Prepared) else job
+        try:
+            prepared = job if isinstance(job, Prepared) else self.model.prepare(job)
+            if len(prepared.tokens) >= self.slot_ctx:
+                raise ContextOverflow(
+                    f"the prompt has {len(prepared.tokens)} tokens but a batch slot holds "
+                    f"{self.slot_ctx}",
+                    n_tokens=len(prepared.tokens),
+                    n_ctx=self.slot_ctx,
+                )
+            prepared.index = index
+            seq = self._decoder.start(self._free[-1], prepared, on_chunk=on_chunk)
+        except GgrunError as e:
+            return index, Result.failed(str(e), req.id)
+        self._free.pop()
+        self._index[index] = seq
+        return None
+
+    def step(self) -> list[tuple[int, Result]]:
+        """Decode once for every active slot; return the requests that finished."""
+        done = []
+        for seq in self._decoder.step() + [s for s in self._index.values() if s.finished]:
+            if seq.job.index not in self._index:
+                continue
+            self._release(seq)
+            done.append((seq.job.index, _final(seq)))
+        return done
+
+    def cancel(self, index: int) -> bool:
+        """Stop the request with input ``index`` now and free its slot (a client left)."""
+        seq = self._index.get(index)
+        if seq is None:
+            return False
+        self._release(seq)
+        return True
+
+    def _release(self, seq: Seq) -> None:
+        self._decoder.release(seq)
+        del self._index[seq.job.index]
+        self._free.append(seq.seq)
+
     def run(
-        self, requests: Iterable[Request | Prepared], *, start_index: int = 0
-    ) -> Iterator[tuple[int, BatchResult]]:
-        """Yield ``(input index, result)`` as each request finishes.
+        self, requests: Iterable[tuple[int, Request | Prepared]]
+    ) -> Iterator[tuple[int, Result]]:
+        """Run ``(index, request)`` pairs; yield ``(index, result)`` as each finishes.
 
         Requests are taken from the iterable only as slots free up, so it may be a
         lazy reader of a large file.
         """
-        it = iter(enumerate(requests, start_index))
+        it = iter(requests)
         exhausted = False
-        while not exhausted or self._slots:
+        while not exhausted or self._index:
             while self._free and not exhausted:
                 nxt = next(it, None)
                 if nxt is None:
@@ -246,171 +183,169 @@ class Batcher:
                     yield failed
             yield from self.step()
 
-    def admit(self, index: int, req: Request | Prepared) -> tuple[int, BatchResult] | None:
-        """Start a request in a free slot; one that cannot run comes back as a failure."""
-        if not self._free:
-            raise GgrunError("no free batch slot")
-        r = req.req if isinstance(req, Prepared) else req
+
+def _final(seq: Seq) -> Result:
+    """A finished sequence's result, with structured output parsed and checked."""
+    result = seq.result()
+    if result.error is None:
         try:
-            job = req if isinstance(req, Prepared) else prepare(self.model, index, req)
-            self._start(job)
-        except GgrunError as e:
-            return index, _failed(r, str(e))
-        return None
-
-    def step(self) -> list[tuple[int, BatchResult]]:
-        """Decode once for every active slot; return the requests that finished."""
-        if not self._slots:
-            return []
-        self._fill()
-        rc = self._ll.llama_decode(self._ctx, self._batch)
-        if rc != 0:
-            raise GgrunError(f"llama.cpp failed to decode a batch (code {rc})")
-        done = []
-        for slot in list(self._slots.values()):
-            if slot.logits_at >= 0:
-                result = self._advance(slot)
-                if result is not None:
-                    done.append((slot.job.index, result))
-        return done
-
-    def _fill(self) -> None:
-        b, n = self._batch, 0
-        for slot in self._slots.values():  # one token for each generating sequence
-            slot.logits_at = -1
-            if slot.pending is not None:
-                n = self._add(b, n, slot.pending, slot, True)
-                slot.pending = None
-        for slot in self._slots.values():  # then prompt tokens, as many as fit
-            if slot.logits_at >= 0 or slot.n_past >= len(slot.job.tokens):
-                continue
-            toks = slot.job.tokens
-            while n < self.n_batch and slot.n_past < len(toks):
-                last = slot.n_past == len(toks) - 1
-                n = self._add(b, n, toks[slot.n_past], slot, last)
-            if n >= self.n_batch:
-                break
-        b.n_tokens = n
-
-    def _add(self, b: Any, n: int, token: int, slot: _Slot, logits: bool) -> int:
-        b.token[n] = token
-        b.pos[n] = slot.n_past
-        b.n_seq_id[n] = 1
-        b.seq_id[n][0] = slot.seq
-        b.logits[n] = logits
-        if logits:
-            slot.logits_at = n
-        slot.n_past += 1
-        return n + 1
-
-    def _advance(self, slot: _Slot) -> BatchResult | None:
-        m = self.model
-        token = slot.sampler.sample(slot.logits_at)
-        if not slot.n_gen:
-            slot.t_first = time.perf_counter()
-        if m.is_end(token):
-            return self._finish(slot, "stop")
-        slot.n_gen += 1
-        self.tokens_generated += 1
-        text, hit = slot.stopper.feed(slot.decoder.decode(m.token_bytes(token)))
-        self._emit(slot, text)
-        if hit:
-            return self._finish(slot, "stop")
-        if slot.n_gen >= slot.limit:
-            return self._finish(slot, "length")
-        slot.pending = token
-        return None
-
-    def _emit(self, slot: _Slot, text: str) -> None:
-        self._record(slot, *(slot.splitter.feed(text) if slot.splitter else (text, "")))
-
-    def _record(self, slot: _Slot, answer: str, thought: str) -> None:
-        """Keep a piece of the reply and pass it on to the request's listener."""
-        slot.text.append(answer)
-        slot.reasoning.append(thought)
-        if (answer or thought) and slot.job.req.on_chunk is not None:
-            slot.job.req.on_chunk(Chunk(text=answer, reasoning=thought))
-
-    def _finish(self, slot: _Slot, reason: str) -> BatchResult:
-        tail = slot.decoder.decode(b"", final=True) + slot.stopper.flush()
-        self._emit(slot, tail)
-        if slot.splitter:  # text held back as a possible partial tag is the reply's end
-            self._record(slot, *slot.splitter.flush())
-        now = time.perf_counter()
-        t_gen = now - slot.t_first if slot.t_first else 0.0
-        last = Chunk(
-            finish_reason=reason,
-            prompt_tokens=len(slot.job.tokens),
-            completion_tokens=slot.n_gen,
-            generation_tps=slot.n_gen / t_gen if t_gen > 0 and slot.n_gen else 0.0,
-            ttft=(slot.t_first or now) - slot.t0,
-        )
-        self._release(slot)
-        result = BatchResult.from_last(last, "".join(slot.text), "".join(slot.reasoning))
-        result.id = slot.job.req.id
-        if slot.job.req.on_chunk is not None:
-            slot.job.req.on_chunk(last)
-        try:
-            check_structured(result, slot.job.constraint)
+            structured.check_result(result, seq.job.request.constraint)
         except GgrunError as e:
             result.error = str(e)
-        return result
-
-    def _release(self, slot: _Slot) -> None:
-        self._ll.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
-        slot.sampler.close()
-        del self._slots[slot.seq]
-        self._free.append(slot.seq)
-
-    def cancel(self, index: int) -> bool:
-        """Stop the request with input ``index`` now and free its slot (a client left)."""
-        for slot in list(self._slots.values()):
-            if slot.job.index == index:
-                self._release(slot)
-                return True
-        return False
+    return result
 
 
-def _failed(req: Request, error: str) -> BatchResult:
-    return BatchResult(text="", finish_reason="error", id=req.id, error=error)
+# ---------------------------------------------------------------- the engine thread
 
 
-def slot_context(model: Model, jobs: list[int], max_tokens: int | None) -> int:
-    """A context per slot for prompts of ``jobs`` tokens and ``max_tokens`` new ones."""
-    longest = max(jobs, default=1)
+@dataclass
+class Waiter:
+    """Where a queued request reports: each chunk, then its result."""
+
+    on_chunk: Callable[[Chunk], Any]
+    on_done: Callable[[Result], Any]
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    finished: int = 0
+    cancelled: int = 0
+    peak_active: int = 0  # the most requests decoded at once since the start
+    started: float = field(default_factory=time.time)
+    recent: collections.deque[tuple[float, int]] = field(
+        default_factory=lambda: collections.deque(maxlen=256)
+    )
+
+
+class Engine:
+    """Runs a :class:`Batcher` in its own thread; others talk to it through a queue."""
+
+    def __init__(self, model: Model, *, parallel: int, slot_ctx: int) -> None:
+        self.model = model
+        self.batcher = Batcher(model, parallel=parallel, slot_ctx=slot_ctx)
+        self.slot_ctx = slot_ctx
+        self.parallel = parallel
+        self._pending: collections.deque[tuple[int, Prepared]] = collections.deque()
+        self._cancel: set[int] = set()
+        self._waiters: dict[int, Waiter] = {}
+        self._cv = threading.Condition()
+        self._ids = itertools.count()
+        self._stop = False
+        self.stats = Stats()
+        self._thread = threading.Thread(target=self._loop, name="ggrun-engine", daemon=True)
+        self._thread.start()
+
+    def next_index(self) -> int:
+        return next(self._ids)
+
+    def submit(self, index: int, job: Prepared, waiter: Waiter) -> None:
+        with self._cv:
+            self._waiters[index] = waiter
+            self._pending.append((index, job))
+            self.stats.requests += 1
+            self._cv.notify()
+
+    def cancel(self, index: int) -> None:
+        with self._cv:
+            self._cancel.add(index)
+            self._cv.notify()
+
+    @property
+    def queued(self) -> int:
+        return len(self._pending)
+
+    @property
+    def active(self) -> int:
+        return self.batcher.active
+
+    def close(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        self._thread.join(timeout=30)
+        self.batcher.close()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while (
+                    not self._stop
+                    and not self._pending
+                    and not self._cancel
+                    and not self.batcher.active
+                ):
+                    self._cv.wait()
+                if self._stop:
+                    return
+                cancels, self._cancel = self._cancel, set()
+                self._pending = collections.deque(
+                    (i, j) for i, j in self._pending if i not in cancels
+                )
+                admit: list[tuple[int, Prepared]] = []
+                while self._pending and len(admit) < self.batcher.free_slots:
+                    admit.append(self._pending.popleft())
+            try:
+                self._turn(cancels, admit)
+            except Exception as e:  # noqa: BLE001 - a bug must not stop the engine for all
+                logger.exception("the engine failed a step; the requests in flight end")
+                self._fail_all(f"internal error: {type(e).__name__}: {e}")
+
+    def _turn(self, cancels: set[int], admit: list[tuple[int, Prepared]]) -> None:
+        """One round: cancel, admit, decode one step."""
+        for index in cancels:
+            if self.batcher.cancel(index) or index in self._waiters:
+                self.stats.cancelled += 1
+            self._waiters.pop(index, None)
+        for index, job in admit:
+            waiter = self._waiters.get(index)
+            failed = self.batcher.admit(index, job, waiter.on_chunk if waiter else None)
+            if failed is not None:
+                self._done(*failed)
+        self.stats.peak_active = max(self.stats.peak_active, self.batcher.active)
+        if not self.batcher.active:
+            return
+        try:
+            done = self.batcher.step()
+        except GgrunError as e:  # a failed decode fails the requests in flight
+            logger.error("%s", e)
+            self._fail_all(str(e))
+            return
+        for index, result in done:
+            self._done(index, result)
+        self.stats.recent.append((time.monotonic(), self.batcher.tokens_generated))
+
+    def _fail_all(self, error: str) -> None:
+        """End every request taken from the queue with ``error`` (queued ones wait)."""
+        with self._cv:
+            queued = {i for i, _ in self._pending}
+        for index in [i for i in self._waiters if i not in queued]:
+            self.batcher.cancel(index)
+            self._done(index, Result.failed(error))
+
+    def _done(self, index: int, result: Result) -> None:
+        waiter = self._waiters.pop(index, None)
+        self.stats.finished += 1
+        if waiter is not None:
+            waiter.on_done(result)
+
+    def tokens_per_second(self) -> float:
+        r = self.stats.recent
+        if len(r) < 2 or time.monotonic() - r[-1][0] > 10:
+            return 0.0
+        (t0, n0), (t1, n1) = r[0], r[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+# ---------------------------------------------------------------- batches
+
+
+def slot_context(model: Model, prompt_lengths: list[int], max_tokens: int | None) -> int:
+    """A context per slot for prompts of these lengths and ``max_tokens`` new tokens."""
+    longest = max(prompt_lengths, default=1)
     want = longest + (max_tokens if max_tokens is not None else 512) + 1
     want = -(-want // SLOT_STEP) * SLOT_STEP
     return max(SLOT_STEP, min(want, model.n_ctx_train or want))
-
-
-def to_request(item: Any, index: int, **common: Any) -> Request:
-    """A Request from a prompt string, a message list, a dict or a Request.
-
-    ``common`` holds defaults (``max_tokens``, ``think``, ``stop`` and sampling or
-    structured-output options); a dict's own fields override them.
-    """
-    if isinstance(item, Request):
-        return item
-    fields = {"max_tokens", "think", "stop", "id"}
-    base = {k: v for k, v in common.items() if k in fields}
-    options = {k: v for k, v in common.items() if k not in fields and v is not None}
-    if isinstance(item, str):
-        return Request(prompt=item, id=index, options=options, **base)
-    if isinstance(item, list):
-        return Request(messages=item, id=index, options=options, **base)
-    if isinstance(item, dict):
-        own = dict(item)
-        req = Request(
-            prompt=own.pop("prompt", None),
-            messages=own.pop("messages", None),
-            id=own.pop("id", index),
-            max_tokens=own.pop("max_tokens", base.get("max_tokens", 256)),
-            think=own.pop("think", base.get("think")),
-            stop=tuple(own.pop("stop", base.get("stop", ()))),
-            options={**options, **own},
-        )
-        return req
-    raise InvalidArgument(f"item {index}: expected a prompt, a message list or a dict")
 
 
 def run_batch(
@@ -421,32 +356,51 @@ def run_batch(
     slot_ctx: int | None = None,
     on_start: Callable[[int, int], None] | None = None,
     **common: Any,
-) -> Iterator[tuple[int, BatchResult]]:
+) -> Iterator[tuple[int, Result]]:
     """Run ``items`` with up to ``parallel`` at once; yield ``(index, result)`` as they end.
 
-    Without ``slot_ctx``, each slot holds the longest prompt plus ``max_tokens``.
+    Items are prompts, message lists, dicts (a batch line) or Requests; ``common`` holds
+    the options they share (a dict's own fields win). Without ``slot_ctx``, each slot
+    holds the longest prompt plus ``max_tokens``.
     """
     jobs: list[Prepared] = []
-    failures: list[tuple[int, BatchResult]] = []
-    for i, item in enumerate(items):
-        rid = item.get("id", i) if isinstance(item, dict) else i
+    failures: list[tuple[int, Result]] = []
+    for i, req in enumerate(build_many(list(items), **common)):
         try:
-            req = to_request(item, i, **common)
-            rid = req.id
-            jobs.append(prepare(model, i, req))
+            if isinstance(req, GgrunError):
+                raise req
+            job = model.prepare(req)
+            job.index = i
+            jobs.append(job)
         except GgrunError as e:
-            failures.append((i, BatchResult(text="", finish_reason="error", id=rid, error=str(e))))
+            rid = getattr(e, "request_id", req.id if isinstance(req, Request) else i)
+            failures.append((i, Result.failed(str(e), rid)))
     yield from failures
     if not jobs:
         return
     if slot_ctx is None:
-        longest = [len(j.tokens) for j in jobs]
-        limits = [j.req.max_tokens for j in jobs]
+        limits = [j.request.max_tokens for j in jobs]
         most = None if any(x is None for x in limits) else max(x or 0 for x in limits)
-        slot_ctx = slot_context(model, longest, most)
+        slot_ctx = slot_context(model, [len(j.tokens) for j in jobs], most)
     parallel = min(parallel, len(jobs))
     if on_start is not None:
         on_start(parallel, slot_ctx)
     logger.info("batch: %d slots of %d tokens", parallel, slot_ctx)
     with Batcher(model, parallel=parallel, slot_ctx=slot_ctx) as b:
-        yield from b.run(jobs)
+        yield from b.run((j.index, j) for j in jobs)
+
+
+def batch_stream(
+    model: Model, items: Sequence[Any], *, parallel: int = 8, **options: Any
+) -> Iterator[Result]:
+    """Run many prompts (strings), message lists or dicts together, up to ``parallel``
+    at once (continuous batching); yield each result as it finishes. ``result.id`` is
+    the input's position unless a dict gave an ``id``; a request that failed on its
+    own has ``error`` set."""
+    return (r for _, r in run_batch(model, items, parallel=parallel, **options))
+
+
+def batch(model: Model, items: Sequence[Any], *, parallel: int = 8, **options: Any) -> list[Result]:
+    """:func:`batch_stream`, collected in input order."""
+    done = dict(run_batch(model, items, parallel=parallel, **options))
+    return [done[i] for i in range(len(done))]

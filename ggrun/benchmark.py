@@ -19,7 +19,6 @@ are open at a time, and the reference's chunks are evaluated again for each cand
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import math
 import multiprocessing
@@ -30,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ggrun.engine import LoadConfig, Model
+from ggrun.engine import LoadConfig
 from ggrun.errors import GgrunError, InvalidArgument
 
 logger = logging.getLogger(__name__)
@@ -113,42 +112,77 @@ def corpus_path() -> Path:
 # ---------------------------------------------------------------- speed
 
 
+def _open(path: Path, cfg: BenchConfig, n_ctx: int, n_batch: int) -> tuple[Any, Any]:
+    """The weights and one context, loaded as the planner says (llama-bench's setup)."""
+    from ggrun import hardware, llama
+
+    lc = load_config(path, cfg, n_ctx, n_batch)
+    weights = llama.Weights(
+        path,
+        n_gpu_layers=lc.n_gpu_layers,
+        use_mmap=lc.use_mmap,
+        extra_buffers=hardware.extra_buffers_safe(),
+    )
+    params = llama.ContextParams(
+        n_ctx=n_ctx,
+        n_batch=n_batch,
+        n_threads=lc.n_threads or hardware.generation_threads(),
+        n_threads_batch=lc.n_threads_batch or hardware.batch_threads(),
+    )
+    try:
+        return weights, llama.Context(weights, params)
+    except BaseException:
+        weights.close()
+        raise
+
+
+def _decode(ctx: Any, batch: Any, tokens: list[int], start: int, logits_from: int) -> None:
+    """Decode ``tokens`` at positions ``start..`` of sequence 0 in one batch."""
+    batch.clear()
+    for i, t in enumerate(tokens):
+        batch.add(t, start + i, 0, i >= logits_from)
+    ctx.decode(batch)
+
+
 def _speed_child(path: str, cfg: BenchConfig, conn: Any) -> None:
     """Runs in a child process: load, pp and tg; sends back a dict or an error string."""
     import random
     import resource
 
+    from ggrun import llama
+
     try:
         t0 = time.perf_counter()
-        n_ctx = cfg.pp + cfg.tg
-        with Model(path, load_config(Path(path), cfg, n_ctx, cfg.pp)) as m:
-            load_s = time.perf_counter() - t0
-            rng = random.Random(42)
-            n_vocab = m.info.n_vocab or 1000
+        weights, ctx = _open(Path(path), cfg, cfg.pp + cfg.tg, cfg.pp)
+        load_s = time.perf_counter() - t0
+        rng = random.Random(42)
+        n_vocab = weights.n_vocab
 
-            def toks(n: int) -> list[int]:
-                return [rng.randrange(n_vocab) for _ in range(n)]
+        def toks(n: int) -> list[int]:
+            return [rng.randrange(n_vocab) for _ in range(n)]
+
+        with weights, ctx, llama.Batch(cfg.pp) as batch:
 
             def pp_once() -> float:
-                m.reset()
+                ctx.clear()
                 prompt = toks(cfg.pp)
                 t = time.perf_counter()
-                m._decode(prompt, 0)
+                _decode(ctx, batch, prompt, 0, cfg.pp - 1)
                 return cfg.pp / (time.perf_counter() - t)
 
             def tg_once() -> float:
-                m.reset()
+                ctx.clear()
                 seq = toks(cfg.tg)
                 t = time.perf_counter()
                 for i in range(cfg.tg):
-                    m._decode(seq[: i + 1], i)
+                    _decode(ctx, batch, seq[i : i + 1], i, 0)
                 return cfg.tg / (time.perf_counter() - t)
 
             pp_once()  # warm-up, as llama-bench
             pps = [pp_once() for _ in range(cfg.reps)]
             tg_once()
             tgs = [tg_once() for _ in range(cfg.reps)]
-            threads = m.n_threads
+            threads = ctx.params.n_threads
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
         conn.send({"load_s": load_s, "pp": pps, "tg": tgs, "peak": peak, "threads": threads})
     except GgrunError as e:
@@ -187,49 +221,36 @@ class _Scorer:
     """A model opened for perplexity: a context of ``ctx`` tokens and every logit out."""
 
     def __init__(self, path: Path, cfg: BenchConfig) -> None:
-        import llama_cpp as ll
+        from ggrun import llama
 
-        self._ll = ll
-        self.model = Model(path, load_config(path, cfg, cfg.ctx, cfg.ctx))
-        self.ctx = cfg.ctx
-        self.n_vocab = int(ll.llama_vocab_n_tokens(self.model._vocab))
-        self._batch = ll.llama_batch_init(cfg.ctx, 0, 1)
+        self.path = path
+        self.weights, self.ctx = _open(path, cfg, cfg.ctx, cfg.ctx)
+        self.n_vocab = self.weights.n_vocab
+        self._batch = llama.Batch(cfg.ctx)
 
     def close(self) -> None:
-        if self._batch is not None:
-            self._ll.llama_batch_free(self._batch)
-            self._batch = None
-        self.model.close()
+        self._batch.close()
+        self.ctx.close()
+        self.weights.close()
 
     def tokenize(self, text: str) -> list[int]:
         """As llama-perplexity: special tokens added as the vocab asks, not parsed."""
-        ll, vocab = self._ll, self.model._vocab
-        raw = text.encode("utf-8")
-        buf = (ll.llama_token * (len(raw) + 8))()
-        n = ll.llama_tokenize(vocab, raw, len(raw), buf, len(buf), True, False)
-        if n < 0:
-            raise GgrunError("the bench text could not be tokenized")
-        return list(buf[:n])
+        return self.weights.tokenize(text, add_special=True, parse_special=False)
+
+    def bos(self) -> int | None:
+        return self.weights.bos if self.weights.add_bos else None
 
     def log_probs(self, chunk: list[int], first: int) -> Any:
         """Log-softmax rows for positions ``first .. ctx-2`` (each predicts the next token)."""
         import numpy as np
 
-        ll, b = self._ll, self._batch
-        ll.llama_memory_clear(ll.llama_get_memory(self.model._ctx), True)
-        for i, t in enumerate(chunk):
-            b.token[i] = t
-            b.pos[i] = i
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = 0
-            b.logits[i] = i >= first
-        b.n_tokens = len(chunk)
-        if ll.llama_decode(self.model._ctx, b) != 0:
-            raise GgrunError(f"{self.model.path.name}: llama.cpp failed to decode a chunk")
+        self.ctx.clear()
+        try:
+            _decode(self.ctx, self._batch, chunk, 0, first)
+        except GgrunError:
+            raise GgrunError(f"{self.path.name}: llama.cpp failed to decode a chunk") from None
         n_out = len(chunk) - first
-        ptr = ll.llama_get_logits(self.model._ctx)
-        arr: Any = ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float * (n_out * self.n_vocab)))
-        x = np.frombuffer(arr.contents, dtype=np.float32).reshape(n_out, self.n_vocab)[:-1].copy()
+        x = np.array(self.ctx.all_logits(n_out)[:-1], dtype=np.float32)
         x -= x.max(axis=1, keepdims=True)
         lse = np.log(np.exp(x).sum(axis=1, keepdims=True, dtype=np.float64))
         x -= lse.astype(np.float32)
@@ -281,11 +302,8 @@ def measure_quality(
     others = [p for p in paths if p != ref_path] or [ref_path]
     ref = _Scorer(ref_path, cfg)
     try:
-        ll = ref._ll
         tokens = ref.tokenize(text)
-        wants_bos = bool(ll.llama_vocab_get_add_bos(ref.model._vocab))
-        bos = int(ll.llama_vocab_bos(ref.model._vocab)) if wants_bos else None
-        chunks = list(chunks_of(tokens, cfg, bos))
+        chunks = list(chunks_of(tokens, cfg, ref.bos()))
         ref_q = _Quality()  # scored during the first candidate's pass
         for n_pass, other in enumerate(others):
             cand = _Scorer(other, cfg) if other != ref_path else None
@@ -367,8 +385,10 @@ def expand(refs: Sequence[str | Path], quant: str | None = None) -> list[Path]:
 
 
 def _converted(src: Path, quant: str) -> list[Path]:
-    import convert
+    from ggrun.converter import load as load_converter
     from ggrun.models import ggrun_home
+
+    convert = load_converter()
 
     cache = ggrun_home() / "converted"
     cache.mkdir(parents=True, exist_ok=True)

@@ -15,16 +15,21 @@ import json
 import logging
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ggrun.engine import Chunk, Model, Result
-from ggrun.errors import GgrunError, InvalidArgument
-from ggrun.templates import Message, to_messages
+from ggrun.decoder import Prepared
+from ggrun.engine import Model
+from ggrun.errors import ContextOverflow, GgrunError
+from ggrun.request import Request, messages
+from ggrun.templates import Message
+from ggrun.textstream import Chunk, Result
 
 logger = logging.getLogger(__name__)
 
 SAVE_VERSION = 1
+MAX_SAVE_BYTES = 64 << 20
 
 
 class Chat:
@@ -39,6 +44,8 @@ class Chat:
         max_tokens: int | None = 1024,
         **options: Any,
     ) -> None:
+        probe = [{"role": "user", "content": "?"}]  # the options are checked now, once
+        Request.build(messages=probe, think=think, max_tokens=max_tokens, **options)
         self.model = model
         self.system = system
         self.think = think
@@ -71,20 +78,29 @@ class Chat:
         )
         return self.model.count_tokens(prompt)
 
-    def _fit(
-        self, pending: list[Message], reserve: int, think: bool | None
-    ) -> tuple[str, list[int]]:
-        """Drop the oldest turns until prompt + reserve fits; return the prompt and its tokens."""
+    def _fit(self, pending: list[Message], reserve: int, request: Request) -> Prepared:
+        """Drop the oldest turns until prompt + reserve fits; the prepared request.
+
+        A new message that cannot fit even alone is refused and the history is kept.
+        """
         history = list(self.history)
         dropped = 0
+        head = [Message("system", self.system)] if self.system else []
         while True:
-            head = [Message("system", self.system)] if self.system else []
-            msgs = head + history + pending
-            prompt = self.model.format_chat(msgs, think=think)
-            tokens = self._tokens_for(prompt)
-            n = len(tokens)
-            if n + reserve <= self.model.n_ctx or not history:
+            msgs = tuple(head + history + pending)
+            job = self.model.prepare(replace(request, messages=msgs), reuse_cache=True)
+            n = len(job.tokens)
+            if n + reserve <= self.model.n_ctx:
                 break
+            if not history:
+                if n < self.model.n_ctx:
+                    break  # it fits, with less room to answer than hoped
+                raise ContextOverflow(
+                    f"this message needs {n} tokens and the context holds {self.model.n_ctx}; "
+                    "the conversation is kept as it was",
+                    n_tokens=n,
+                    n_ctx=self.model.n_ctx,
+                )
             # drop the oldest user turn and everything up to the next user turn
             cut = 1
             while cut < len(history) and history[cut].role != "user":
@@ -99,38 +115,18 @@ class Chat:
             )
             self.history = history
         self.trimmed = dropped
-        return prompt, tokens
-
-    def _tokens_for(self, prompt: str) -> list[int]:
-        """Tokens for ``prompt`` that keep what the KV cache already holds.
-
-        Re-tokenizing a reply does not always give back the tokens that were generated
-        (and never does for noise), which would send the whole history through the model
-        again. When the prompt extends the text the cache holds, only the new suffix is
-        tokenized.
-        """
-        held = self.model.kv_tokens
-        if held:
-            text = self.model.detokenize(held)
-            if prompt.startswith(text) and len(prompt) > len(text):
-                return [*held, *self.model.tokenize(prompt[len(text) :])]
-        return self.model.tokenize_prompt(prompt)
+        return job
 
     # -- turns ----------------------------------------------------------------------
     def stream(self, content: str, **kwargs: Any) -> Iterator[Chunk]:
         """Send a user message and stream the reply; the reply joins the history."""
-        if not isinstance(content, str):
-            raise InvalidArgument("a chat message must be a string")
-        opts = {**self.options, **kwargs}
-        max_tokens = opts.pop("max_tokens", self.max_tokens)
-        think = opts.pop("think", self.think)
+        opts = {"max_tokens": self.max_tokens, "think": self.think, **self.options, **kwargs}
+        request = Request.build(messages=[{"role": "user", "content": content}], **opts)
+        max_tokens = request.max_tokens
         reserve = min(max_tokens or self.model.n_ctx // 4, self.model.n_ctx // 2)
         user = Message("user", content)
-        prompt, tokens = self._fit([user], reserve, think)
-        inner = self.model.reply_stream(
-            prompt, tokens=tokens, think=think, max_tokens=max_tokens, keep_cache=True, **opts
-        )
-        return self._record(user, inner)
+        job = self._fit([user], reserve, request)
+        return self._record(user, self.model.run(job, keep_cache=True))
 
     def _record(self, user: Message, inner: Iterator[Chunk]) -> Iterator[Chunk]:
         parts: list[str] = []
@@ -175,15 +171,18 @@ class Chat:
         """Replace the conversation with one saved by :meth:`save`."""
         p = Path(path)
         try:
-            data = json.loads(p.read_text(encoding="utf-8"))
+            if p.stat().st_size > MAX_SAVE_BYTES:
+                raise GgrunError(f"{p}: larger than {MAX_SAVE_BYTES >> 20} MiB; not a saved chat")
+            data = json.loads(p.read_bytes().decode("utf-8"))
         except FileNotFoundError:
             raise GgrunError(f"{p}: no such file") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise GgrunError(f"{p}: not a saved conversation: {e}") from None
+        except (OSError, ValueError, RecursionError) as e:  # also bad UTF-8 and bad JSON
+            why = "nested too deeply" if isinstance(e, RecursionError) else str(e)[:200]
+            raise GgrunError(f"{p}: not a saved conversation: {why}") from None
         if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
             raise GgrunError(f"{p}: not a saved conversation (no 'messages' list)")
         try:
-            msgs = to_messages(data["messages"])
+            msgs = list(messages(data["messages"])) if data["messages"] else []
         except GgrunError as e:
             raise GgrunError(f"{p}: {e}") from None
         self.system = msgs[0].content if msgs and msgs[0].role == "system" else None

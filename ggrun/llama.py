@@ -1,17 +1,36 @@
 """The llama layer: the only module that calls llama.cpp to decode, tokenize, sample or
 manage the KV cache.
 
-Log routing: llama.cpp logs every tensor it loads or quantizes through one process-wide
-callback. The runtime and the converter both route it here: nowhere unless verbose
-(then stderr), and captured on demand to explain a failure.
+- :class:`Weights`: the model file loaded (weights and vocabulary): tokenize,
+  detokenize, special tokens.
+- :class:`Context`: a KV cache over some weights: decode a :class:`Batch`, read the
+  logits of a row, drop or keep a sequence's cells.
+- :class:`Batch`: a reusable ``llama_batch`` (token, position, sequence, logits flag).
+- :class:`Sampler`: picks the next token from one row of logits with llama.cpp's sampler
+  chain, a repetition penalty applied in place, and an optional grammar that is checked
+  *before* llama.cpp sees a token (llama.cpp aborts the process on a token its grammar
+  rejects, or when no token is legal).
+- Log routing: llama.cpp logs through one process-wide callback; it goes nowhere unless
+  verbose (then stderr), and can be captured to explain a failure.
+
+Every native object here has ``close()`` and frees its memory deterministically.
 """
 
 from __future__ import annotations
 
 import ctypes
 import sys
-from collections.abc import Iterator
+import time
+from collections import Counter, deque
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from ggrun.errors import GgrunError, GrammarError, InvalidModelFile
+
+# -------------------------------------------------------------------- log routing
 
 _CALLBACK: object = None  # llama.cpp keeps the pointer: keep the object alive
 _VERBOSE = False
@@ -44,7 +63,613 @@ def captured_llama_log() -> Iterator[list[str]]:
     global _captured
     route_llama_log(_VERBOSE)
     previous, _captured = _captured, []
+    mine = _captured
     try:
-        yield _captured
+        yield mine
     finally:
         _captured = previous
+        if previous is not None:  # an outer capture sees these lines too
+            previous.extend(mine)
+
+
+def _ll() -> Any:
+    import llama_cpp
+
+    return llama_cpp
+
+
+# -------------------------------------------------------------------- weights
+
+
+class Weights:
+    """A GGUF file loaded by llama.cpp: the weights and the vocabulary.
+
+    The file must have been validated (:mod:`ggrun.gguffile`) before it comes here.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        n_gpu_layers: int = 0,
+        use_mmap: bool = True,
+        extra_buffers: bool = True,
+        verbose: bool = False,
+    ) -> None:
+        ll = _ll()
+        self._ll = ll
+        self.path = Path(path)
+        route_llama_log(verbose)
+        ll.llama_backend_init()
+        params = ll.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        params.use_mmap = use_mmap
+        params.use_extra_bufts = extra_buffers
+        handle = ll.llama_model_load_from_file(str(self.path).encode(), params)
+        if not handle:
+            raise InvalidModelFile(
+                f"{self.path}: llama.cpp could not load this model; run with --verbose to see why"
+            )
+        self._handle: Any = handle
+        self._vocab: Any = ll.llama_model_get_vocab(handle)
+        self.n_vocab = int(ll.llama_vocab_n_tokens(self._vocab))
+        self.n_ctx_train = int(ll.llama_model_n_ctx_train(handle))
+        self.bos = int(ll.llama_vocab_bos(self._vocab))
+        self.eos = int(ll.llama_vocab_eos(self._vocab))
+        self.eot = int(ll.llama_vocab_eot(self._vocab))
+        self.has_bos = 0 <= self.bos < self.n_vocab
+        self.add_bos = bool(ll.llama_vocab_get_add_bos(self._vocab)) and self.has_bos
+        self._pieces: dict[int, bytes] = {}
+
+    # -- lifetime
+    def close(self) -> None:
+        if self._handle is not None:
+            self._ll.llama_model_free(self._handle)
+            self._handle = None
+            self._vocab = None
+
+    @property
+    def closed(self) -> bool:
+        return self._handle is None
+
+    def check_open(self) -> None:
+        if self._handle is None:
+            raise GgrunError("the model is closed")
+
+    def __enter__(self) -> Weights:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- tokens
+    def tokenize(
+        self, text: str, *, add_special: bool = False, parse_special: bool = True
+    ) -> list[int]:
+        """Token ids of ``text``; special-token text (``<|im_start|>``) is parsed by default."""
+        self.check_open()
+        ll = self._ll
+        raw = text.encode("utf-8", errors="surrogatepass")
+        cap = len(raw) + 8
+        buf = (ll.llama_token * cap)()
+        n = ll.llama_tokenize(self._vocab, raw, len(raw), buf, cap, add_special, parse_special)
+        if n < 0:  # buffer too small: -n is the size needed
+            cap = -n
+            buf = (ll.llama_token * cap)()
+            n = ll.llama_tokenize(self._vocab, raw, len(raw), buf, cap, add_special, parse_special)
+        if n < 0:
+            raise GgrunError("llama.cpp failed to tokenize the text")
+        return list(buf[:n])
+
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes a token stands for (special tokens as their text); cached."""
+        piece = self._pieces.get(token)
+        if piece is not None:
+            return piece
+        self.check_open()
+        if not 0 <= token < self.n_vocab:
+            raise GgrunError(f"token {token} is outside the vocabulary")
+        buf = ctypes.create_string_buffer(64)
+        n = self._ll.llama_token_to_piece(self._vocab, token, buf, 64, 0, True)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self._ll.llama_token_to_piece(self._vocab, token, buf, -n, 0, True)
+        piece = buf.raw[: max(n, 0)]
+        self._pieces[token] = piece
+        return piece
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return b"".join(self.token_bytes(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def token_text(self, token: int) -> str:
+        return self.token_bytes(token).decode("utf-8", errors="replace")
+
+    def is_eog(self, token: int) -> bool:
+        """llama.cpp's own end-of-generation flag (EOS, EOT, ...)."""
+        return bool(self._ll.llama_vocab_is_eog(self._vocab, token))
+
+    def single_token(self, text: str) -> int | None:
+        """The id of ``text`` when the vocabulary holds it as one token."""
+        toks = self.tokenize(text)
+        return toks[0] if len(toks) == 1 else None
+
+
+# -------------------------------------------------------------------- context
+
+
+@dataclass(frozen=True)
+class ContextParams:
+    """A context's shape: its KV cache, its batch sizes and its threads."""
+
+    n_ctx: int
+    n_batch: int = 512
+    n_seq_max: int = 1
+    n_threads: int = 1
+    n_threads_batch: int = 1
+    type_k: int | None = None  # a ggml type (f16, q8_0, q4_0); None: llama.cpp's f16
+    type_v: int | None = None
+    flash_attn: bool | None = None  # None: llama.cpp's auto
+
+
+class Context:
+    """A llama.cpp context: a KV cache of ``n_ctx`` cells for up to ``n_seq_max`` sequences.
+
+    With several sequences, each has its own ``n_ctx / n_seq_max`` cells (not unified).
+    """
+
+    def __init__(self, weights: Weights, params: ContextParams) -> None:
+        ll = _ll()
+        weights.check_open()
+        self._ll = ll
+        self.weights = weights
+        cp = ll.llama_context_default_params()
+        cp.n_ctx = params.n_ctx
+        cp.n_batch = min(params.n_batch, params.n_ctx)
+        cp.n_ubatch = min(params.n_batch, params.n_ctx)
+        cp.n_seq_max = params.n_seq_max
+        cp.kv_unified = params.n_seq_max == 1
+        cp.n_threads = params.n_threads
+        cp.n_threads_batch = params.n_threads_batch
+        cp.no_perf = True
+        if params.type_k is not None:
+            cp.type_k = params.type_k
+        if params.type_v is not None:
+            cp.type_v = params.type_v
+        if params.flash_attn is not None:
+            cp.flash_attn_type = (
+                ll.LLAMA_FLASH_ATTN_TYPE_ENABLED
+                if params.flash_attn
+                else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            )
+        with captured_llama_log() as log:
+            handle = ll.llama_init_from_model(weights._handle, cp)
+        if not handle:
+            why = next((m.strip() for m in log if "error" in m.lower() or "fail" in m.lower()), "")
+            raise GgrunError(
+                f"llama.cpp could not create a context of {params.n_ctx} tokens for "
+                f"{weights.path.name}" + (f": {why}" if why else " (out of memory?)")
+            )
+        self._handle: Any = handle
+        self._mem = ll.llama_get_memory(handle)
+        self.params = params
+        self.n_ctx = int(ll.llama_n_ctx(handle))
+        self.n_batch = int(cp.n_batch)
+        self.n_seq_max = params.n_seq_max
+        self.n_vocab = weights.n_vocab
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._ll.llama_free(self._handle)
+            self._handle = None
+
+    def __enter__(self) -> Context:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def seq_ctx(self) -> int:
+        """Cells each sequence may use."""
+        return self.n_ctx // self.n_seq_max
+
+    def decode(self, batch: Batch) -> None:
+        """Decode the batch's tokens into the KV cache; raise when llama.cpp cannot."""
+        if self._handle is None:
+            raise GgrunError("the context is closed")
+        rc = self._ll.llama_decode(self._handle, batch._b)
+        if rc != 0:
+            raise GgrunError(
+                f"llama.cpp failed to decode (code {rc}): the context is full or memory ran out"
+            )
+
+    def logits(self, row: int) -> Any:
+        """The logits of a batch row with its flag set, as a writable numpy view."""
+        import numpy as np
+
+        ptr = self._ll.llama_get_logits_ith(self._handle, row)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+
+    def all_logits(self, n_rows: int) -> Any:
+        """The logits of the last decode's ``n_rows`` output rows (a numpy view)."""
+        import numpy as np
+
+        ptr = self._ll.llama_get_logits(self._handle)
+        return np.ctypeslib.as_array(ptr, shape=(n_rows, self.n_vocab))
+
+    # -- the KV cache
+    def clear(self) -> None:
+        self._ll.llama_memory_clear(self._mem, True)
+
+    def drop(self, seq: int, start: int = 0) -> None:
+        """Forget sequence ``seq``'s cells from position ``start`` on."""
+        if start <= 0 and self.n_seq_max == 1:
+            self.clear()
+        else:
+            self._ll.llama_memory_seq_rm(self._mem, seq, max(start, 0), -1)
+
+
+class Batch:
+    """A reusable batch of up to ``capacity`` tokens, each with its own sequence."""
+
+    def __init__(self, capacity: int) -> None:
+        ll = _ll()
+        self._ll = ll
+        self.capacity = capacity
+        self._b: Any = ll.llama_batch_init(capacity, 0, 1)
+        self.n = 0
+
+    def clear(self) -> None:
+        self.n = 0
+        self._b.n_tokens = 0
+
+    @property
+    def room(self) -> int:
+        return self.capacity - self.n
+
+    def add(self, token: int, pos: int, seq: int, logits: bool) -> int:
+        """Append a token; return its row (where its logits will be, if asked)."""
+        b, n = self._b, self.n
+        b.token[n] = token
+        b.pos[n] = pos
+        b.n_seq_id[n] = 1
+        b.seq_id[n][0] = seq
+        b.logits[n] = logits
+        self.n = n + 1
+        b.n_tokens = self.n
+        return n
+
+    def close(self) -> None:
+        if self._b is not None:
+            self._ll.llama_batch_free(self._b)
+            self._b = None
+
+    def __enter__(self) -> Batch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -------------------------------------------------------------------- sampling
+
+DEFAULT_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: a random seed
+LAZY_ROOT = "ggrun-lazy-root"  # a lazy grammar may start after whitespace
+GRAMMAR_STEP_BUDGET = 0.25  # seconds of grammar work one token may cost
+_NEG_INF = -3.0e38
+
+
+def grammar_for(grammar: str, lazy: bool) -> tuple[str, str]:
+    """The GBNF text and root rule to give llama.cpp."""
+    if not lazy:
+        return grammar, "root"
+    return f"{grammar}\n{LAZY_ROOT} ::= [ \\t\\n\\r]* root\n", LAZY_ROOT
+
+
+def _init_grammar(weights: Weights, grammar: str, root: str) -> Any:
+    ll = weights._ll
+    weights.check_open()
+    with captured_llama_log() as log:
+        g = ll.llama_sampler_init_grammar(weights._vocab, grammar.encode(), root.encode())
+    if not g:
+        raise GrammarError(_grammar_problem(grammar, log))
+    return g
+
+
+def _grammar_problem(grammar: str, log: list[str]) -> str:
+    """llama.cpp's parse error, with the grammar line it points at when it can be found."""
+    detail = next(
+        (m.strip() for m in log if "error" in m.lower() or "undefined" in m.lower()),
+        "llama.cpp could not parse it",
+    )
+    where = ""
+    if " at " in detail:
+        rest = detail.split(" at ", 1)[1].strip()[:20]
+        pos = grammar.find(rest) if rest else -1
+        if pos >= 0:
+            where = f" (line {grammar.count(chr(10), 0, pos) + 1})"
+    return f"invalid grammar{where}: {detail}"
+
+
+class _Candidates:
+    """A reusable ``llama_token_data_array`` over the whole vocabulary."""
+
+    def __init__(self, n_vocab: int) -> None:
+        import numpy as np
+
+        ll = _ll()
+        self._ll = ll
+        fields = [("id", "<i4"), ("logit", "<f4"), ("p", "<f4")]
+        self.buf = np.zeros(n_vocab, dtype=np.dtype(fields, align=True))
+        self.ids = np.arange(n_vocab, dtype=np.int32)
+        self.n = n_vocab
+
+    def load(self, logits: Any) -> Any:
+        self.buf["id"] = self.ids
+        self.buf["logit"] = logits
+        self.buf["p"] = 0.0
+        data = self.buf.ctypes.data_as(ctypes.POINTER(self._ll.llama_token_data))
+        return self._ll.llama_token_data_array(data, self.n, -1, False)
+
+    def any_allowed(self) -> bool:
+        return bool((self.buf["logit"] > _NEG_INF).any())
+
+
+def check_grammar(weights: Weights, grammar: str, *, lazy: bool = False) -> None:
+    """Parse a grammar and probe it once over the whole vocabulary, up front.
+
+    Refuses a grammar llama.cpp cannot parse, one whose first step allows no token at
+    all (a character no token can produce), and one whose first step already costs more
+    than :data:`GRAMMAR_STEP_BUDGET`.
+    """
+    import numpy as np
+
+    text, root = grammar_for(grammar, lazy)
+    g = _init_grammar(weights, text, root)
+    ll = weights._ll
+    try:
+        cand = _Candidates(weights.n_vocab)
+        arr = cand.load(np.zeros(weights.n_vocab, dtype=np.float32))
+        t0 = time.perf_counter()
+        ll.llama_sampler_apply(g, ctypes.byref(arr))
+        dt = time.perf_counter() - t0
+        if dt > GRAMMAR_STEP_BUDGET:
+            raise GrammarError(
+                f"the grammar is too expensive: one step took {dt:.2f} s of grammar work "
+                f"(limit {GRAMMAR_STEP_BUDGET} s); simplify the schema or grammar"
+            )
+        if not cand.any_allowed():
+            raise GrammarError(
+                "the grammar cannot start: no token of this model's vocabulary matches its "
+                "first characters (a character no token can produce, such as NUL?)"
+            )
+    finally:
+        ll.llama_sampler_free(g)
+
+
+class _Penalties:
+    """llama.cpp's repetition, frequency and presence penalties, on the few seen logits.
+
+    llama.cpp's penalties sampler walks every candidate (~150k for a Qwen vocabulary,
+    ~1.5 ms a token); a penalty only changes the logits of the tokens in the window, so
+    they are changed in place, first, exactly where the chain would apply them and with
+    the same float32 arithmetic (``tests/test_sampling.py`` checks the tokens match).
+    """
+
+    def __init__(self, repeat: float, freq: float, present: float, last_n: int) -> None:
+        import numpy as np
+
+        self._np = np
+        self.repeat = np.float32(repeat)
+        self.freq = np.float32(freq)
+        self.present = np.float32(present)
+        self.last_n = last_n
+        self.window: deque[int] = deque()
+        self.counts: Counter[int] = Counter()
+
+    def apply(self, logits: Any) -> None:
+        if not self.counts:
+            return
+        np = self._np
+        ids = np.fromiter(self.counts.keys(), dtype=np.int64, count=len(self.counts))
+        c = np.fromiter(self.counts.values(), dtype=np.float32, count=len(self.counts))
+        x = logits[ids]
+        x = np.where(x <= 0, x * self.repeat, x / self.repeat).astype(np.float32)
+        x -= c * self.freq + (c > 0).astype(np.float32) * self.present
+        logits[ids] = x
+
+    def accept(self, token: int) -> None:
+        if self.last_n <= 0:
+            return
+        if len(self.window) >= self.last_n:
+            old = self.window.popleft()
+            self.counts[old] -= 1
+            if not self.counts[old]:
+                del self.counts[old]
+        self.window.append(token)
+        self.counts[token] += 1
+
+
+class SamplerSettings(Protocol):
+    """What :class:`Sampler` reads of a sampling config (:class:`ggrun.sampling.SamplingConfig`)."""
+
+    @property
+    def temperature(self) -> float: ...
+    @property
+    def top_k(self) -> int: ...
+    @property
+    def top_p(self) -> float: ...
+    @property
+    def min_p(self) -> float: ...
+    @property
+    def repeat_penalty(self) -> float: ...
+    @property
+    def repeat_last_n(self) -> int: ...
+    @property
+    def presence_penalty(self) -> float: ...
+    @property
+    def frequency_penalty(self) -> float: ...
+    @property
+    def seed(self) -> int | None: ...
+
+
+def _penalized(s: SamplerSettings) -> bool:
+    return s.repeat_penalty != 1.0 or bool(s.presence_penalty or s.frequency_penalty)
+
+
+def build_chain(s: SamplerSettings, vocab_size: int, *, penalty_last_n: int | None = None) -> Any:
+    """A native sampler chain (top-k, top-p, min-p, temperature, seeded draw or greedy).
+
+    ``penalty_last_n`` puts llama.cpp's own penalties sampler first, over that many
+    tokens (the reference the in-place fast path is tested against).
+    """
+    ll = _ll()
+    params = ll.llama_sampler_chain_default_params()
+    params.no_perf = True
+    chain = ll.llama_sampler_chain_init(params)
+    add = ll.llama_sampler_chain_add
+    if penalty_last_n is not None and _penalized(s):
+        add(
+            chain,
+            ll.llama_sampler_init_penalties(
+                vocab_size,
+                penalty_last_n,
+                s.repeat_penalty,
+                s.frequency_penalty,
+                s.presence_penalty,
+            ),
+        )
+    if s.temperature == 0:
+        add(chain, ll.llama_sampler_init_greedy())
+        return chain
+    if s.top_k > 0:
+        add(chain, ll.llama_sampler_init_top_k(s.top_k))
+    if s.top_p < 1.0:
+        add(chain, ll.llama_sampler_init_top_p(s.top_p, 1))
+    if s.min_p > 0.0:
+        add(chain, ll.llama_sampler_init_min_p(s.min_p, 1))
+    add(chain, ll.llama_sampler_init_temp(s.temperature))
+    add(chain, ll.llama_sampler_init_dist(DEFAULT_SEED if s.seed is None else s.seed))
+    return chain
+
+
+class Sampler:
+    """Picks a sequence's next token from one row of logits; call :meth:`close` when done.
+
+    - Plain greedy decoding takes the argmax of the logits (llama.cpp's chain would first
+      copy all ~150k candidates).
+    - Penalties are applied in place to the logits of the tokens seen (:class:`_Penalties`).
+    - A grammar is checked against the sampled token first, as llama.cpp's common sampler
+      does; only when it rejects the token are all candidates filtered and the token
+      drawn again. When no token is legal the request ends with a :class:`GrammarError`:
+      llama.cpp never accepts a token its grammar rejects (it would abort the process).
+      Grammar work beyond :data:`GRAMMAR_STEP_BUDGET` for one token is an error too.
+    - A *lazy* grammar (thinking models) waits until :meth:`activate` (the end of the
+      thought), then applies from the first non-blank character.
+    """
+
+    def __init__(
+        self,
+        settings: SamplerSettings,
+        ctx: Context,
+        grammar: str | None = None,
+        *,
+        lazy: bool = False,
+        reference_penalties: bool = False,
+    ) -> None:
+        ll = _ll()
+        self._ll = ll
+        self._ctx = ctx
+        self.settings = settings
+        self._chain: Any = None
+        self._grammar: Any = None
+        self.grammar_active = grammar is not None and not lazy
+        self._cand: _Candidates | None = None
+        last_n = settings.repeat_last_n if settings.repeat_last_n >= 0 else ctx.seq_ctx
+        self._penalties = (
+            _Penalties(
+                settings.repeat_penalty,
+                settings.frequency_penalty,
+                settings.presence_penalty,
+                last_n,
+            )
+            if _penalized(settings) and not reference_penalties
+            else None
+        )
+        try:
+            if grammar is not None:
+                text, root = grammar_for(grammar, lazy)
+                self._grammar = _init_grammar(ctx.weights, text, root)
+                self._cand = _Candidates(ctx.n_vocab)
+                self._one = (ll.llama_token_data * 1)()
+            if settings.temperature != 0 or grammar is not None or reference_penalties:
+                ref = last_n if reference_penalties else None
+                self._chain = build_chain(settings, ctx.n_vocab, penalty_last_n=ref)
+        except BaseException:
+            self.close()
+            raise
+
+    def activate(self) -> None:
+        """Start applying a lazy grammar (the thought ended)."""
+        if self._grammar is not None:
+            self.grammar_active = True
+
+    def sample(self, row: int) -> int:
+        """The next token from the logits of batch row ``row``; it is accepted."""
+        logits = self._ctx.logits(row)
+        if self._penalties is not None:
+            self._penalties.apply(logits)
+        if self.grammar_active:
+            token = self._sample_with_grammar(logits)
+        elif self._chain is not None:
+            token = int(self._ll.llama_sampler_sample(self._chain, self._ctx._handle, row))
+        else:
+            token = int(logits.argmax())
+        if self._penalties is not None:
+            self._penalties.accept(token)
+        return token
+
+    def _allowed(self, token: int) -> bool:
+        ll = self._ll
+        self._one[0] = ll.llama_token_data(token, 0.0, 0.0)
+        arr = ll.llama_token_data_array(self._one, 1, -1, False)
+        ll.llama_sampler_apply(self._grammar, ctypes.byref(arr))
+        return bool(self._one[0].logit > _NEG_INF)
+
+    def _sample_with_grammar(self, logits: Any) -> int:
+        ll = self._ll
+        assert self._cand is not None
+        arr = self._cand.load(logits)
+        ll.llama_sampler_apply(self._chain, ctypes.byref(arr))
+        token = int(arr.data[arr.selected].id)
+        t0 = time.perf_counter()
+        if not self._allowed(token):  # draw again with the grammar over every candidate
+            arr = self._cand.load(logits)
+            ll.llama_sampler_apply(self._grammar, ctypes.byref(arr))
+            if not self._cand.any_allowed():
+                raise GrammarError(
+                    "the grammar allows no token here: the model's vocabulary cannot "
+                    "continue the constrained output (a character no token can produce?)"
+                )
+            self._check_budget(t0)
+            ll.llama_sampler_apply(self._chain, ctypes.byref(arr))
+            token = int(arr.data[arr.selected].id)
+        ll.llama_sampler_accept(self._grammar, token)
+        self._check_budget(t0)
+        ll.llama_sampler_accept(self._chain, token)
+        return token
+
+    def _check_budget(self, t0: float) -> None:
+        dt = time.perf_counter() - t0
+        if dt > GRAMMAR_STEP_BUDGET:
+            raise GrammarError(
+                f"the grammar is too expensive: one token took {dt:.2f} s of grammar work "
+                f"(limit {GRAMMAR_STEP_BUDGET} s); simplify the schema or grammar"
+            )
+
+    def close(self) -> None:
+        for name in ("_chain", "_grammar"):
+            handle = getattr(self, name, None)
+            if handle is not None:
+                self._ll.llama_sampler_free(handle)
+                setattr(self, name, None)

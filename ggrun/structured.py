@@ -22,8 +22,11 @@ Not supported (rejected): number bounds (``minimum`` and friends), ``multipleOf`
 ``if``/``then``/``else``, other ``format`` values, remote ``$ref``.
 
 Thinking models: when the model may think (its template knows ``<think>`` and thinking
-is not off), the grammar is *lazy*: it applies only after ``</think>``, so the model is
-free to think and strict to answer.
+is not off), the grammar is *lazy*: it applies only after ``</think>`` (from the first
+non-blank character), so the model is free to think and strict to answer.
+
+Which option asks for which constraint is read in one place, :mod:`ggrun.request`;
+OpenAI's ``response_format`` is mapped by the server's adapter.
 """
 
 from __future__ import annotations
@@ -31,11 +34,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ggrun.errors import GgrunError, GrammarError
+from ggrun.errors import GrammarError
 
 SUPPORTED = frozenset({
     "type", "properties", "required", "additionalProperties", "enum", "const", "items",
@@ -46,7 +50,6 @@ SUPPORTED = frozenset({
 FORMATS = frozenset({"date", "time", "date-time"})
 SUBSCHEMA_MAPS = ("properties", "$defs", "definitions")
 SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
-THINK_TRIGGER = r"</think>\s*(\S[\s\S]*)"  # the grammar starts at the first answer char
 FORMATS_DIR = "grammars"
 
 
@@ -66,6 +69,9 @@ class Constraint:
     kind: str  # "json", "schema", "grammar", "csv", "yaml", "xml"
     schema: dict[str, Any] | None = None
     model_class: Any = None  # a pydantic model class, when the schema came from one
+
+    def __post_init__(self) -> None:
+        check_gbnf(self.grammar)  # before llama.cpp's parser ever sees it
 
     def parse(self, text: str) -> Any:
         """Parse and check the output; raise GrammarError when it does not hold."""
@@ -118,8 +124,53 @@ PARSERS: dict[str, Any] = {
 }
 
 
+MAX_SCHEMA_DEPTH = 32  # nesting of JSON values in a schema
+MAX_SCHEMA_NODES = 10_000  # objects, lists and values in a schema
+MAX_REPEAT = 1000  # minItems/maxItems/minLength/maxLength (each is inlined in the grammar)
+MAX_PATTERN = 1000  # characters of a pattern
+MAX_PATTERN_REPEAT = 10_000  # product of the {n,m} bounds in a pattern
+MAX_GRAMMAR = 1 << 20  # characters of a grammar
+_COUNTS = ("minItems", "maxItems", "minLength", "maxLength")
+
+
+def check_size(schema: Any) -> None:
+    """Bound a schema's depth and size before anything recurses over it."""
+    nodes, stack = 0, [(schema, 1)]
+    while stack:
+        v, depth = stack.pop()
+        nodes += 1
+        if depth > MAX_SCHEMA_DEPTH:
+            raise GrammarError(f"the schema is nested deeper than {MAX_SCHEMA_DEPTH} levels")
+        if nodes > MAX_SCHEMA_NODES:
+            raise GrammarError(f"the schema has more than {MAX_SCHEMA_NODES} parts")
+        if isinstance(v, dict):
+            stack.extend((x, depth + 1) for x in v.values())
+        elif isinstance(v, list):
+            stack.extend((x, depth + 1) for x in v)
+
+
+def _check_bounds(key: str, value: Any, where: str) -> None:
+    if key in _COUNTS:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_REPEAT:
+            raise GrammarError(f"{key} at {where} must be an integer in [0, {MAX_REPEAT}]")
+    elif key == "pattern":
+        if not isinstance(value, str) or len(value) > MAX_PATTERN:
+            raise GrammarError(
+                f"pattern at {where} must be a string of at most {MAX_PATTERN} chars"
+            )
+        product = 1
+        for lo, hi in re.findall(r"\{(\d*)(?:,(\d*))?\}", value):
+            product *= max(int(lo or 0), int(hi or 0), 1)
+            if product > MAX_PATTERN_REPEAT:
+                raise GrammarError(
+                    f"pattern at {where} repeats too much (the {{n,m}} bounds multiply past "
+                    f"{MAX_PATTERN_REPEAT})"
+                )
+
+
 def check_schema(schema: Any, path: str = "") -> None:
-    """Reject keywords the grammar converter would silently ignore."""
+    """Reject keywords the grammar converter would silently ignore, and sizes it would
+    inline without bound."""
     if isinstance(schema, bool):
         return
     if not isinstance(schema, dict):
@@ -138,6 +189,7 @@ def check_schema(schema: Any, path: str = "") -> None:
             )
         if key == "$ref" and not (isinstance(value, str) and value.startswith("#/")):
             raise GrammarError(f"only local $ref ('#/...') is supported, got {value!r} at {where}")
+        _check_bounds(key, value, where)
         if key in SUBSCHEMA_MAPS and isinstance(value, dict):
             for name, sub in value.items():
                 check_schema(sub, f"{where}/{name}")
@@ -149,14 +201,13 @@ def check_schema(schema: Any, path: str = "") -> None:
 
 
 def schema_constraint(schema: Any) -> Constraint:
-    """A constraint from a JSON Schema dict, JSON text, a file path or a pydantic class."""
+    """A constraint from a JSON Schema (a dict, never a path) or a pydantic model class."""
     model_class = None
     if isinstance(schema, type) and hasattr(schema, "model_json_schema"):
         model_class, schema = schema, schema.model_json_schema()
-    elif isinstance(schema, (str, Path)):
-        schema = load_schema(schema)
     if not isinstance(schema, dict):
         raise GrammarError("a schema must be a JSON object (or a pydantic model class)")
+    check_size(schema)
     import jsonschema
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
@@ -172,15 +223,25 @@ def schema_constraint(schema: Any) -> Constraint:
     # llama-cpp-python's port lets raw control characters into strings, which JSON
     # forbids; upstream's json-schema-to-grammar excludes them. Restore upstream's rule.
     grammar = grammar.replace('char ::= [^"\\\\] ', 'char ::= [^"\\\\\\x7F\\x00-\\x1F] ')
+    if len(grammar) > MAX_GRAMMAR:
+        raise GrammarError(f"the schema makes a grammar of more than {MAX_GRAMMAR} characters")
     return Constraint(grammar, "schema", schema, model_class)
 
 
+MAX_FILE_BYTES = 4 << 20  # a schema or grammar file
+
+
 def _read(path: str, what: str) -> str:
+    """A regular file of at most :data:`MAX_FILE_BYTES`, as UTF-8 text."""
     p = Path(path).expanduser()
     try:
-        return p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise GrammarError(f"{p}: no such {what} file") from None
+        if not p.is_file():
+            raise GrammarError(f"{p}: no such {what} file")
+        with p.open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            raise GrammarError(f"{p}: larger than {MAX_FILE_BYTES >> 20} MiB; not a {what} file")
+        return raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise GrammarError(f"{p}: cannot read: {e}") from None
 
@@ -192,8 +253,8 @@ def load_schema(value: str | Path) -> Any:
         text = _read(text, "schema")
     try:
         return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise GrammarError(f"the schema is not valid JSON: {e}") from None
+    except (ValueError, RecursionError) as e:
+        raise GrammarError(f"the schema is not valid JSON: {str(e)[:200]}") from None
 
 
 def json_constraint() -> Constraint:
@@ -202,12 +263,73 @@ def json_constraint() -> Constraint:
     return Constraint(JSON_GBNF, "json")
 
 
-def grammar_constraint(source: str | Path) -> Constraint:
-    """A GBNF grammar given as text, or as the path of a .gbnf file."""
-    text = str(source)
-    if "::=" not in text:
-        text = _read(text, "grammar")
-    return Constraint(text, "grammar")
+MAX_RULES = 5000  # rules in a GBNF grammar
+MAX_NESTING = 64  # parentheses in a GBNF grammar
+_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "\\": "\\", '"': '"', "[": "[", "]": "]", "-": "-"}
+_HEX = {"x": 2, "u": 4, "U": 8}
+
+
+def _char(text: str, i: int) -> tuple[str, int]:
+    """One (possibly escaped) character of a GBNF literal or class at ``i``; the next index."""
+    if text[i] != "\\" or i + 1 >= len(text):
+        return text[i], i + 1
+    kind = text[i + 1]
+    if kind in _HEX:
+        digits = text[i + 2 : i + 2 + _HEX[kind]]
+        try:
+            return chr(int(digits, 16)), i + 2 + _HEX[kind]
+        except (ValueError, OverflowError):
+            raise GrammarError(f"invalid grammar: bad escape \\{kind}{digits}") from None
+    return _ESCAPES.get(kind, kind), i + 2
+
+
+def check_gbnf(text: str) -> None:
+    """Refuse, before llama.cpp parses it, a GBNF grammar that is too big, nested too
+    deeply for its recursive parser, or that needs a NUL character (llama.cpp treats a
+    NUL as the end of a token, so no token can ever produce one)."""
+    if len(text) > MAX_GRAMMAR:
+        raise GrammarError(f"the grammar is longer than {MAX_GRAMMAR} characters")
+    if text.count("::=") > MAX_RULES:
+        raise GrammarError(f"the grammar has more than {MAX_RULES} rules")
+    i, depth, n = 0, 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "#":
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+        elif c == '"':
+            i += 1
+            while i < n and text[i] != '"':
+                ch, i = _char(text, i)
+                if ch == "\0":
+                    raise GrammarError(
+                        "the grammar needs a NUL character (\\x00), which no token can produce"
+                    )
+            i += 1
+        elif c == "[":
+            i += 1
+            negated = i < n and text[i] == "^"
+            chars: set[str] = set()
+            while i < n and text[i] != "]":
+                ch, i = _char(text, i)
+                chars.add(ch)
+            i += 1
+            if not negated and chars and chars <= {"\0", "-"} and "\0" in chars:
+                raise GrammarError(
+                    "the grammar has a character class that matches only NUL (\\x00), "
+                    "which no token can produce"
+                )
+        else:
+            depth += c == "("
+            depth -= c == ")"
+            if depth > MAX_NESTING:
+                raise GrammarError(f"the grammar nests parentheses deeper than {MAX_NESTING}")
+            i += 1
+
+
+def read_grammar(path: str | Path) -> str:
+    """The text of a GBNF grammar file (the CLI's ``--grammar FILE``)."""
+    return _read(str(path), "grammar")
 
 
 def format_constraint(fmt: str, columns: list[str] | None = None) -> Constraint:
@@ -230,49 +352,16 @@ def format_constraint(fmt: str, columns: list[str] | None = None) -> Constraint:
     return Constraint(grammar, fmt)
 
 
-def from_options(
-    *,
-    json_mode: bool = False,
-    schema: Any = None,
-    grammar: Any = None,
-    response_format: dict[str, Any] | None = None,
-    fmt: str | None = None,
-    columns: list[str] | None = None,
-) -> Constraint | None:
-    """The one constraint the options ask for (at most one may be given)."""
-    if isinstance(grammar, Constraint):
-        return grammar
-    if response_format is not None:
-        rtype = response_format.get("type") if isinstance(response_format, dict) else None
-        if rtype == "json_object":
-            inner = response_format.get("schema")
-            schema = inner if inner is not None else schema
-            json_mode = inner is None
-        elif rtype == "json_schema":
-            spec = response_format.get("json_schema") or {}
-            schema = spec.get("schema") if isinstance(spec, dict) else None
-            if schema is None:
-                raise GrammarError("response_format json_schema needs json_schema.schema")
-        elif rtype != "text":
-            raise GrammarError(f"unknown response_format type {rtype!r}")
-    asked = [
-        n
-        for n, v in (
-            ("json", json_mode),
-            ("schema", schema is not None),
-            ("grammar", grammar is not None),
-            ("format", fmt is not None),
+def check_result(result: Any, constraint: Constraint | None) -> Any:
+    """Parse a constrained result into ``result.data``; a cut-off one is an error, never
+    passed off as valid."""
+    if constraint is None:
+        return result
+    if result.finish_reason == "length":
+        raise IncompleteOutput(
+            f"the output was cut off after {result.completion_tokens} tokens "
+            "(finish_reason=length) before it was complete; raise max_tokens",
+            result,
         )
-        if v
-    ]
-    if len(asked) > 1:
-        raise GgrunError(f"give only one of {', '.join(asked)}")
-    if schema is not None:
-        return schema_constraint(schema)
-    if json_mode:
-        return json_constraint()
-    if grammar is not None:
-        return grammar_constraint(grammar)
-    if fmt is not None:
-        return format_constraint(fmt, columns)
-    return None
+    result.data = constraint.parse(result.text)
+    return result

@@ -100,9 +100,3 @@ def load_task(name: str) -> Task:
     if "{input}" not in task.prompt:
         raise PresetError(f"{where}: 'prompt' must contain {{input}}")
     return Task(**{**task.__dict__, "name": task.name or path.stem})
-
-
-def run_task(model: Any, name: str, text: str, **overrides: Any) -> Any:
-    """Run a task on ``text`` with ``model``; returns a :class:`~ggrun.engine.Result`."""
-    task = load_task(name)
-    return model.chat(task.messages(text), **{**task.options(), **overrides})

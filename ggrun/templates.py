@@ -8,9 +8,8 @@ or fails to render, raises :class:`~ggrun.errors.TemplateError`. Without a templ
 ggrun uses ChatML.
 
 Thinking: ``think=True/False`` is passed to the template as ``enable_thinking`` (Qwen3's
-switch), never as a prompt trick. :class:`ThinkSplitter` separates ``<think>…</think>``
-from the answer while streaming, holding back only the few characters that could be
-the start of a tag.
+switch), never as a prompt trick; :class:`ggrun.textstream.ThinkSplitter` separates
+``<think>…</think>`` from the answer.
 """
 
 from __future__ import annotations
@@ -171,78 +170,3 @@ def render(
 def starts_in_thinking(prompt: str) -> bool:
     """True when the rendered prompt leaves a ``<think>`` block open for the model."""
     return prompt.rfind(THINK_OPEN) > prompt.rfind(THINK_CLOSE)
-
-
-class ThinkSplitter:
-    """Split a token stream into answer text and reasoning (``<think>…</think>``).
-
-    ``feed`` returns ``(answer_delta, reasoning_delta)``. A think block is recognised
-    only before any answer text, as Qwen3 and R1-style models emit it.
-    """
-
-    def __init__(self, in_think: bool = False) -> None:
-        self.in_think = in_think
-        self.done_thinking = False
-        self.answer_started = False
-        self.buf = ""
-
-    def _tag(self) -> str | None:
-        if self.in_think:
-            return THINK_CLOSE
-        if self.done_thinking or self.answer_started:
-            return None
-        return THINK_OPEN
-
-    def feed(self, text: str) -> tuple[str, str]:
-        self.buf += text
-        answer: list[str] = []
-        reasoning: list[str] = []
-        while True:
-            tag = self._tag()
-            if tag is None:
-                if not self.answer_started:
-                    self.buf = self.buf.lstrip()
-                    self.answer_started = bool(self.buf)
-                answer.append(self.buf)
-                self.buf = ""
-                break
-            i = self.buf.find(tag)
-            if i >= 0:
-                head, self.buf = self.buf[:i], self.buf[i + len(tag) :]
-                if self.in_think:
-                    reasoning.append(head)
-                    self.in_think, self.done_thinking = False, True
-                    self.buf = self.buf.lstrip()
-                else:
-                    answer.append(head)
-                    self.in_think = True
-                    self.buf = self.buf.lstrip()
-                continue
-            keep = _partial_suffix(self.buf, tag)
-            head, self.buf = self.buf[: len(self.buf) - keep], self.buf[len(self.buf) - keep :]
-            if self.in_think:
-                reasoning.append(head)
-            else:
-                if head.strip():
-                    self.answer_started = True
-                # whitespace before a possible <think> is held back, not emitted
-                if self.answer_started:
-                    answer.append(head)
-                else:
-                    self.buf = head + self.buf
-            break
-        return "".join(answer), "".join(reasoning)
-
-    def flush(self) -> tuple[str, str]:
-        rest, self.buf = self.buf, ""
-        if self.in_think:
-            return "", rest
-        return (rest if (self.answer_started or rest.strip()) else ""), ""
-
-
-def _partial_suffix(text: str, tag: str) -> int:
-    """Length of the longest suffix of ``text`` that is a proper prefix of ``tag``."""
-    for n in range(min(len(tag) - 1, len(text)), 0, -1):
-        if text.endswith(tag[:n]):
-            return n
-    return 0

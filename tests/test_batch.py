@@ -1,4 +1,4 @@
-"""Continuous batching on real models: Model.batch, per-request errors, `ggrun batch`, resume."""
+"""Continuous batching on real models: ggrun.batch, per-request errors, `ggrun batch`, resume."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ import jsonschema
 import pytest
 from typer.testing import CliRunner
 
-from ggrun.batch import Batcher, Request, slot_context
+from ggrun.batch import Batcher, batch, batch_stream, slot_context
 from ggrun.cli.app import app
+from ggrun.request import Request
 
 QUESTIONS = [f"Give me one fact about the number {i}." for i in range(20)]
 
@@ -35,12 +36,12 @@ def _common_prefix(a: str, b: str) -> int:
 
 
 def test_twenty_prompts_four_at_a_time(smol: Any) -> None:
-    results = smol.batch(_chats(QUESTIONS), parallel=4, max_tokens=24, temperature=0)
+    results = batch(smol, _chats(QUESTIONS), parallel=4, max_tokens=24, temperature=0)
     assert [r.id for r in results] == list(range(20))  # input order, each id once
     for r in results:
         assert r.error is None and r.finish_reason in ("stop", "length")
         assert r.text.strip() and 0 < r.completion_tokens <= 24 and r.prompt_tokens > 10
-    streamed = list(smol.batch_stream(QUESTIONS[:6], parallel=3, max_tokens=4, temperature=0))
+    streamed = list(batch_stream(smol, QUESTIONS[:6], parallel=3, max_tokens=4, temperature=0))
     assert sorted(r.id for r in streamed) == list(range(6))
 
 
@@ -49,9 +50,9 @@ def test_greedy_batch_matches_sequential_generate(which: str, request: Any) -> N
     model = request.getfixturevalue(which)
     chats = _chats(QUESTIONS[:12])
     alone = [model.chat(c, max_tokens=24, temperature=0).text for c in chats]
-    one = model.batch(chats, parallel=1, max_tokens=24, temperature=0)
+    one = batch(model, chats, parallel=1, max_tokens=24, temperature=0)
     assert [r.text for r in one] == alone  # one sequence at a time: the same kernels
-    four = model.batch(chats, parallel=4, max_tokens=24, temperature=0)
+    four = batch(model, chats, parallel=4, max_tokens=24, temperature=0)
     same = sum(r.text == a for r, a in zip(four, alone, strict=True))
     # The documented exception (ggrun/batch.py): batched kernels sum in another order,
     # so a near-tie may rarely flip; a flip happens late, never as garbage.
@@ -64,9 +65,9 @@ def test_greedy_batch_matches_sequential_generate(which: str, request: Any) -> N
 def test_same_seed_same_text_alone_and_in_a_batch(smol: Any) -> None:
     chats = _chats(QUESTIONS[:4])
     alone = [smol.chat(c, max_tokens=16, temperature=0.9, seed=7).text for c in chats]
-    batched = smol.batch(chats, parallel=1, max_tokens=16, temperature=0.9, seed=7)
+    batched = batch(smol, chats, parallel=1, max_tokens=16, temperature=0.9, seed=7)
     assert [r.text for r in batched] == alone
-    other = smol.batch(chats, parallel=1, max_tokens=16, temperature=0.9, seed=8)
+    other = batch(smol, chats, parallel=1, max_tokens=16, temperature=0.9, seed=8)
     assert [r.text for r in other] != alone
 
 
@@ -78,7 +79,7 @@ def test_each_bad_request_fails_alone(smol: Any) -> None:
         {"id": "empty"},
         {"id": "ok", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 3},
     ]
-    results = smol.batch(items, parallel=2, slot_ctx=512, max_tokens=8)
+    results = batch(smol, items, parallel=2, slot_ctx=512, max_tokens=8)
     by = {r.id: r for r in results}
     assert by["long"].error and "3001 tokens but a batch slot holds 512" in by["long"].error
     assert by["typo"].error and "temprature" in by["typo"].error
@@ -98,7 +99,7 @@ SCHEMA = {
 def test_schema_requests_validate(qwen: Any) -> None:
     cities = ["Paris", "Tokyo", "Cairo", "Lima", "Oslo"]
     chats = _chats([f"Where is {c}? Answer as JSON with city and country." for c in cities])
-    results = qwen.batch(chats, parallel=3, max_tokens=48, temperature=0, schema=SCHEMA)
+    results = batch(qwen, chats, parallel=3, max_tokens=48, temperature=0, schema=SCHEMA)
     for r in results:
         assert r.error is None, r.error
         jsonschema.validate(r.data, SCHEMA)
@@ -110,7 +111,7 @@ def test_slot_context_from_prompts(smol: Any) -> None:
     assert slot_context(smol, [10], 8) == 256
     with Batcher(smol, parallel=2, slot_ctx=256) as b:
         assert b.free_slots == 2
-        assert b.admit(0, Request(prompt="Hello", max_tokens=2)) is None
+        assert b.admit(0, Request.build(prompt="Hello", max_tokens=2)) is None
         assert b.active == 1
         done = []
         while b.active:
@@ -192,13 +193,13 @@ def test_ctrl_c_stops_cleanly_with_code_130(smol_path: Path, tmp_path: Path) -> 
 def test_listener_gets_the_text_held_back_at_the_end(qwen: Any) -> None:
     """A reply cut right after "<" (which could start "<think>") still reaches on_chunk."""
     pieces: list[str] = []
-    req = Request(
+    req = Request.build(
         messages=[{"role": "user", "content": "Write: < b"}],
         max_tokens=1,  # greedy: "<", held back as a possible "<think>" until the end
-        options={"temperature": 0},
-        on_chunk=lambda c: pieces.append(c.text),
+        temperature=0,
     )
     with Batcher(qwen, parallel=1, slot_ctx=256) as b:
-        ((_, result),) = list(b.run([req]))
+        assert b.admit(0, req, on_chunk=lambda c: pieces.append(c.text)) is None
+        ((_, result),) = b.step()
     assert result.text == "<"
     assert "".join(pieces) == result.text

@@ -4,11 +4,9 @@ llama-bench and llama-perplexity is checked by benchmarks/bench_check.py.)"""
 
 from __future__ import annotations
 
-import ctypes
 import json
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -24,20 +22,21 @@ FAST = {"reps": 1, "pp": 32, "tg": 4, "ctx": 128, "chunks": 2}
 
 def _slow_nll(path: Path, chunk: list[int], first: int) -> float:
     """The same scored tokens, one decode per token, read from the last logits each time."""
-    import llama_cpp as ll
-
-    from ggrun.engine import LoadConfig, Model
+    from ggrun import llama
 
     nll = 0.0
-    with Model(path, LoadConfig(n_ctx=len(chunk), n_batch=len(chunk))) as m:
-        n_vocab = int(ll.llama_vocab_n_tokens(m._vocab))
+    with (
+        llama.Weights(path) as w,
+        llama.Context(w, llama.ContextParams(n_ctx=len(chunk), n_batch=len(chunk))) as ctx,
+        llama.Batch(1) as b,
+    ):
         for i in range(len(chunk) - 1):
-            m._decode(chunk[: i + 1], i)
+            b.clear()
+            b.add(chunk[i], i, 0, True)
+            ctx.decode(b)
             if i < first:
                 continue
-            ptr = ll.llama_get_logits_ith(m._ctx, -1)
-            arr: Any = ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float * n_vocab))
-            x = np.frombuffer(arr.contents, dtype=np.float32).astype(np.float64)
+            x = np.array(ctx.logits(0), dtype=np.float64)
             x -= x.max()
             nll -= x[chunk[i + 1]] - math.log(np.exp(x).sum())
     return nll

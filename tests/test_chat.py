@@ -89,7 +89,7 @@ def test_reasoning_never_enters_history(smol_path: Path, tmp_path: Path) -> None
     p = rewrite_gguf(smol_path, tmp_path / "q3.gguf", template=QWEN3_TEMPLATE)
     with Model(p, LoadConfig(n_ctx=512)) as m:
         chat = Chat(m, think=True, temperature=0, max_tokens=100)
-        r = chat.send("Hi", grammar=THINK_GRAMMAR, grammar_lazy=False)
+        r = chat.send("Hi", grammar=THINK_GRAMMAR)
         assert r.reasoning
         assert "<think>" not in chat.history[-1].content
         assert r.reasoning not in chat.history[-1].content

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -16,11 +17,25 @@ def run(*args: str, input: str | None = None):  # type: ignore[no-untyped-def]
     return runner.invoke(app, list(args), input=input)
 
 
+COMMANDS = ("generate", "chat", "pull", "list", "rm", "convert", "batch", "bench", "serve",
+            "doctor", "fit")  # fmt: skip
+
+
 def test_help_lists_commands() -> None:
     r = run("--help")
     assert r.exit_code == 0
-    for cmd in ("generate", "chat", "pull", "list", "rm"):
-        assert cmd in r.stdout
+    box = r.stdout.split("Commands", 1)[1]
+    listed = {m.group(1) for line in box.splitlines() if (m := re.match(r"│ (\w+)\s{2,}", line))}
+    assert listed == set(COMMANDS), listed  # every command, and no other
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_every_command_explains_itself(cmd: str) -> None:
+    r = run(cmd, "--help")
+    assert r.exit_code == 0, r.output
+    lines = [line.strip() for line in r.stdout.splitlines() if line.strip()]
+    assert lines[0].startswith(f"Usage: ggrun {cmd}") and "--help" in r.stdout
+    assert len(lines[1]) > 20 and not lines[1].startswith("╭"), r.stdout  # a summary line
 
 
 def test_generate_prints_only_the_answer(qwen_path: Path) -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from ggrun.engine import LoadConfig, Model, Result
 from ggrun.errors import ContextOverflow, GgrunError, UnsupportedArchitecture
+from ggrun.request import Request
 from tests.helpers import QWEN3_TEMPLATE, rewrite_gguf
 
 THINK_GRAMMAR = r'''root ::= "<think>" [a-z ]{5,40} "</think>" "\n\n" [A-Za-z ]{3,40} "."'''
@@ -97,16 +98,16 @@ def test_chinese_streams_as_valid_utf8(qwen: Model) -> None:
 
 def test_thinking_is_split_from_the_answer(qwen3_style: Model) -> None:
     # a grammar forces a <think> block out of a real model, token by token
-    chunks = list(
-        qwen3_style.chat_stream(
-            [{"role": "user", "content": "Hi"}],
-            think=True,
-            grammar=THINK_GRAMMAR,
-            grammar_lazy=False,
-            temperature=0,
-            max_tokens=120,
-        )
+    req = Request.build(
+        messages=[{"role": "user", "content": "Hi"}],
+        think=True,
+        grammar=THINK_GRAMMAR,
+        temperature=0,
+        max_tokens=120,
     )
+    job = qwen3_style.prepare(req)
+    assert not job.lazy  # a grammar that spells out the thought applies from the start
+    chunks = list(qwen3_style.run(job))
     r = Result.collect(iter(chunks))
     assert r.reasoning and "<think>" not in r.reasoning and "</think>" not in r.reasoning
     assert r.text and "<think>" not in r.text and "</think>" not in r.text
@@ -124,12 +125,22 @@ def test_no_think_goes_through_the_template(qwen3_style: Model) -> None:
     assert r.reasoning is None
 
 
-def test_family_preset_applies_and_flags_override(qwen: Model, qwen3_style: Model) -> None:
+def test_family_preset_applies_and_flags_override(
+    qwen: Model, qwen3_style: Model, tiny_model: Path
+) -> None:
     q2 = qwen.sampling_for()
-    assert (q2.top_k, q2.top_p, q2.temperature) == (20, 0.8, 0.7)
+    assert qwen.family == "qwen2"
+    assert (q2.top_k, q2.top_p, q2.temperature, q2.repeat_penalty) == (20, 0.8, 0.7, 1.05)
     assert qwen.sampling_for(temperature=0.1, top_k=5).top_k == 5
-    q3 = Model.sampling_for.__get__(qwen3_style)  # family comes from the architecture
-    assert q3().top_k != 20 or qwen3_style.family == "qwen3"
+    # the family comes from the architecture: a Qwen3 template alone does not make qwen3
+    assert qwen3_style.family == "llama"
+    other = qwen3_style.sampling_for(think=True)
+    assert (other.top_k, other.top_p, other.repeat_penalty) == (40, 0.95, 1.1)  # "default"
+    with Model(tiny_model, LoadConfig(n_ctx=256)) as q3:  # a converted Qwen3 checkpoint
+        assert q3.family == "qwen3"
+        on, off = q3.sampling_for(think=True), q3.sampling_for(think=False)
+        assert (on.temperature, on.top_p, on.top_k, on.min_p) == (0.6, 0.95, 20, 0.0)
+        assert (off.temperature, off.top_p, off.top_k, off.min_p) == (0.7, 0.8, 20, 0.0)
 
 
 def test_qwen3_family_presets() -> None:

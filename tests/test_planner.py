@@ -70,8 +70,8 @@ def test_alias_estimate_matches_the_real_shape(shaped: ModelShape) -> None:
 
 
 def _llama_buffers(path: Path, n_ctx: int) -> dict[str, float]:
-    from ggrun.llama import captured_llama_log
     from ggrun.engine import LoadConfig, Model
+    from ggrun.llama import captured_llama_log
 
     with captured_llama_log() as lines, Model(path, LoadConfig(n_ctx=n_ctx)):
         pass

@@ -74,17 +74,11 @@ def test_ten_prompts_validate(qwen: Model, schema: dict) -> None:  # type: ignor
         assert json.loads(r.text) == r.data
 
 
-def test_json_mode_and_response_formats(qwen: Model) -> None:
+def test_json_mode_and_schema(qwen: Model) -> None:
     msgs = [{"role": "user", "content": "Give a JSON object describing a cat."}]
     r = qwen.chat(msgs, json=True, max_tokens=200, temperature=0)
     assert isinstance(r.data, (dict, list))
-    r2 = qwen.chat(msgs, response_format={"type": "json_object"}, max_tokens=200, temperature=0)
-    assert r2.data == r.data
-    r3 = qwen.chat(
-        msgs,
-        response_format={"type": "json_schema", "json_schema": {"schema": ENUM}},
-        temperature=0,
-    )
+    r3 = qwen.chat(msgs, schema=ENUM, temperature=0)
     assert r3.data["label"] in ENUM["properties"]["label"]["enum"]
 
 
@@ -169,31 +163,30 @@ def test_formats_parse(qwen: Model, fmt: str, columns: list[str] | None) -> None
 
 
 def test_free_to_think_strict_to_answer(qwen: Model, smol_path: Path, tmp_path: Path) -> None:
-    """The lazy grammar lets anything through until ``</think>``, then only valid JSON."""
-    import ctypes
-
-    import llama_cpp as ll
+    """A lazy grammar lets anything through until the thought ends, then only JSON."""
     from llama_cpp.llama_grammar import JSON_GBNF
 
-    from ggrun import sampling, structured
+    from ggrun import llama
+    from ggrun.sampling import SamplingConfig
     from tests.helpers import QWEN3_TEMPLATE, rewrite_gguf
 
-    def allowed(g: object, text: str) -> bool:
-        (tok,) = qwen.tokenize(text)
-        data = (ll.llama_token_data * 1)(ll.llama_token_data(tok, 0.0, 0.0))
-        arr = ll.llama_token_data_array(data, 1, -1, False)
-        ll.llama_sampler_apply(g, ctypes.byref(arr))
-        return bool(data[0].logit > -1e30)
-
-    g = sampling._grammar_sampler(ll, qwen._vocab, JSON_GBNF, structured.THINK_TRIGGER)
-    try:
-        assert allowed(g, "hello")  # thinking: free
-        for t in qwen.tokenize("<think>\nLet me think.\n</think>\n\n{"):
-            ll.llama_sampler_accept(g, t)
-        assert not allowed(g, "hello")  # answering: strict JSON, inside an object
-        assert allowed(g, '"')
-    finally:
-        ll.llama_sampler_free(g)
+    (hello,) = qwen.tokenize("hello")
+    params = llama.ContextParams(n_ctx=64, n_batch=64)
+    with llama.Context(qwen.weights, params) as ctx, llama.Batch(8) as batch:
+        batch.add(qwen.tokenize("Hi")[0], 0, 0, True)
+        ctx.decode(batch)
+        greedy = SamplingConfig(temperature=0, repeat_penalty=1.0)
+        s = llama.Sampler(greedy, ctx, JSON_GBNF, lazy=True)
+        try:
+            ctx.logits(0)[hello] = 1e9  # the model wants prose
+            assert s.sample(0) == hello  # thinking: free
+            s.activate()  # the thought ended
+            ctx.logits(0)[hello] = 1e9
+            token = s.sample(0)
+            assert token != hello
+            assert qwen.detokenize([token]).strip()[:1] in ("", "{")  # blanks, then JSON
+        finally:
+            s.close()
     # and ggrun picks the lazy grammar only when the model may think
     p = rewrite_gguf(smol_path, tmp_path / "q3.gguf", template=QWEN3_TEMPLATE)
     with Model(p, LoadConfig(n_ctx=256)) as m:

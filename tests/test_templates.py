@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from ggrun.errors import TemplateError
-from ggrun.templates import CHATML, Message, ThinkSplitter, render, starts_in_thinking
+from ggrun.templates import CHATML, Message, render, starts_in_thinking
+from ggrun.textstream import ThinkSplitter
 
 MSGS = [Message("system", "S"), Message("user", "U")]
 

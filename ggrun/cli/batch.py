@@ -59,21 +59,21 @@ def batch(
     """
     from ggrun.errors import InvalidArgument
     from ggrun.jsonl import ResultsFile, id_key, read_requests
-    from ggrun.structured import load_schema
+    from ggrun.request import Request
     from ggrun.tasks import load_task
 
     if sum(x not in (None, False) for x in (json_mode, schema, task)) > 1:
         raise InvalidArgument("give one of --json, --schema and --task")
     common: dict[str, Any] = options.sampling_kwargs(opts)
     common.setdefault("max_tokens", 256)
-    if think is not None:
-        common["think"] = think
-    if json_mode:
-        common["json"] = True
-    if schema is not None:
-        common["schema"] = load_schema(schema)  # a bad schema fails before loading
-    the_task = load_task(task) if task is not None else None
-    out = ResultsFile(output)
+    common["think"] = think
+    common["json"] = json_mode or None
+    common["schema"] = options.read_schema(schema)
+    if task is not None:
+        common["task"] = load_task(task)  # read once; a bad task fails before loading
+        common["prompt"] = ""  # each line's text replaces it
+    Request.build(**{"prompt": "?", **common})  # bad options fail before loading
+    out = ResultsFile(output, source=input_file)
     items: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -87,11 +87,10 @@ def batch(
         seen.add(key)
         if item is None:
             errors.append(_record_error(rid, error))
-        elif the_task is not None:
-            text = str(item.pop("text", item.pop("prompt", "")))
-            items.append({**the_task.options(), **item, "messages": the_task.messages(text)})
-        else:
-            items.append(item)
+            continue
+        if "text" in item:  # a task's input (or a plain prompt)
+            item["prompt"] = item.pop("text")
+        items.append(item)
     skipped = len(out.done)
     total = len(items) + len(errors)
     if skipped:
@@ -127,6 +126,9 @@ def _record(result: Any) -> dict[str, Any]:
         finish_reason=result.finish_reason,
         prompt_tokens=result.prompt_tokens,
         completion_tokens=result.completion_tokens,
+        reasoning_tokens=result.reasoning_tokens,
+        ttft=round(result.ttft, 4),
+        generation_tps=round(result.generation_tps, 2),
         error=result.error,
     )
     return rec

@@ -19,6 +19,13 @@ from ggrun.cli import options
 from ggrun.cli.options import LOAD, SAMPLING, THINKING, ModelArg
 
 MULTILINE = '"""'
+SOFT_SWITCHES = ("/think", "/no_think")  # Qwen3's per-turn switches: a message, not a command
+
+
+def is_soft_switch(text: str) -> bool:
+    """A line that starts with /think or /no_think is a message to the model."""
+    word = text.split(maxsplit=1)[0] if text.split() else ""
+    return word in SOFT_SWITCHES
 
 
 @dataclass
@@ -169,9 +176,12 @@ def chat(
             except (EOFError, KeyboardInterrupt):
                 print(file=sys.stderr)
                 break
+            except UnicodeDecodeError as e:
+                session.say(f"error: the input is not UTF-8 text ({e.reason}); try again")
+                continue
             if not text.strip():
                 continue
-            if text.startswith("/"):
+            if text.startswith("/") and not is_soft_switch(text):
                 name, _, arg = text[1:].partition(" ")
                 entry = COMMANDS.get(name.strip())
                 if entry is None:

@@ -75,101 +75,76 @@ def generate(
 
       echo "Summarise: ..." | ggrun generate model.gguf --max-tokens 200 > out.txt
     """
+    from ggrun.cli.render import write_stream
+    from ggrun.errors import InvalidArgument
+    from ggrun.request import Request
+
+    prompt = _read_prompt(prompt, file)
+    if task is not None and (raw or system):
+        raise InvalidArgument("--task brings its own prompt: drop --raw and --system")
+    sampling = options.sampling_kwargs(opts)
+    constrained = {
+        "json": json_mode,
+        "schema": options.read_schema(schema),
+        "grammar": options.read_grammar(grammar),
+        "format": fmt,
+        "columns": columns.split(",") if columns else None,
+        "task": task,
+    }
+    what = {"prompt": prompt} if raw or task else {"messages": _messages(system, prompt)}
+    # built (and checked) before the model loads: a bad schema or task fails at once
+    request = Request.build(
+        **what, max_tokens=sampling.pop("max_tokens", None), think=opts.get("think"),
+        **sampling, **constrained,
+    )  # fmt: skip
+    with options.load_model(model, opts) as m:
+        if request.constraint is not None:  # generated whole, checked, then printed
+            result = m.complete(request)
+            if result.reasoning and opts.get("show_thinking"):
+                print(result.reasoning, file=sys.stderr)
+            sys.stdout.write(result.text.strip() + "\n")
+            last: Any = result
+        else:
+            last = write_stream(
+                m.stream(request), sys.stdout, show_thinking=opts["show_thinking"],
+                thinking_out=sys.stderr,
+            )  # fmt: skip
+            sys.stdout.write("\n")
+        sys.stdout.flush()
+    if stats or opts.get("verbose"):
+        print(
+            f"ggrun: {last.prompt_tokens} prompt tokens ({last.prompt_tps:.1f} tok/s), "
+            f"{last.completion_tokens} generated ({last.generation_tps:.1f} tok/s), "
+            f"finish: {last.finish_reason}",
+            file=sys.stderr,
+        )
+
+
+def _read_prompt(prompt: str | None, file: Path | None) -> str:
+    """PROMPT, --file or stdin; text that is not UTF-8 is a clean error."""
     from ggrun.errors import InvalidArgument
 
     if file is not None:
         if prompt is not None:
             raise InvalidArgument("give PROMPT or --file, not both")
         try:
-            prompt = file.read_text(encoding="utf-8")
+            prompt = file.read_bytes().decode("utf-8")
         except OSError as e:
             raise InvalidArgument(f"{file}: cannot read: {e.strerror or e}") from None
+        except UnicodeDecodeError as e:
+            why = f"{e.reason} at byte {e.start}"
+            raise InvalidArgument(f"{file}: not UTF-8 text ({why})") from None
     if prompt is None or prompt == "-":
         if sys.stdin is None or sys.stdin.isatty():
             raise InvalidArgument("no prompt: give PROMPT, or pipe it on stdin")
-        prompt = sys.stdin.read()
+        try:
+            prompt = sys.stdin.buffer.read().decode("utf-8")
+        except UnicodeDecodeError as e:
+            why = f"{e.reason} at byte {e.start}"
+            raise InvalidArgument(f"stdin is not UTF-8 text ({why})") from None
     if not prompt.strip():
         raise InvalidArgument("the prompt is empty")
-    sampling = options.sampling_kwargs(opts)
-    max_tokens = sampling.pop("max_tokens", None)
-    structured = {
-        "json": json_mode,
-        "schema": schema,
-        "grammar": grammar,
-        "format": fmt,
-        "columns": columns.split(",") if columns else None,
-    }
-    if task is not None or any(v not in (None, False) for v in structured.values()):
-        _constrained(
-            model, prompt, system, raw, task, structured, max_tokens, sampling, opts, stats
-        )
-        return
-    with options.load_model(model, opts) as m:
-        if raw:
-            chunks = m.stream(prompt, max_tokens=max_tokens, **sampling)
-        else:
-            messages = _messages(system, prompt)
-            chunks = m.chat_stream(
-                messages, think=opts.get("think"), max_tokens=max_tokens, **sampling
-            )
-        from ggrun.cli.render import write_stream
-
-        last = write_stream(
-            chunks, sys.stdout, show_thinking=opts["show_thinking"], thinking_out=sys.stderr
-        )
-        sys.stdout.write("\n")
-        sys.stdout.flush()
-        if stats or opts.get("verbose"):
-            print(
-                f"ggrun: {last.prompt_tokens} prompt tokens ({last.prompt_tps:.1f} tok/s), "
-                f"{last.completion_tokens} generated ({last.generation_tps:.1f} tok/s), "
-                f"finish: {last.finish_reason}",
-                file=sys.stderr,
-            )
-
-
-def _constrained(
-    model: str,
-    prompt: str,
-    system: str | None,
-    raw: bool,
-    task: str | None,
-    structured: dict[str, Any],
-    max_tokens: int | None,
-    sampling: dict[str, Any],
-    opts: dict[str, Any],
-    stats: bool,
-) -> None:
-    """Structured output: generated whole, checked, then printed (never half-valid)."""
-    from ggrun.errors import InvalidArgument
-    from ggrun.tasks import load_task
-
-    kwargs = {k: v for k, v in structured.items() if v not in (None, False)}
-    if max_tokens is not None:
-        kwargs["max_tokens"] = max_tokens
-    kwargs.update(sampling)
-    if task is not None:
-        if raw or system:
-            raise InvalidArgument("--task brings its own prompt: drop --raw and --system")
-        t = load_task(task)  # a bad task file fails before the model loads
-    with options.load_model(model, opts) as m:
-        if task is not None:
-            result = m.run_task(t.name if not Path(task).exists() else task, prompt, **kwargs)
-        elif raw:
-            result = m.generate(prompt, **kwargs)
-        else:
-            messages = _messages(system, prompt)
-            result = m.chat(messages, think=opts.get("think"), **kwargs)
-    if result.reasoning and opts.get("show_thinking"):
-        print(result.reasoning, file=sys.stderr)
-    sys.stdout.write(result.text.strip() + "\n")
-    if stats or opts.get("verbose"):
-        print(
-            f"ggrun: {result.prompt_tokens} prompt tokens, {result.completion_tokens} "
-            f"generated ({result.generation_tps:.1f} tok/s), finish: "
-            f"{result.finish_reason}",
-            file=sys.stderr,
-        )
+    return prompt
 
 
 def _messages(system: str | None, prompt: str) -> list[dict[str, str]]:

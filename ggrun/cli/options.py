@@ -273,8 +273,26 @@ def load_kwargs(opts: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def load_model(ref: str | None, opts: dict[str, Any]) -> Any:
+def load_model(ref: str | None, opts: dict[str, Any], **extra: Any) -> Any:
     """Load a model with the LOAD options; notices go to stderr through logging."""
     from ggrun.engine import load
 
-    return load(ref, verbose=bool(opts.get("verbose")), **load_kwargs(opts))
+    return load(ref, verbose=bool(opts.get("verbose")), **load_kwargs(opts), **extra)
+
+
+def read_schema(value: str | None) -> Any:
+    """``--schema``: inline JSON or a JSON file (files are read here, by the CLI only)."""
+    if value is None:
+        return None
+    from ggrun.structured import load_schema
+
+    return load_schema(value)
+
+
+def read_grammar(path: str | None) -> str | None:
+    """``--grammar FILE``: the GBNF text of the file."""
+    if path is None:
+        return None
+    from ggrun.structured import read_grammar as read
+
+    return read(path)

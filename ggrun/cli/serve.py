@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -39,8 +40,13 @@ def serve(
         typer.Option(
             "--api-key",
             envvar="GGRUN_API_KEY",
-            help="Require `Authorization: Bearer KEY` (all endpoints but /health).",
+            help="Require `Authorization: Bearer KEY` (all endpoints but /health). Prefer "
+            "GGRUN_API_KEY or --api-key-file: `ps` shows the command line.",
         ),
+    ] = None,
+    api_key_file: Annotated[
+        Path | None,
+        typer.Option("--api-key-file", help="Read the API key from this file (first line)."),
     ] = None,
     *,
     opts: dict[str, Any],
@@ -53,13 +59,15 @@ def serve(
 
       ggrun serve qwen2.5-coder-0.5b --port 8080
 
-      curl localhost:8080/v1/chat/completions -d '{"messages":[{"role":"user","content":"hi"}]}'
+      curl localhost:8080/v1/chat/completions -H 'Content-Type: application/json' \\
+        -d '{"messages":[{"role":"user","content":"hi"}]}'
     """
     from ggrun import models
-    from ggrun.engine import DEFAULT_CTX
     from ggrun.server import check_address
     from ggrun.server import serve as run
 
+    if api_key_file is not None:
+        api_key = _read_key(api_key_file)
     if not _is_loopback(host) and not api_key:
         print(
             f"ggrun: warning: serving on {host} without --api-key: anyone who can reach "
@@ -68,10 +76,8 @@ def serve(
         )
     check_address(host, port)
     ref = model or models.default_model()[0]
-    kw = options.load_kwargs(opts)
-    slot_ctx = kw.pop("n_ctx")
-    with options.load_model(ref, {**opts, "ctx": 64}) as m:
-        slot = slot_ctx or min(m.n_ctx_train or DEFAULT_CTX, DEFAULT_CTX)
+    with options.load_model(ref, opts, context=False) as m:  # the engine makes its own
+        slot = m.n_ctx
         model_id = m.path.stem if not model or models.looks_like_path(model) else model
         print(
             f"ggrun: serving {model_id} on http://{host}:{port}/v1 "
@@ -80,3 +86,15 @@ def serve(
         )
         run(m, model_id=model_id, host=host, port=port, parallel=parallel, slot_ctx=slot,
             api_key=api_key)  # fmt: skip
+
+
+def _read_key(path: Path) -> str:
+    from ggrun.errors import InvalidArgument
+
+    try:
+        key = path.read_text(encoding="utf-8").strip().splitlines()[0].strip()
+    except (OSError, UnicodeDecodeError, IndexError) as e:
+        raise InvalidArgument(f"--api-key-file {path}: cannot read a key: {e}") from None
+    if not key:
+        raise InvalidArgument(f"--api-key-file {path}: the file holds no key")
+    return key

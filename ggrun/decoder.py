@@ -1,0 +1,233 @@
+"""The token loop: sequences decoded together in one llama.cpp context, step by step.
+
+:class:`Decoder` is the one loop of ggrun. :class:`ggrun.Model` runs one sequence
+through it (and keeps its KV cache for the next call); :class:`ggrun.batch.Batcher`
+runs up to ``n_seq_max`` at once. Each :meth:`Decoder.step` puts into one batch, for
+every generating sequence, its last sampled token (plus any drafted tokens to verify),
+then as many prompt tokens of new sequences as fit; decodes once; and then, for each
+sequence, samples from its rows, feeds each token through its
+:class:`~ggrun.textstream.TextStream`, and decides whether it ends (end of generation, a
+stop string, its token limit, or an error of its own).
+
+A sequence's error (a grammar dead end, say) ends that sequence only; a failed decode
+fails the step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ggrun import llama
+from ggrun.errors import GgrunError
+from ggrun.request import Request
+from ggrun.sampling import SamplingConfig
+from ggrun.textstream import Chunk, Result, TextStream
+
+
+@dataclass
+class Prepared:
+    """A request made ready for one model: rendered, tokenized, sampling resolved."""
+
+    request: Request
+    tokens: list[int]
+    sampling: SamplingConfig
+    chat: bool = False  # a chat reply: the thinking split applies
+    starts_thinking: bool = False  # the prompt leaves a <think> block open
+    lazy: bool = False  # the constraint applies after </think>
+    index: int = 0  # a batch's or a server's handle for the request
+
+    @property
+    def grammar(self) -> str | None:
+        c = self.request.constraint
+        return c.grammar if c is not None else None
+
+
+@dataclass
+class Sequence:
+    """One running request: its sampler, its text pipeline and its place in the cache."""
+
+    seq: int
+    job: Prepared
+    sampler: llama.Sampler
+    stream: TextStream
+    limit: int
+    kv: list[int]  # tokens whose cells hold this sequence in the cache, in order
+    todo: list[int]  # tokens to decode next: the rest of the prompt, or the last sampled one
+    drafts: list[int] = field(default_factory=list)  # guesses after ``todo`` to verify
+    prompting: bool = True
+    rows: list[int] = field(default_factory=list)  # this step's batch rows with logits
+    out: list[Chunk] = field(default_factory=list)  # chunks not yet taken by a reader
+    last: Chunk | None = None  # the final chunk, once finished
+    error: GgrunError | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.last is not None
+
+    def drain(self) -> list[Chunk]:
+        out, self.out = self.out, []
+        return out
+
+    def result(self) -> Result:
+        """The whole reply (call once finished)."""
+        assert self.last is not None
+        r = self.stream.result(self.last)
+        r.id = self.job.request.id
+        if self.error is not None:
+            r.error = str(self.error)
+        return r
+
+
+class Decoder:
+    """Steps the sequences of one context; see the module docstring."""
+
+    def __init__(self, ctx: llama.Context, is_end: Callable[[int], bool]) -> None:
+        self.ctx = ctx
+        self.is_end = is_end
+        self.batch = llama.Batch(max(ctx.n_batch, ctx.n_seq_max))
+        self.seqs: dict[int, Sequence] = {}
+        self.tokens_generated = 0
+
+    def close(self) -> None:
+        for s in list(self.seqs.values()):
+            s.sampler.close()
+        self.seqs.clear()
+        self.batch.close()
+
+    # -- sequences ------------------------------------------------------------
+    def start(
+        self,
+        seq: int,
+        job: Prepared,
+        *,
+        kept: list[int] | None = None,
+        on_chunk: Callable[[Chunk], Any] | None = None,
+    ) -> Sequence:
+        """Start ``job`` as sequence ``seq``; ``kept`` are its cells already in the cache
+        (a prefix of the prompt: only the rest is decoded)."""
+        if seq in self.seqs:
+            raise GgrunError(f"sequence {seq} is busy")
+        kept = list(kept or [])
+        n_keep = len(kept)
+        room = self.ctx.seq_ctx - len(job.tokens)
+        req = job.request
+        limit = room if req.max_tokens is None else min(req.max_tokens, room)
+        self.ctx.drop(seq, n_keep)
+        sampler = llama.Sampler(job.sampling, self.ctx, job.grammar, lazy=job.lazy)
+        stream = TextStream(
+            self.ctx.weights.token_bytes,
+            n_prompt=len(job.tokens),
+            n_cached=n_keep,
+            stop=req.stop,
+            split_thinking=job.chat,
+            starts_in_thinking=job.starts_thinking,
+            on_chunk=on_chunk,
+        )
+        s = Sequence(seq, job, sampler, stream, limit, kv=kept, todo=job.tokens[n_keep:])
+        self.seqs[seq] = s
+        if limit <= 0:
+            self._finish(s, "length")
+        return s
+
+    def release(self, s: Sequence, *, keep: bool = False) -> list[int]:
+        """Free a sequence's slot; return the tokens its cells hold (dropped unless ``keep``)."""
+        s.sampler.close()
+        self.seqs.pop(s.seq, None)
+        if not keep:
+            self.ctx.drop(s.seq, 0)
+            return []
+        return s.kv
+
+    @property
+    def active(self) -> int:
+        return len(self.seqs)
+
+    # -- the step -------------------------------------------------------------
+    def step(self) -> list[Sequence]:
+        """Decode once for every running sequence; return the ones that finished."""
+        live = [s for s in self.seqs.values() if not s.finished]
+        if not live:
+            return []
+        self._fill(live)
+        self.ctx.decode(self.batch)
+        done = []
+        for s in live:
+            if s.rows:
+                self._advance(s)
+            if s.finished:
+                done.append(s)
+        return done
+
+    def _fill(self, live: list[Sequence]) -> None:
+        b = self.batch
+        b.clear()
+        for s in live:  # generating sequences first: their token and its drafts
+            s.rows = []
+            if s.prompting:
+                continue
+            for t in [*s.todo, *s.drafts]:
+                s.rows.append(b.add(t, len(s.kv) + len(s.rows), s.seq, True))
+        for s in live:  # then prompt tokens, as many as fit
+            if not s.prompting or not b.room:
+                continue
+            n = min(b.room, len(s.todo))
+            base = len(s.kv)
+            for i in range(n):
+                last = i == len(s.todo) - 1
+                row = b.add(s.todo[i], base + i, s.seq, last)
+                if last:
+                    s.rows.append(row)
+            s.kv += s.todo[:n]
+            s.todo = s.todo[n:]
+
+    def _advance(self, s: Sequence) -> None:
+        if s.prompting:
+            s.prompting = False
+            s.stream.prompt_done()
+        else:
+            s.kv += s.todo
+        drafts, s.drafts = s.drafts, []
+        accepted = 0
+        for j, row in enumerate(s.rows):
+            try:
+                token = s.sampler.sample(row)
+            except GgrunError as e:
+                s.error = e
+                self._finish(s, "error")
+                break
+            if self._take(s, token):
+                break
+            if j < len(drafts) and token == drafts[j]:
+                accepted += 1
+                s.kv.append(token)
+                continue
+            s.todo = [token]
+            break
+        n_cells = len(s.kv)
+        if accepted < len(drafts) or s.finished:
+            self.ctx.drop(s.seq, n_cells)  # cells of rejected guesses
+
+    def _take(self, s: Sequence, token: int) -> bool:
+        """One sampled token through the pipeline; True when the sequence ends here."""
+        if self.is_end(token):
+            self._finish(s, "stop")
+            return True
+        self.tokens_generated += 1
+        was_thinking = s.stream.thinking
+        chunk, hit = s.stream.feed(token)
+        if chunk is not None:
+            s.out.append(chunk)
+        if was_thinking and not s.stream.thinking:
+            s.sampler.activate()  # a lazy grammar starts after the thought
+        if hit:
+            self._finish(s, "stop")
+        elif s.stream.n_generated >= s.limit:
+            self._finish(s, "length")
+        return s.finished
+
+    def _finish(self, s: Sequence, reason: str) -> None:
+        s.todo = []
+        s.last = s.stream.finish(reason)
+        s.out.append(s.last)

@@ -1,0 +1,295 @@
+"""The OpenAI adapter: request bodies to :class:`~ggrun.request.Request` options, results
+and chunks back to OpenAI's JSON. No HTTP here (that is :mod:`ggrun.server`).
+
+Every field is checked: a wrong type or value is an :class:`ApiError` (a 400 with
+OpenAI's error body) naming it, and a field ggrun does not implement is a 400 that
+names it, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from ggrun.errors import GgrunError
+from ggrun.textstream import Chunk, Result
+
+SAMPLING_KEYS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "repeat_penalty",
+)
+COMMON_KEYS = {
+    "model",
+    "stream",
+    "stream_options",
+    "max_tokens",
+    "stop",
+    "user",
+    "response_format",
+    "n",
+    "logit_bias",
+    "logprobs",
+    *SAMPLING_KEYS,
+}
+CHAT_KEYS = COMMON_KEYS | {
+    "messages",
+    "max_completion_tokens",
+    "chat_template_kwargs",
+    "think",
+    "top_logprobs",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+}
+COMPLETION_KEYS = COMMON_KEYS | {"prompt", "echo", "suffix", "best_of"}
+MAX_CONTENT_PARTS = 1000
+
+
+class ApiError(Exception):
+    """An error answered with OpenAI's error body."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        kind: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.param, self.code = status, kind, param, code
+
+    def body(self) -> dict[str, Any]:
+        err = {"message": str(self), "type": self.kind, "param": self.param, "code": self.code}
+        return {"error": err}
+
+
+def _bad(message: str, param: str | None = None) -> ApiError:
+    return ApiError(400, message, param=param)
+
+
+def _check_fields(body: Mapping[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(k for k in body if k not in allowed)
+    if unknown:
+        raise _bad(f"unknown field(s): {', '.join(unknown)[:200]}", unknown[0][:100])
+    unsupported = [
+        name
+        for name, ok in (
+            ("n", body.get("n") in (None, 1)),
+            ("best_of", body.get("best_of") in (None, 1)),
+            ("logit_bias", not body.get("logit_bias")),
+            ("logprobs", body.get("logprobs") in (None, False)),
+            ("top_logprobs", body.get("top_logprobs") in (None, 0)),
+            ("tools", not body.get("tools")),
+            ("tool_choice", body.get("tool_choice") in (None, "none", "auto")),
+            ("echo", body.get("echo") in (None, False)),
+            ("suffix", body.get("suffix") in (None, "")),
+        )
+        if not ok
+    ]
+    if unsupported:
+        raise _bad(f"not supported by ggrun: {', '.join(unsupported)}", unsupported[0])
+    if not isinstance(body.get("stream", False), bool):
+        raise _bad("'stream' must be true or false", "stream")
+    so = body.get("stream_options")
+    if so is not None and (
+        not isinstance(so, dict)
+        or set(so) - {"include_usage"}
+        or not isinstance(so.get("include_usage", False), bool)
+    ):
+        raise _bad("'stream_options' may only hold include_usage (a boolean)", "stream_options")
+
+
+def _sampling(body: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: body[k] for k in SAMPLING_KEYS if body.get(k) is not None}
+
+
+def _max_tokens(body: Mapping[str, Any], *names: str) -> Any:
+    for name in names:
+        if body.get(name) is not None:
+            v = body[name]
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise _bad(f"'{name}' must be a positive integer", name)
+            return v
+    return None
+
+
+def _structured(rf: Any) -> dict[str, Any]:
+    """``response_format`` as request options (OpenAI's shape, mapped here only)."""
+    if rf is None:
+        return {}
+    if not isinstance(rf, dict) or rf.get("type") not in ("text", "json_object", "json_schema"):
+        raise _bad(
+            "response_format.type must be text, json_object or json_schema", "response_format"
+        )
+    if rf["type"] == "text":
+        return {}
+    if rf["type"] == "json_object":
+        inner = rf.get("schema")  # llama.cpp's extension: a schema inside json_object
+        return {"json": True} if inner is None else {"schema": _schema(inner)}
+    spec = rf.get("json_schema")
+    if not isinstance(spec, dict) or "schema" not in spec:
+        raise _bad("response_format json_schema needs json_schema.schema", "response_format")
+    return {"schema": _schema(spec["schema"])}
+
+
+def _schema(schema: Any) -> dict[str, Any]:
+    if not isinstance(schema, dict):
+        raise _bad("a JSON schema must be a JSON object", "response_format")
+    return schema
+
+
+def _think(body: Mapping[str, Any]) -> bool | None:
+    kw = body.get("chat_template_kwargs")
+    if kw is not None:
+        if not isinstance(kw, dict) or set(kw) - {"enable_thinking"}:
+            raise _bad("chat_template_kwargs may only hold enable_thinking", "chat_template_kwargs")
+        v = kw.get("enable_thinking")
+        if v is not None and not isinstance(v, bool):
+            raise _bad("enable_thinking must be true or false", "chat_template_kwargs")
+        if v is not None:
+            return bool(v)
+    think = body.get("think")
+    if think is not None and not isinstance(think, bool):
+        raise _bad("'think' must be true or false", "think")
+    return think
+
+
+def _content(m: Mapping[str, Any], i: int) -> str:
+    content = m.get("content")
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and len(content) <= MAX_CONTENT_PARTS:
+        parts = []
+        for j, p in enumerate(content):
+            if not isinstance(p, dict) or p.get("type") != "text":
+                raise _bad(f"messages[{i}].content[{j}]: only text parts are supported", "messages")
+            if not isinstance(p.get("text"), str):
+                raise _bad(f"messages[{i}].content[{j}].text must be a string", "messages")
+            parts.append(p["text"])
+        return "".join(parts)
+    raise _bad(f"messages[{i}].content must be a string or a list of text parts", "messages")
+
+
+def _messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise _bad("'messages' must be a non-empty list", "messages")
+    out = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict):
+            raise _bad(f"messages[{i}] must be an object", "messages")
+        role = m.get("role")
+        if role not in ("system", "user", "assistant", "developer", "tool"):
+            raise _bad(
+                f"messages[{i}].role must be system, user, assistant, developer or tool",
+                "messages",
+            )
+        if m.get("tool_calls"):
+            raise _bad(f"messages[{i}]: not supported by ggrun: tool_calls", "messages")
+        out.append({"role": "system" if role == "developer" else role, "content": _content(m, i)})
+    return out
+
+
+def chat_options(body: Mapping[str, Any]) -> dict[str, Any]:
+    """``/v1/chat/completions`` body -> request options."""
+    _check_fields(body, CHAT_KEYS)
+    return {
+        "messages": _messages(body),
+        "think": _think(body),
+        "stop": body.get("stop"),
+        "max_tokens": _max_tokens(body, "max_completion_tokens", "max_tokens"),
+        **_sampling(body),
+        **_structured(body.get("response_format")),
+    }
+
+
+def completion_options(body: Mapping[str, Any]) -> dict[str, Any]:
+    """``/v1/completions`` body -> request options."""
+    _check_fields(body, COMPLETION_KEYS)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str) or not prompt:
+        raise _bad("'prompt' must be a non-empty string", "prompt")
+    return {
+        "prompt": prompt,
+        "stop": body.get("stop"),
+        "max_tokens": _max_tokens(body, "max_tokens"),
+        **_sampling(body),
+        **_structured(body.get("response_format")),
+    }
+
+
+def from_error(e: GgrunError) -> ApiError:
+    from ggrun.errors import ContextOverflow
+
+    if isinstance(e, ContextOverflow):
+        return ApiError(400, str(e), code="context_length_exceeded")
+    return ApiError(400, str(e))
+
+
+# ---------------------------------------------------------------- responses
+
+
+def usage(r: Result | Chunk) -> dict[str, Any]:
+    u: dict[str, Any] = {
+        "prompt_tokens": r.prompt_tokens,
+        "completion_tokens": r.completion_tokens,
+        "total_tokens": r.prompt_tokens + r.completion_tokens,
+    }
+    if r.reasoning_tokens:
+        u["completion_tokens_details"] = {"reasoning_tokens": r.reasoning_tokens}
+    if r.cached_tokens:
+        u["prompt_tokens_details"] = {"cached_tokens": r.cached_tokens}
+    return u
+
+
+def final_body(rid: str, model_id: str, r: Result, chat: bool) -> dict[str, Any]:
+    """A whole (non-streamed) response."""
+    if chat:
+        msg: dict[str, Any] = {"role": "assistant", "content": r.text}
+        if r.reasoning:
+            msg["reasoning_content"] = r.reasoning
+        choice: dict[str, Any] = {"index": 0, "message": msg, "finish_reason": r.finish_reason}
+        obj = "chat.completion"
+    else:
+        choice = {"index": 0, "text": r.text, "finish_reason": r.finish_reason, "logprobs": None}
+        obj = "text_completion"
+    return {
+        "id": rid,
+        "object": obj,
+        "created": int(time.time()),
+        "model": model_id,
+        "choices": [choice],
+        "usage": usage(r),
+    }
+
+
+def chunk_body(rid: str, model_id: str, created: int, chat: bool, c: Chunk | None,
+               finish: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """One streamed event: a delta, or (``c`` None) the first or the last event."""
+    if chat:
+        delta: dict[str, Any] = {}
+        if c is None and finish is None:
+            delta = {"role": "assistant", "content": ""}
+        elif c is not None:
+            if c.text:
+                delta["content"] = c.text
+            if c.reasoning:
+                delta["reasoning_content"] = c.reasoning
+        choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+        obj = "chat.completion.chunk"
+    else:
+        choice = {"index": 0, "text": c.text if c else "", "finish_reason": finish}
+        obj = "text_completion"
+    return {"id": rid, "object": obj, "created": created, "model": model_id, "choices": [choice]}

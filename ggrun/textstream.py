@@ -1,0 +1,291 @@
+"""One sequence's text pipeline: sampled tokens in, :class:`Chunk` deltas out.
+
+Every generated token, whether from :meth:`ggrun.Model.stream` or from a batch slot, goes
+through one :class:`TextStream`: its bytes are assembled into UTF-8 text, stop strings
+cut the stream (holding back what could be the start of one), ``<think>…</think>`` is
+split from the answer, and the counts and speeds are kept. The last chunk carries the
+``finish_reason`` and the final statistics, with the same meaning on every path.
+"""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+from ggrun.templates import THINK_CLOSE, THINK_OPEN
+
+
+@dataclass
+class Chunk:
+    """One step of a stream: new answer text and/or new reasoning text.
+
+    The last chunk has ``finish_reason`` set and carries the final counts and speeds.
+    """
+
+    text: str = ""
+    reasoning: str = ""
+    token: int | None = None
+    finish_reason: str | None = None  # "stop", "length" (or "interrupted") on the last chunk
+    prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens reused from the KV cache
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0  # of completion_tokens, those inside <think>…</think>
+    prompt_tps: float = 0.0
+    generation_tps: float = 0.0
+    ttft: float = 0.0  # seconds from the start of the request to its first token
+
+
+@dataclass
+class Result:
+    """A finished generation (also one request of a batch: ``id``, and ``error`` if it failed)."""
+
+    text: str
+    finish_reason: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    cached_tokens: int = 0
+    prompt_tps: float = 0.0
+    generation_tps: float = 0.0
+    ttft: float = 0.0
+    reasoning: str | None = None
+    data: Any = None
+    id: Any = None
+    error: str | None = None
+
+    @classmethod
+    def from_last(
+        cls, last: Chunk, text: str, reasoning: str, default_finish: str = "stop"
+    ) -> Self:
+        """A result from the stream's text, its reasoning and its last chunk's counts."""
+        return cls(
+            text=text,
+            finish_reason=last.finish_reason or default_finish,
+            prompt_tokens=last.prompt_tokens,
+            completion_tokens=last.completion_tokens,
+            reasoning_tokens=last.reasoning_tokens,
+            cached_tokens=last.cached_tokens,
+            prompt_tps=last.prompt_tps,
+            generation_tps=last.generation_tps,
+            ttft=last.ttft,
+            reasoning=reasoning.strip() or None,
+        )
+
+    @classmethod
+    def collect(cls, chunks: Iterator[Chunk]) -> Result:
+        text: list[str] = []
+        reasoning: list[str] = []
+        last = Chunk()
+        for c in chunks:
+            text.append(c.text)
+            reasoning.append(c.reasoning)
+            last = c
+        return cls.from_last(last, "".join(text), "".join(reasoning))
+
+    @classmethod
+    def failed(cls, error: str, id: Any = None) -> Result:
+        return cls(text="", finish_reason="error", id=id, error=error)
+
+
+@dataclass
+class StopMatcher:
+    """Cut the stream at the first stop string, holding back possible partial matches."""
+
+    stops: tuple[str, ...]
+    pending: str = ""
+    hold: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.stops = tuple(s for s in self.stops if s)
+        self.hold = max((len(s) for s in self.stops), default=1) - 1
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        if not self.stops:
+            return text, False
+        self.pending += text
+        cut = min((i for i in (self.pending.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            out, self.pending = self.pending[:cut], ""
+            return out, True
+        keep = len(self.pending) - self.hold if self.hold else len(self.pending)
+        out, self.pending = self.pending[: max(keep, 0)], self.pending[max(keep, 0) :]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+class ThinkSplitter:
+    """Split a token stream into answer text and reasoning (``<think>…</think>``).
+
+    ``feed`` returns ``(answer_delta, reasoning_delta)``. A think block is recognised
+    only before any answer text, as Qwen3 and R1-style models emit it.
+    """
+
+    def __init__(self, in_think: bool = False) -> None:
+        self.in_think = in_think
+        self.done_thinking = False
+        self.answer_started = False
+        self.buf = ""
+
+    def _tag(self) -> str | None:
+        if self.in_think:
+            return THINK_CLOSE
+        if self.done_thinking or self.answer_started:
+            return None
+        return THINK_OPEN
+
+    def feed(self, text: str) -> tuple[str, str]:
+        self.buf += text
+        answer: list[str] = []
+        reasoning: list[str] = []
+        while True:
+            tag = self._tag()
+            if tag is None:
+                if not self.answer_started:
+                    self.buf = self.buf.lstrip()
+                    self.answer_started = bool(self.buf)
+                answer.append(self.buf)
+                self.buf = ""
+                break
+            i = self.buf.find(tag)
+            if i >= 0:
+                head, self.buf = self.buf[:i], self.buf[i + len(tag) :]
+                if self.in_think:
+                    reasoning.append(head)
+                    self.in_think, self.done_thinking = False, True
+                    self.buf = self.buf.lstrip()
+                else:
+                    answer.append(head)
+                    self.in_think = True
+                    self.buf = self.buf.lstrip()
+                continue
+            keep = _partial_suffix(self.buf, tag)
+            head, self.buf = self.buf[: len(self.buf) - keep], self.buf[len(self.buf) - keep :]
+            if self.in_think:
+                reasoning.append(head)
+            else:
+                if head.strip():
+                    self.answer_started = True
+                # whitespace before a possible <think> is held back, not emitted
+                if self.answer_started:
+                    answer.append(head)
+                else:
+                    self.buf = head + self.buf
+            break
+        return "".join(answer), "".join(reasoning)
+
+    def flush(self) -> tuple[str, str]:
+        rest, self.buf = self.buf, ""
+        if self.in_think:
+            return "", rest
+        return (rest if (self.answer_started or rest.strip()) else ""), ""
+
+
+def _partial_suffix(text: str, tag: str) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of ``tag``."""
+    for n in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:n]):
+            return n
+    return 0
+
+
+class TextStream:
+    """The pipeline of one sequence: feed it each sampled token, then :meth:`finish` it.
+
+    ``on_chunk`` (optional) sees every chunk this stream produces, the last one included.
+    """
+
+    def __init__(
+        self,
+        token_bytes: Callable[[int], bytes],
+        *,
+        n_prompt: int,
+        n_cached: int = 0,
+        stop: tuple[str, ...] = (),
+        split_thinking: bool = False,
+        starts_in_thinking: bool = False,
+        on_chunk: Callable[[Chunk], Any] | None = None,
+    ) -> None:
+        self._bytes = token_bytes
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._stopper = StopMatcher(stop)
+        self._splitter = ThinkSplitter(starts_in_thinking) if split_thinking else None
+        self.on_chunk = on_chunk
+        self.stats = Chunk(prompt_tokens=n_prompt, cached_tokens=n_cached)
+        self.t_start = time.perf_counter()
+        self._t_prompt = 0.0
+        self._t_first = 0.0
+        self.text: list[str] = []
+        self.reasoning: list[str] = []
+
+    @property
+    def thinking(self) -> bool:
+        """Whether the model is inside a ``<think>`` block now."""
+        return self._splitter is not None and self._splitter.in_think
+
+    @property
+    def n_generated(self) -> int:
+        return self.stats.completion_tokens
+
+    def prompt_done(self) -> None:
+        """The prompt is in the KV cache (its last logits are out)."""
+        self._t_prompt = time.perf_counter()
+        dt = self._t_prompt - self.t_start
+        done = self.stats.prompt_tokens - self.stats.cached_tokens
+        self.stats.prompt_tps = done / dt if dt > 0 else 0.0
+
+    def feed(self, token: int) -> tuple[Chunk | None, bool]:
+        """Take one generated token (not an end-of-generation one).
+
+        Returns the new text as a chunk (None when all of it is held back) and whether
+        a stop string was hit.
+        """
+        now = time.perf_counter()
+        s = self.stats
+        if not s.completion_tokens:
+            self._t_first = now
+            s.ttft = now - self.t_start
+        thinking = self.thinking
+        s.completion_tokens += 1
+        text, hit = self._stopper.feed(self._decoder.decode(self._bytes(token)))
+        answer, thought = self._splitter.feed(text) if self._splitter else (text, "")
+        if thinking or self.thinking:
+            s.reasoning_tokens += 1
+        dt = now - (self._t_prompt or self.t_start)
+        s.generation_tps = s.completion_tokens / dt if dt > 0 else 0.0
+        return self._emit(answer, thought, token), hit
+
+    def finish(self, reason: str) -> Chunk:
+        """Flush what was held back; the last chunk, with ``finish_reason`` and the stats."""
+        tail = self._decoder.decode(b"", final=True) + self._stopper.flush()
+        answer, thought = self._splitter.feed(tail) if self._splitter else (tail, "")
+        if self._splitter:  # text held back as a possible partial tag is the reply's end
+            a2, t2 = self._splitter.flush()
+            answer, thought = answer + a2, thought + t2
+        self.text.append(answer)
+        self.reasoning.append(thought)
+        last = dataclasses.replace(
+            self.stats, text=answer, reasoning=thought, token=None, finish_reason=reason
+        )
+        if self.on_chunk is not None:
+            self.on_chunk(last)
+        return last
+
+    def result(self, last: Chunk) -> Result:
+        return Result.from_last(last, "".join(self.text), "".join(self.reasoning))
+
+    def _emit(self, answer: str, thought: str, token: int | None) -> Chunk | None:
+        if not (answer or thought):
+            return None
+        self.text.append(answer)
+        self.reasoning.append(thought)
+        chunk = dataclasses.replace(self.stats, text=answer, reasoning=thought, token=token)
+        if self.on_chunk is not None:
+            self.on_chunk(chunk)
+        return chunk
