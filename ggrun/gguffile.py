@@ -12,8 +12,10 @@ magic ``GGUF``, u32 version, u64 tensor count, u64 metadata count, the metadata
 key/value pairs, the tensor infos (name, n_dims, dims, ggml type, offset), padding to
 ``general.alignment`` (32 by default), then the tensor data.
 
-Type tables come from gguf-py (``GGUFValueType``, ``GGML_QUANT_SIZES``), not from
-literals here.
+Names and type tables come from gguf-py (``Keys``, ``GGUFValueType``,
+``GGML_QUANT_SIZES``), not from literals here. Beyond the layout, the metadata that
+llama.cpp asserts on is refused (:mod:`ggrun.ggufcheck`); a vocabulary that is not
+unique as C strings is refused while it is read.
 """
 
 from __future__ import annotations
@@ -27,9 +29,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
+from gguf.constants import (
+    GGML_QUANT_SIZES,
+    GGMLQuantizationType,
+    GGUFValueType,
+    Keys,
+    LlamaFileType,
+)
 
+from ggrun import ggufcheck
 from ggrun.errors import InvalidModelFile, ModelNotFound
+from ggrun.ggufcheck import ArrayValue
 
 MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -44,7 +54,8 @@ MAX_TENSORS = 1 << 20
 MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_TENSOR_NAME = 63  # GGML_MAX_NAME - 1
 MAX_ELEMENTS = 1 << 62
-KEEP_ARRAY_VALUES = 64  # arrays longer than this are validated but not kept
+KEEP_ARRAY_VALUES = 64  # string arrays longer than this are validated but not kept
+KEEP_NUMBER_VALUES = 512  # numeric arrays up to this long (per-layer values) are kept
 
 _SCALARS: dict[int, struct.Struct] = {
     GGUFValueType.UINT8: struct.Struct("<B"),
@@ -60,20 +71,11 @@ _SCALARS: dict[int, struct.Struct] = {
     GGUFValueType.FLOAT64: struct.Struct("<d"),
 }
 _U32 = _SCALARS[GGUFValueType.UINT32]
-_U64 = _SCALARS[GGUFValueType.UINT64]
 _INT_TYPES = {
     GGUFValueType.UINT8, GGUFValueType.INT8, GGUFValueType.UINT16, GGUFValueType.INT16,
     GGUFValueType.UINT32, GGUFValueType.INT32, GGUFValueType.UINT64, GGUFValueType.INT64,
 }  # fmt: skip
-
-
-@dataclass(frozen=True)
-class ArrayValue:
-    """A metadata array: its element type and length; values only when short."""
-
-    type: int
-    count: int
-    values: tuple[Any, ...] | None = None
+_U64 = _SCALARS[GGUFValueType.UINT64]
 
 
 @dataclass(frozen=True)
@@ -110,31 +112,35 @@ class GGUFInfo:
     def get(self, key: str, default: Any = None) -> Any:
         return self.metadata.get(key, default)
 
+    def param(self, key: str, default: Any = None) -> Any:
+        """A gguf-py key, ``{arch}`` filled in: ``param(Keys.LLM.BLOCK_COUNT)``."""
+        return self.metadata.get(key.format(arch=self.arch), default)
+
     def arch_get(self, suffix: str, default: Any = None) -> Any:
         """``{arch}.suffix``, e.g. ``arch_get("context_length")``."""
         return self.metadata.get(f"{self.arch}.{suffix}", default)
 
     @property
     def arch(self) -> str:
-        return str(self.metadata.get("general.architecture", ""))
+        return str(self.metadata.get(Keys.General.ARCHITECTURE, ""))
 
     @property
     def name(self) -> str:
-        return str(self.metadata.get("general.name") or self.path.stem)
+        return str(self.metadata.get(Keys.General.NAME) or self.path.stem)
 
     @property
     def chat_template(self) -> str | None:
-        t = self.metadata.get("tokenizer.chat_template")
+        t = self.metadata.get(Keys.Tokenizer.CHAT_TEMPLATE)
         return t if isinstance(t, str) and t.strip() else None
 
     @property
     def context_length(self) -> int | None:
-        v = self.arch_get("context_length")
+        v = self.param(Keys.LLM.CONTEXT_LENGTH)
         return int(v) if isinstance(v, int) and v > 0 else None
 
     @property
     def n_vocab(self) -> int:
-        tokens = self.metadata.get("tokenizer.ggml.tokens")
+        tokens = self.metadata.get(Keys.Tokenizer.LIST)
         return tokens.count if isinstance(tokens, ArrayValue) else 0
 
     @property
@@ -156,9 +162,7 @@ class GGUFInfo:
     @property
     def file_type(self) -> str:
         """The quantization named by ``general.file_type`` (e.g. ``Q4_K_M``), else ``quant``."""
-        from gguf.constants import LlamaFileType
-
-        ft = self.metadata.get("general.file_type")
+        ft = self.metadata.get(Keys.General.FILE_TYPE)
         try:
             name = LlamaFileType(int(ft)).name if isinstance(ft, int) else ""
         except ValueError:
@@ -245,31 +249,49 @@ class _Reader:
                 f"{what} has {count} elements, over the limit of {MAX_ARRAY_LEN}", start
             )
         if etype in _SCALARS:
-            size = _SCALARS[etype].size
-            self.need(count * size, what)
-            if count <= KEEP_ARRAY_VALUES:
-                s = _SCALARS[etype]
-                vals = tuple(s.unpack_from(self.buf, self.pos + i * size)[0] for i in range(count))
-                self.pos += count * size
+            s = _SCALARS[etype]
+            self.need(count * s.size, what)
+            start, self.pos = self.pos, self.pos + count * s.size
+            if count <= KEEP_NUMBER_VALUES:
+                vals = tuple(s.unpack_from(self.buf, start + i * s.size)[0] for i in range(count))
                 return ArrayValue(etype, count, vals)
-            self.pos += count * size
+            if etype in _INT_TYPES:  # token types: which kinds occur
+                import numpy as np
+
+                found = np.unique(np.frombuffer(self.buf, np.dtype(s.format), count, start))
+                return ArrayValue(etype, count, distinct=frozenset(found[:256].tolist()))
             return ArrayValue(etype, count)
         if etype == GGUFValueType.STRING:
             self.need(count * 8, what)  # every string has at least its 8-byte length
             if count <= KEEP_ARRAY_VALUES and not unique:
                 return ArrayValue(etype, count, tuple(self.string(what) for _ in range(count)))
-            seen: set[bytes] = set()
+            seen: dict[bytes, int] = {}
+            byte_tokens: dict[str, set[int]] = {m: set() for m in ggufcheck.BYTE_TOKENS}
             for i in range(count):
                 a, b = self.skip_string(f"element of {what}")
                 if unique:  # llama.cpp asserts (aborts) on duplicate tokens
-                    item = bytes(self.buf[a:b])
+                    item = _as_c_string(bytes(self.buf[a:b]), i)
                     if item in seen:
-                        raise self.fail(f"{what} holds {item[:40]!r} twice (entry {i})", a)
-                    seen.add(item)
-            return ArrayValue(etype, count)
+                        raise self.fail(
+                            f"{what} holds {item[:40]!r} twice (entries {seen[item]} and {i}; "
+                            "llama.cpp reads each up to its first NUL byte)",
+                            a,
+                        )
+                    seen[item] = i
+                    if len(item) in ggufcheck.BYTE_TOKEN_LENGTHS:
+                        for model, read in ggufcheck.BYTE_TOKENS.items():
+                            if (byte := read(item)) is not None:
+                                byte_tokens[model].add(byte)
+            covered = {m: frozenset(b) for m, b in byte_tokens.items()}
+            return ArrayValue(etype, count, byte_tokens=covered if unique else None)
         if etype == GGUFValueType.ARRAY:
             raise self.fail(f"{what} is a nested array, which llama.cpp does not support", start)
         raise self.fail(f"{what} has unknown element type {etype}", start)
+
+
+def _as_c_string(raw: bytes, index: int) -> bytes:
+    """A token as llama.cpp stores it: cut at its first NUL; empty ones become [EMPTY_i]."""
+    return raw.split(b"\0", 1)[0] or b"[EMPTY_%d]" % index
 
 
 @contextmanager
@@ -325,11 +347,11 @@ def _parse(r: _Reader) -> GGUFInfo:
         if key in metadata:
             raise r.fail(f"duplicate metadata key {key!r}", start)
         vtype = r.u32(f"type of {key!r}")
-        metadata[key] = r.value(vtype, repr(key), unique=key == "tokenizer.ggml.tokens")
+        metadata[key] = r.value(vtype, repr(key), unique=key == Keys.Tokenizer.LIST)
 
-    alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+    alignment = metadata.get(Keys.General.ALIGNMENT, DEFAULT_ALIGNMENT)
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
-        raise r.fail(f"general.alignment {alignment!r} is not a power of two")
+        raise r.fail(f"{Keys.General.ALIGNMENT} {alignment!r} is not a power of two")
 
     raw_tensors = []
     names: set[str] = set()
@@ -389,51 +411,8 @@ def _parse(r: _Reader) -> GGUFInfo:
                 f"{r.size}-byte file; the file is truncated",
                 t.offset,
             )
-    info = GGUFInfo(r.path, version, r.size, data_offset, metadata, tensors)
-    _check_semantics(info, r)
-    return info
-
-
-_TOKEN_ID_KEYS = (
-    "bos",
-    "eos",
-    "eot",
-    "eom",
-    "unknown",
-    "seperator",
-    "padding",
-    "mask",
-    "cls",
-    "fim_pre",
-    "fim_suf",
-    "fim_mid",
-    "fim_pad",
-    "fim_rep",
-    "fim_sep",
-)
-
-
-def _check_semantics(info: GGUFInfo, r: _Reader) -> None:
-    """Checks on the metadata that llama.cpp relies on without always checking."""
-    arch = info.metadata.get("general.architecture")
-    if not isinstance(arch, str) or not arch:
-        raise r.fail("general.architecture is missing or not a string", 24)
-    tokens = info.metadata.get("tokenizer.ggml.tokens")
-    if tokens is not None:
-        if not isinstance(tokens, ArrayValue) or tokens.type != GGUFValueType.STRING:
-            raise r.fail("tokenizer.ggml.tokens is not an array of strings", 24)
-        for key in ("tokenizer.ggml.scores", "tokenizer.ggml.token_type"):
-            v = info.metadata.get(key)
-            if v is not None and (not isinstance(v, ArrayValue) or v.count != tokens.count):
-                raise r.fail(f"{key} does not have one entry per token ({tokens.count})", 24)
-        for name in _TOKEN_ID_KEYS:
-            key = f"tokenizer.ggml.{name}_token_id"
-            v = info.metadata.get(key)
-            if v is not None and (
-                not isinstance(v, int) or isinstance(v, bool) or not -1 <= v < tokens.count
-            ):
-                raise r.fail(f"{key} = {v!r} is not a token id below {tokens.count}", 24)
-    for suffix in ("context_length", "block_count", "embedding_length"):
-        v = info.metadata.get(f"{arch}.{suffix}")
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
-            raise r.fail(f"{arch}.{suffix} = {v!r} is not a non-negative integer", 24)
+    try:
+        ggufcheck.check(metadata, names)
+    except InvalidModelFile as e:
+        raise r.fail(str(e), 24) from None
+    return GGUFInfo(r.path, version, r.size, data_offset, metadata, tensors)

@@ -36,7 +36,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from gguf.constants import MODEL_TENSOR, TENSOR_NAMES, Keys
+
 from ggrun.errors import InsufficientMemory, InvalidArgument
+from ggrun.ggufcheck import block_index
 from ggrun.gguffile import ArrayValue, GGUFInfo
 from ggrun.hardware import BACKENDS, GIB, GPU, Hardware
 
@@ -46,6 +49,7 @@ GPU_RESERVE = GIB
 CTX_STEP = 256
 MIN_CTX = 512
 MIB = 1 << 20
+_WEIGHT = {t: f"{TENSOR_NAMES[t]}.weight" for t in (MODEL_TENSOR.OUTPUT, MODEL_TENSOR.OUTPUT_NORM)}
 
 
 @dataclass(frozen=True)
@@ -68,33 +72,36 @@ class ModelShape:
 
     @classmethod
     def from_gguf(cls, info: GGUFInfo) -> ModelShape:
-        n_layer = _int(info.arch_get("block_count"))
-        n_embd = _int(info.arch_get("embedding_length"))
-        heads = _per_layer(info.arch_get("attention.head_count"), n_layer)
-        kv_heads = _per_layer(info.arch_get("attention.head_count_kv"), n_layer) or heads
+        """The shape of a validated GGUF (:func:`~ggrun.gguffile.read_gguf` bounds every
+        value read here, so this arithmetic stays small)."""
+        n_layer = _int(info.param(Keys.LLM.BLOCK_COUNT))
+        n_embd = _int(info.param(Keys.LLM.EMBEDDING_LENGTH))
+        heads = _per_layer(info.param(Keys.Attention.HEAD_COUNT), n_layer)
+        kv_heads = _per_layer(info.param(Keys.Attention.HEAD_COUNT_KV), n_layer) or heads
         kv: list[int] = []
         for i in range(n_layer):
             h = heads[i] if i < len(heads) else 0
             hd = n_embd // h if h else 0
-            k = _int(info.arch_get("attention.key_length")) or hd
-            v = _int(info.arch_get("attention.value_length")) or hd
+            k = _int(info.param(Keys.Attention.KEY_LENGTH)) or hd
+            v = _int(info.param(Keys.Attention.VALUE_LENGTH)) or hd
             kv.append((kv_heads[i] if i < len(kv_heads) else 0) * (k + v) * 2)
         layers = [0] * n_layer
         by_name: dict[str, int] = {}
         for t in info.tensors:
             by_name[t.name] = t.nbytes
-            parts = t.name.split(".")
-            if parts[0] == "blk" and len(parts) > 1 and parts[1].isdigit():
-                i = int(parts[1])
-                if i < n_layer:
-                    layers[i] += t.nbytes
-        embd = sum(v for k, v in by_name.items() if k.startswith("token_embd."))
-        out = by_name.get("output.weight", embd) + by_name.get("output_norm.weight", 0)
+            block = block_index(t.name)
+            if block is not None and block < n_layer:
+                layers[block] += t.nbytes
+        embd_name = TENSOR_NAMES[MODEL_TENSOR.TOKEN_EMBD] + "."
+        embd = sum(v for k, v in by_name.items() if k.startswith(embd_name))
+        out = by_name.get(_WEIGHT[MODEL_TENSOR.OUTPUT], embd) + by_name.get(
+            _WEIGHT[MODEL_TENSOR.OUTPUT_NORM], 0
+        )
         return cls(
             name=info.path.name,
             n_layer=n_layer,
             n_embd=n_embd,
-            n_vocab=info.n_vocab or _int(info.arch_get("vocab_size")),
+            n_vocab=info.n_vocab or _int(info.param(Keys.LLM.VOCAB_SIZE)),
             n_ctx_train=info.context_length or DEFAULT_CTX,
             kv_bytes_per_token=tuple(kv),
             layer_bytes=tuple(layers),

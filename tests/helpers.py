@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,16 @@ def rewrite_gguf(
     arch: str | None = None,
     template: str | None = None,
     strings: dict[str, str] | None = None,
+    values: dict[str, Any] | None = None,
     remove: tuple[str, ...] = (),
 ) -> Path:
-    """Copy ``src`` to ``dst`` with a new architecture, chat template or string values."""
-    reader = gguf.GGUFReader(src)
+    """Copy ``src`` to ``dst`` with a new architecture, chat template or values.
+
+    ``values`` maps keys to Python values, typed as gguf-py's writer types them (int:
+    INT32 or UINT32, bool, float, str, lists of one of those); ``{arch}`` in a key is
+    filled in.
+    """
+    reader = _reader(src)
     old_arch = reader.get_field(gguf.Keys.General.ARCHITECTURE).contents()
     new_arch = arch or old_arch
     new: dict[str, Any] = {}
@@ -31,6 +38,8 @@ def rewrite_gguf(
         )
     for k, v in (strings or {}).items():
         new[k] = MetadataDetails(gguf.GGUFValueType.STRING, v)
+    for k, v in (values or {}).items():
+        new[k.format(arch=new_arch)] = _details(v)
     writer = gguf.GGUFWriter(dst, arch=new_arch, endianess=reader.endianess)
     if new_arch != old_arch:  # rename the {arch}.* keys too
         remove = remove + tuple(
@@ -38,3 +47,26 @@ def rewrite_gguf(
         )
     copy_with_new_metadata(reader, writer, new, list(remove))
     return dst
+
+
+@lru_cache(maxsize=4)
+def _reader(path: Path) -> gguf.GGUFReader:
+    """gguf-py's reader takes seconds on a real vocabulary: read each source once."""
+    return gguf.GGUFReader(path)
+
+
+def _details(v: Any) -> MetadataDetails:
+    def vtype(x: Any) -> gguf.GGUFValueType:
+        if isinstance(x, bool):
+            return gguf.GGUFValueType.BOOL
+        if isinstance(x, int):
+            return gguf.GGUFValueType.INT32 if x < 0 else gguf.GGUFValueType.UINT32
+        if isinstance(x, float):
+            return gguf.GGUFValueType.FLOAT32
+        return gguf.GGUFValueType.STRING
+
+    if isinstance(v, list):
+        sub = vtype(v[0])
+        sub = gguf.GGUFValueType.INT32 if sub == gguf.GGUFValueType.UINT32 else sub
+        return MetadataDetails(gguf.GGUFValueType.ARRAY, v, sub_type=sub)
+    return MetadataDetails(vtype(v), v)
