@@ -1,14 +1,17 @@
 """Hugging Face safetensors checkpoints -> GGUF at F32, F16, BF16, Q8_0 and Q4_K_M.
 
-    from convert import convert
-    convert("./Qwen3-1.7B", quant="q8_0,q4_k_m")   # -> [Path("Qwen3-1.7B-Q8_0.gguf"), ...]
+    import ggrun
+    ggrun.convert("./Qwen3-1.7B", quant="q8_0,q4_k_m")   # -> [Path("Qwen3-1.7B-Q8_0.gguf"), ...]
 
-Float outputs are written by ggrun (:mod:`convert.writer`), in one pass over the source
-however many are asked for. Quantized outputs come from llama.cpp's quantizer
-(:mod:`convert.quantize`), fed from a lossless intermediate: BF16 when the source is
-BF16, as Qwen3's is (going through F16 would lose precision). Every output is written as
-``NAME.tmp`` and renamed into place only when complete; an interruption leaves nothing
-under a final name, and temporary files are removed.
+This folder is loaded as ``ggrun._convert`` (see :mod:`ggrun.converter`), never under the
+bare name ``convert``, so its modules import each other relatively.
+
+Float outputs are written by ggrun (:mod:`.writer`), in one pass over the source however
+many are asked for. Quantized outputs come from llama.cpp's quantizer (:mod:`.quantize`),
+fed from a lossless intermediate: BF16 when the source is BF16, as Qwen3's is (going
+through F16 would lose precision). Every output is written as ``NAME.tmp`` and renamed
+into place only when complete; an interruption leaves nothing under a final name, and
+temporary files are removed.
 """
 
 from __future__ import annotations
@@ -81,9 +84,9 @@ def _outputs_for(
 
 def plan(src: str | Path, quant: str | list[str] = "q4_k_m", out: str | Path | None = None) -> Plan:
     """Inspect a checkpoint and plan the outputs; reads headers only."""
-    from convert import archs, vocab, writer
-    from convert.checkpoint import Checkpoint
-    from convert.quantize import BITS_PER_WEIGHT
+    from . import archs, vocab, writer
+    from .checkpoint import Checkpoint
+    from .quantize import BITS_PER_WEIGHT
 
     quants = parse_quants(quant)
     with Checkpoint.open(src) as ckpt:
@@ -169,9 +172,9 @@ def convert(
     threads: int | None = None,
 ) -> list[Path]:
     """Convert a Hugging Face checkpoint (folder or hub repo id) to GGUF file(s)."""
-    from convert import archs, writer
-    from convert.checkpoint import Checkpoint
-    from convert.quantize import quantize
+    from . import archs, writer
+    from .checkpoint import Checkpoint
+    from .quantize import quantize
 
     p = plan(src, quant, out)
     for o in p.outputs:

@@ -16,8 +16,33 @@ import gguf
 import numpy as np
 
 from ggrun.errors import ConversionError, UnsupportedArchitecture
+from ggrun.ggufcheck import HPARAM_LIMITS
 
 REGISTRY: dict[str, type[Arch]] = {}
+
+# config.json key -> the GGUF key it becomes: its bound (what ggrun's validator accepts)
+LIMITED = {
+    "num_hidden_layers": gguf.Keys.LLM.BLOCK_COUNT,
+    "hidden_size": gguf.Keys.LLM.EMBEDDING_LENGTH,
+    "intermediate_size": gguf.Keys.LLM.FEED_FORWARD_LENGTH,
+    "num_attention_heads": gguf.Keys.Attention.HEAD_COUNT,
+    "num_key_value_heads": gguf.Keys.Attention.HEAD_COUNT_KV,
+    "head_dim": gguf.Keys.Attention.KEY_LENGTH,
+    "vocab_size": gguf.Keys.LLM.VOCAB_SIZE,
+    "max_position_embeddings": gguf.Keys.LLM.CONTEXT_LENGTH,
+}
+FLOAT32_MAX = 3.4028234663852886e38
+# Hugging Face rope_scaling.rope_type -> gguf-py's type (others are not converted)
+ROPE_SCALING = {
+    "linear": gguf.RopeScalingType.LINEAR,
+    "yarn": gguf.RopeScalingType.YARN,
+}
+
+
+def _show(v: Any) -> str:
+    """A config value for a message: its type, and the value when short."""
+    text = repr(v)
+    return f"{type(v).__name__} {text}" if len(text) <= 40 else f"a long {type(v).__name__}"
 
 
 def register(*hf_names: str) -> Callable[[type[Arch]], type[Arch]]:
@@ -36,7 +61,9 @@ def for_config(config: dict[str, Any], hf_arch: str) -> Arch:
             f"architecture {hf_arch!r} is not supported by ggrun convert "
             f"(supported: {', '.join(sorted(REGISTRY))})"
         )
-    return cls(config)
+    arch = cls(config)
+    arch.set_parameters(gguf.GGUFWriter(path=None, arch=arch.arch_name))  # checks every value
+    return arch
 
 
 class Arch:
@@ -50,56 +77,96 @@ class Arch:
         self.n_layers = self.need("num_hidden_layers")
         self.hidden = self.need("hidden_size")
         self.n_head = self.need("num_attention_heads")
-        self.n_head_kv = int(config.get("num_key_value_heads") or self.n_head)
-        self.head_dim = int(config.get("head_dim") or self.hidden // self.n_head)
+        self.n_head_kv = self.optional_int("num_key_value_heads") or self.n_head
+        self.head_dim = self.optional_int("head_dim") or self.hidden // self.n_head
         self.ffn = self.need("intermediate_size")
         self.vocab_size = self.need("vocab_size")
         self.name_map = gguf.get_tensor_name_map(self.model_arch, self.n_layers)
+        # GGUF name of each of this architecture's tensors (every block) -> its kind
+        self.kinds = {
+            gguf.TENSOR_NAMES[kind].format(bid=bid): kind
+            for kind in gguf.MODEL_TENSORS[self.model_arch]
+            for bid in range(self.n_layers)
+        }
 
     @property
     def arch_name(self) -> str:
         return gguf.MODEL_ARCH_NAMES[self.model_arch]
 
     def need(self, key: str) -> int:
+        v = self.optional_int(key)
+        if v is None:
+            raise ConversionError(f"config.json: {key!r} is missing")
+        return v
+
+    def optional_int(self, key: str) -> int | None:
+        """A positive integer no larger than the GGUF key it becomes allows; None if absent."""
         v = self.config.get(key)
-        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-            raise ConversionError(f"config.json: {key!r} is missing or not a positive integer")
+        if v is None:
+            return None
+        limit = HPARAM_LIMITS[LIMITED[key]]
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 < v <= limit:
+            raise ConversionError(
+                f"config.json: {key!r} is {_show(v)}, not an integer from 1 to {limit}"
+            )
+        return v
+
+    def optional_number(self, key: str, within: dict[str, Any] | None = None) -> float | None:
+        """A finite number that fits a float32; None if absent."""
+        v = (self.config if within is None else within).get(key)
+        if v is None:
+            return None
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not abs(v) <= FLOAT32_MAX:
+            raise ConversionError(
+                f"config.json: {key!r} is {_show(v)}, not a number that fits a float32"
+            )
+        return v
+
+    def optional_mapping(self, key: str) -> dict[str, Any]:
+        v = self.config.get(key)
+        if v is None:
+            return {}
+        if not isinstance(v, dict):
+            raise ConversionError(f"config.json: {key!r} is {_show(v)}, not an object")
         return v
 
     # -- metadata ---------------------------------------------------------------------
     def set_parameters(self, w: gguf.GGUFWriter) -> None:
-        c = self.config
         w.add_block_count(self.n_layers)
-        ctx = c.get("max_position_embeddings")
-        if isinstance(ctx, int):
+        ctx = self.optional_int("max_position_embeddings")
+        if ctx is not None:
             w.add_context_length(ctx)
         w.add_embedding_length(self.hidden)
         w.add_feed_forward_length(self.ffn)
         w.add_head_count(self.n_head)
         w.add_head_count_kv(self.n_head_kv)
-        rope = c.get("rope_scaling") or {}
-        if (
-            isinstance(rope, dict)
-            and rope.get("rope_type") in ("linear", "yarn")
-            and rope.get("factor") is not None
-        ):
-            kind = (
-                gguf.RopeScalingType.LINEAR
-                if rope["rope_type"] == "linear"
-                else gguf.RopeScalingType.YARN
-            )
+        rope = self.optional_mapping("rope_scaling")
+        rope_type = rope.get("rope_type")
+        kind = ROPE_SCALING.get(rope_type) if isinstance(rope_type, str) else None
+        factor = self.optional_number("factor", rope) if kind is not None else None
+        if kind is not None and factor is not None:
             w.add_rope_scaling_type(kind)
-            w.add_rope_scaling_factor(rope["factor"])
+            w.add_rope_scaling_factor(factor)
             if kind == gguf.RopeScalingType.YARN:
-                w.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
-        theta = c.get("rope_theta", (c.get("rope_parameters") or {}).get("rope_theta"))
+                orig = rope.get("original_max_position_embeddings")
+                if not isinstance(orig, int) or isinstance(orig, bool) or not 0 < orig < 2**32:
+                    raise ConversionError(
+                        "config.json: rope_scaling needs an integer "
+                        f"'original_max_position_embeddings' for yarn, not {_show(orig)}"
+                    )
+                w.add_rope_scaling_orig_ctx_len(orig)
+        theta = self.optional_number("rope_theta")
+        if "rope_theta" not in self.config:
+            theta = self.optional_number("rope_theta", self.optional_mapping("rope_parameters"))
         if theta is not None:
             w.add_rope_freq_base(theta)
-        if c.get("rms_norm_eps") is not None:
-            w.add_layer_norm_rms_eps(c["rms_norm_eps"])
-        if c.get("head_dim") is not None:
-            w.add_key_length(c["head_dim"])
-            w.add_value_length(c["head_dim"])
+        eps = self.optional_number("rms_norm_eps")
+        if eps is not None:
+            w.add_layer_norm_rms_eps(eps)
+        head_dim = self.optional_int("head_dim")
+        if head_dim is not None:
+            w.add_key_length(head_dim)
+            w.add_value_length(head_dim)
 
     # -- tensors ------------------------------------------------------------------------
     def gguf_name(self, hf_name: str) -> str | None:
@@ -116,28 +183,32 @@ class Arch:
 
     def expected_shape(self, gguf_name: str) -> tuple[int, ...] | None:
         """The shape config.json implies for a tensor (numpy order), when known."""
+        base, _, suffix = gguf_name.rpartition(".")  # "blk.3.attn_q", "weight"
+        kind = self.kinds.get(base)
+        if kind is None:
+            return None
         h, q, kv = self.hidden, self.n_head * self.head_dim, self.n_head_kv * self.head_dim
-        base = gguf_name.split(".", 2)[-1] if gguf_name.startswith("blk.") else gguf_name
-        table = {
-            "token_embd.weight": (self.vocab_size, h),
-            "output.weight": (self.vocab_size, h),
-            "output_norm.weight": (h,),
-            "attn_norm.weight": (h,),
-            "ffn_norm.weight": (h,),
-            "attn_q.weight": (q, h),
-            "attn_k.weight": (kv, h),
-            "attn_v.weight": (kv, h),
-            "attn_q.bias": (q,),
-            "attn_k.bias": (kv,),
-            "attn_v.bias": (kv,),
-            "attn_output.weight": (h, q),
-            "attn_q_norm.weight": (self.head_dim,),
-            "attn_k_norm.weight": (self.head_dim,),
-            "ffn_gate.weight": (self.ffn, h),
-            "ffn_up.weight": (self.ffn, h),
-            "ffn_down.weight": (h, self.ffn),
+        T = gguf.MODEL_TENSOR
+        table: dict[tuple[gguf.MODEL_TENSOR, str], tuple[int, ...]] = {
+            (T.TOKEN_EMBD, "weight"): (self.vocab_size, h),
+            (T.OUTPUT, "weight"): (self.vocab_size, h),
+            (T.OUTPUT_NORM, "weight"): (h,),
+            (T.ATTN_NORM, "weight"): (h,),
+            (T.FFN_NORM, "weight"): (h,),
+            (T.ATTN_Q, "weight"): (q, h),
+            (T.ATTN_K, "weight"): (kv, h),
+            (T.ATTN_V, "weight"): (kv, h),
+            (T.ATTN_Q, "bias"): (q,),
+            (T.ATTN_K, "bias"): (kv,),
+            (T.ATTN_V, "bias"): (kv,),
+            (T.ATTN_OUT, "weight"): (h, q),
+            (T.ATTN_Q_NORM, "weight"): (self.head_dim,),
+            (T.ATTN_K_NORM, "weight"): (self.head_dim,),
+            (T.FFN_GATE, "weight"): (self.ffn, h),
+            (T.FFN_UP, "weight"): (self.ffn, h),
+            (T.FFN_DOWN, "weight"): (h, self.ffn),
         }
-        return table.get(base)
+        return table.get((kind, suffix))
 
     def row_permutation(self, hf_name: str) -> np.ndarray | None:
         """A row order to apply, streamed (None: rows stay in place)."""
@@ -169,7 +240,7 @@ class Llama(Arch):
     def set_parameters(self, w: gguf.GGUFWriter) -> None:
         super().set_parameters(w)
         w.add_vocab_size(self.vocab_size)
-        w.add_rope_dimension_count(int(self.config.get("head_dim") or self.hidden // self.n_head))
+        w.add_rope_dimension_count(self.head_dim)
 
     def row_permutation(self, hf_name: str) -> np.ndarray | None:
         if hf_name.endswith(("q_proj.weight", "q_proj.bias")):

@@ -2,7 +2,7 @@
 
 ``Checkpoint.open(src)`` accepts a local folder or a hub repo id (downloaded with
 huggingface-hub into its cache, weights and tokenizer files only). Every shard header
-is validated up front (:mod:`convert.safetensors`), so a truncated or lying shard fails
+is validated up front (:mod:`.safetensors`), so a truncated or lying shard fails
 before any output is written.
 """
 
@@ -16,20 +16,29 @@ from typing import Any
 
 import numpy as np
 
-from convert.safetensors import SafetensorsFile, TensorEntry
 from ggrun.errors import ConversionError
+
+from .safetensors import SafetensorsFile, TensorEntry
 
 logger = logging.getLogger(__name__)
 
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja"]
 
 
-def _read_json(path: Path, what: str) -> Any:
+MAX_JSON_BYTES = 64 << 20  # config and index files are kilobytes; tokenizer.json ~10 MB
+
+
+def read_json(path: Path, what: str) -> Any:
+    """A small JSON file; too big, too deep, or not JSON is a ConversionError."""
     try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise ConversionError(f"{path}: {what} is over {MAX_JSON_BYTES >> 20} MB")
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConversionError(f"{path.parent}: no {path.name} ({what})") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except RecursionError:
+        raise ConversionError(f"{path}: cannot read {what}: nested too deeply") from None
+    except (OSError, ValueError) as e:  # ValueError: bad JSON, UTF-8, or a 5000-digit number
         raise ConversionError(f"{path}: cannot read {what}: {e}") from None
 
 
@@ -70,7 +79,7 @@ class Checkpoint:
                 raise ConversionError(f"{path}: no such folder")
         if not path.is_dir():
             raise ConversionError(f"{path}: expected a Hugging Face model folder")
-        config = _read_json(path / "config.json", "the model's config.json")
+        config = read_json(path / "config.json", "the model's config.json")
         if not isinstance(config, dict):
             raise ConversionError(f"{path / 'config.json'}: not a JSON object")
         ckpt = cls(path, config)
@@ -84,10 +93,16 @@ class Checkpoint:
     def _open_shards(self) -> None:
         index_file = self.path / "model.safetensors.index.json"
         if index_file.exists():
-            index = _read_json(index_file, "the shard index")
+            index = read_json(index_file, "the shard index")
             weight_map = index.get("weight_map") if isinstance(index, dict) else None
             if not isinstance(weight_map, dict) or not weight_map:
                 raise ConversionError(f"{index_file}: no weight_map")
+            for tname, fname in weight_map.items():
+                if not isinstance(fname, str):
+                    raise ConversionError(
+                        f"{index_file}: weight_map[{tname!r}] is {type(fname).__name__}, "
+                        "not a file name"
+                    )
             files = sorted(set(weight_map.values()))
         elif (self.path / "model.safetensors").exists():
             files, weight_map = ["model.safetensors"], None

@@ -13,8 +13,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from ggrun.llama import route_llama_log
 from ggrun.errors import ConversionError
+from ggrun.llama import route_llama_log
 
 QUANT_FTYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
 BITS_PER_WEIGHT = {"q8_0": 8.5, "q4_k_m": 4.9}  # for size estimates only

@@ -9,7 +9,6 @@ gguf-py's ``SpecialVocab``, as upstream does.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ from typing import Any
 import gguf
 
 from ggrun.errors import ConversionError
+
+from .checkpoint import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -42,17 +43,18 @@ def looks_special(token: str) -> bool:
 
 
 def _regexes(node: Any) -> list[str]:
-    if isinstance(node, dict):
-        found = []
-        pattern = node.get("pattern")
-        if isinstance(pattern, dict) and isinstance(pattern.get("Regex"), str):
-            found.append(pattern["Regex"])
-        for v in node.values():
-            found += _regexes(v)
-        return found
-    if isinstance(node, list):
-        return [r for v in node for r in _regexes(v)]
-    return []
+    """Every ``pattern.Regex`` in a pre-tokenizer tree, in order (no recursion)."""
+    found, stack = [], [node]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            pattern = node.get("pattern")
+            if isinstance(pattern, dict) and isinstance(pattern.get("Regex"), str):
+                found.append(pattern["Regex"])
+            stack.extend(reversed(list(node.values())))
+        elif isinstance(node, list):
+            stack.extend(reversed(node))
+    return found
 
 
 def load_tokenizer(path: Path) -> dict[str, Any]:
@@ -62,10 +64,7 @@ def load_tokenizer(path: Path) -> dict[str, Any]:
             f"{path}: no tokenizer.json (a missing tokenizer; only "
             "Hugging Face fast BPE tokenizers are supported)"
         )
-    try:
-        tok = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConversionError(f"{f}: cannot read: {e}") from None
+    tok = read_json(f, "the tokenizer")
     model = tok.get("model") if isinstance(tok, dict) else None
     if (
         not isinstance(model, dict)
@@ -73,7 +72,19 @@ def load_tokenizer(path: Path) -> dict[str, Any]:
         or not isinstance(model.get("vocab"), dict)
     ):
         raise ConversionError(f"{f}: not a BPE tokenizer (only BPE is supported)")
+    if not all(_is_id(i) for i in model["vocab"].values()):
+        raise ConversionError(f"{f}: the vocabulary maps a token to something not a token id")
+    added = tok.get("added_tokens", [])
+    if not isinstance(added, list) or not all(
+        isinstance(a, dict) and _is_id(a.get("id")) and isinstance(a.get("content"), str)
+        for a in added
+    ):
+        raise ConversionError(f"{f}: added_tokens is not a list of {{id, content}} objects")
     return tok
+
+
+def _is_id(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def detect_pre(tok: dict[str, Any], default: str | None) -> str:
@@ -123,7 +134,10 @@ def add_vocab(w: gguf.GGUFWriter, path: Path, vocab_size: int, pre: str | None) 
     w.add_tokenizer_pre(detect_pre(tok, pre))
     w.add_token_list(tokens)
     w.add_token_types(types)
-    special = gguf.SpecialVocab(path, load_merges=True)
-    if not special.merges:
-        raise ConversionError(f"{path / 'tokenizer.json'}: no BPE merges")
-    special.add_to_gguf(w)
+    try:  # gguf-py reads tokenizer.json and tokenizer_config.json itself
+        special = gguf.SpecialVocab(path, load_merges=True)
+        if not special.merges:
+            raise ConversionError(f"{path / 'tokenizer.json'}: no BPE merges")
+        special.add_to_gguf(w)
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError, OSError) as e:
+        raise ConversionError(f"{path}: the tokenizer's special tokens are unusable: {e}") from None

@@ -11,7 +11,7 @@ Files are written to ``NAME.tmp`` and renamed into place by the caller once comp
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,11 +20,14 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from convert import vocab
-from convert.archs import Arch
-from convert.checkpoint import Checkpoint
-from convert.safetensors import BF16
 from ggrun.errors import ConversionError
+
+from . import vocab
+from .archs import FLOAT32_MAX, Arch
+from .checkpoint import Checkpoint, read_json
+from .safetensors import BF16
+
+logger = logging.getLogger(__name__)
 
 SLICE_BYTES = 32 << 20  # float32 bytes per slice
 FLOAT_TYPES = {
@@ -32,13 +35,13 @@ FLOAT_TYPES = {
     "f16": (gguf.GGMLQuantizationType.F16, gguf.LlamaFileType.MOSTLY_F16),
     "bf16": (gguf.GGMLQuantizationType.BF16, gguf.LlamaFileType.MOSTLY_BF16),
 }
-# generation_config.json key -> gguf-py writer method (general.sampling.*)
-SAMPLING_KEYS = {
-    "top_k": "add_sampling_top_k",
-    "top_p": "add_sampling_top_p",
-    "min_p": "add_sampling_min_p",
-    "temperature": "add_sampling_temp",
-    "repetition_penalty": "add_sampling_penalty_repeat",
+# generation_config.json key -> gguf-py writer method (general.sampling.*), value type
+SAMPLING_KEYS: dict[str, tuple[str, type]] = {
+    "top_k": ("add_sampling_top_k", int),
+    "top_p": ("add_sampling_top_p", float),
+    "min_p": ("add_sampling_min_p", float),
+    "temperature": ("add_sampling_temp", float),
+    "repetition_penalty": ("add_sampling_penalty_repeat", float),
 }
 
 Progress = Callable[[int], None]  # bytes of source processed since the last call
@@ -116,15 +119,27 @@ def _add_metadata(
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     vocab.add_vocab(w, ckpt.path, arch.vocab_size, arch.pre_tokenizer)
     gen = ckpt.path / "generation_config.json"
-    if gen.exists():
+    if gen.exists():  # optional: what cannot be used is left out
         try:
-            cfg = json.loads(gen.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            cfg = read_json(gen, "the generation config")
+        except ConversionError as e:
+            logger.warning("%s; no sampling defaults written", e)
             cfg = {}
-        for key, method in SAMPLING_KEYS.items():
+        for key, (method, kind) in SAMPLING_KEYS.items():
             v = cfg.get(key) if isinstance(cfg, dict) else None
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if _fits(v, kind):
                 getattr(w, method)(v)
+            elif v is not None:
+                logger.warning("generation_config.json: %s = %.40r left out", key, v)
+
+
+def _fits(v: object, kind: type) -> bool:
+    """An int32 for int fields, a finite float32 for float fields."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    if kind is int:
+        return isinstance(v, int) and -(2**31) <= v < 2**31
+    return abs(v) <= FLOAT32_MAX
 
 
 def write_float(

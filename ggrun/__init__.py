@@ -31,9 +31,9 @@ from ggrun.errors import (
 )
 
 if TYPE_CHECKING:
-    from convert import convert
     from ggrun.benchmark import BenchResult, bench
     from ggrun.chat import Chat
+    from ggrun.converter import convert
     from ggrun.engine import Chunk, LoadConfig, Model, Result, load
     from ggrun.hardware import Hardware, detect_hardware
     from ggrun.models import pull
@@ -88,7 +88,7 @@ _LAZY = {
     "Plan": "ggrun.planner",
     "plan": ("ggrun.planner", "plan_model"),
     "SamplingConfig": "ggrun.sampling",
-    "convert": "convert",
+    "convert": ("ggrun.converter", "convert"),
 }
 
 

@@ -73,9 +73,9 @@ def tiny_src(qwen_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_out(tiny_src: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("converted")
-    import convert
+    from ggrun.converter import load
 
-    paths = convert.convert(tiny_src, "f16,bf16,q8_0,q4_k_m", out)
+    paths = load().convert(tiny_src, "f16,bf16,q8_0,q4_k_m", out)
     return {p.name.rsplit("-", 1)[1].removesuffix(".gguf"): p for p in paths}
 
 

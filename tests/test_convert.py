@@ -11,17 +11,17 @@ import gguf
 import numpy as np
 import pytest
 
-import convert
+from ggrun.converter import load
 from ggrun.engine import LoadConfig, Model
 from ggrun.errors import ConversionError, UnsupportedArchitecture
 from tests.checkpoints import HASHED_KEYS, TINY, VALUE_KEYS, to_bf16, write_qwen3
 from tests.helpers import QWEN3_TEMPLATE
 
+convert = load()
+
 
 def _src_f32(src: Path, name: str) -> np.ndarray:
-    from convert.safetensors import SafetensorsFile
-
-    with SafetensorsFile(src / "model.safetensors") as f:
+    with load("safetensors").SafetensorsFile(src / "model.safetensors") as f:
         bits = np.array(f.array(name))
     return (bits.astype(np.uint32) << 16).view(np.float32)
 

@@ -60,7 +60,9 @@ def convert(
     Output names default to <model>-<QUANT>.gguf. Files appear under their final name only
     when complete.
     """
-    import convert as conv
+    from ggrun.converter import load
+
+    conv = load()
 
     if dry_run:
         p = conv.plan(src, quant, out)
