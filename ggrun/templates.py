@@ -2,10 +2,11 @@
 
 A GGUF carries its chat template as Jinja (``tokenizer.chat_template``). Templates
 come from strangers, so they render only in jinja2's ``ImmutableSandboxedEnvironment``
-(no attribute access to internals, no mutation of passed objects), with a time limit
-and an output-size limit enforced while rendering. A template that breaks any of that,
-or fails to render, raises :class:`~ggrun.errors.TemplateError`. Without a template,
-ggrun uses ChatML.
+(no attribute access to internals, no mutation of passed objects) with every size
+bounded before it is allocated (:mod:`ggrun.template_sandbox`), a time limit on
+compiling and on rendering, and an output-size limit. A template that breaks any of
+that, or fails to compile or render, raises :class:`~ggrun.errors.TemplateError`.
+Without a template, ggrun uses ChatML.
 
 Thinking: ``think=True/False`` is passed to the template as ``enable_thinking`` (Qwen3's
 switch), never as a prompt trick; :class:`ggrun.textstream.ThinkSplitter` separates
@@ -14,15 +15,14 @@ switch), never as a prompt trick; :class:`ggrun.textstream.ThinkSplitter` separa
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
+from ggrun import template_sandbox
 from ggrun.errors import TemplateError
 
 CHATML = (
@@ -39,6 +39,8 @@ END_OF_TURN_MARKERS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 MAX_RENDER_SECONDS = 2.0
+MAX_COMPILE_SECONDS = 5.0  # a 30 KB template compiles in about 0.5 s on a slow core
+MAX_TEMPLATE_CHARS = 256 << 10  # real templates are a few KB; the largest about 30 KB
 MAX_RENDER_CHARS = 4 << 20
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -71,42 +73,53 @@ def to_messages(messages: Sequence[Any]) -> list[Message]:
     return out
 
 
+_SANDBOX_FILE = template_sandbox.printed_size.__code__.co_filename
+
+
 class _Budget:
     """A tracer that stops a render running past its time budget (catches silent loops)."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float = MAX_RENDER_SECONDS, what: str = "render") -> None:
+        self.seconds = seconds
+        self.what = what
         self.deadline = time.monotonic() + seconds
         self.count = 0
 
     def __call__(self, frame: Any, event: str, arg: Any) -> Any:
+        if event == "call" and frame.f_code.co_filename == _SANDBOX_FILE:
+            return None  # its loops are bounded by size; tracing them only slows them down
         self.count += 1
         if self.count & 1023 == 0 and time.monotonic() > self.deadline:
             raise TemplateError(
-                f"the chat template took longer than {MAX_RENDER_SECONDS:g} s "
-                "to render; refusing it"
+                f"the chat template took longer than {self.seconds:g} s to {self.what}; refusing it"
             )
         return self
 
 
 @lru_cache(maxsize=8)
 def _compile(source: str) -> Any:
+    """Parse and compile in the bounded sandbox, under a time limit."""
     import jinja2
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    def raise_exception(message: str) -> None:
-        raise TemplateError(f"the chat template refused the conversation: {message}")
-
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, undefined=jinja2.Undefined
-    )
-    env.policies["json.dumps_kwargs"] = {"ensure_ascii": False}
-    env.filters["tojson"] = lambda v, indent=None: json.dumps(v, ensure_ascii=False, indent=indent)
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    if len(source) > MAX_TEMPLATE_CHARS:
+        raise TemplateError(
+            f"the chat template is {len(source):,} characters long "
+            f"(limit {MAX_TEMPLATE_CHARS:,}); refusing it"
+        )
+    old = sys.gettrace()
+    sys.settrace(_Budget(MAX_COMPILE_SECONDS, "compile"))
     try:
-        return env.from_string(source)
+        return template_sandbox.compile_template(source)
+    except TemplateError:
+        raise
     except jinja2.TemplateError as e:
         raise TemplateError(f"the chat template is invalid Jinja: {e}") from None
+    except RecursionError:
+        raise TemplateError("the chat template nests too deeply to compile") from None
+    except (SyntaxError, MemoryError, ValueError, TypeError, OverflowError) as e:
+        raise TemplateError(f"the chat template cannot be compiled: {e}") from None
+    finally:
+        sys.settrace(old)
 
 
 def render(
