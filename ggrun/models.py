@@ -115,9 +115,7 @@ def _load_aliases(path: Path) -> dict[str, Alias]:
         where = f"{path}: alias {name!r}"
         a = build(Alias, entry, where=where, extra=("quants",))
         if a.shape is not None:
-            missing = set(SHAPE_KEYS) - set(a.shape)
-            if missing:
-                raise PresetError(f"{where}: shape lacks {', '.join(sorted(missing))}")
+            _check_shape(a.shape, where)
         quants_raw = entry.get("quants")
         if not isinstance(quants_raw, dict) or not quants_raw:
             raise PresetError(f"{where}: 'quants' must be a non-empty mapping")
@@ -125,6 +123,7 @@ def _load_aliases(path: Path) -> dict[str, Alias]:
         for q, qe in quants_raw.items():
             qwhere = f"{where}, quant {q!r}"
             base = build(QuantEntry, qe, where=qwhere, extra=("hf", "wheels"))
+            _check_file_name(base.file, qwhere)
             hf = build(HFSource, qe["hf"], where=f"{qwhere}, hf") if "hf" in qe else None
             wh = (
                 build(WheelSource, qe["wheels"], where=f"{qwhere}, wheels")
@@ -139,6 +138,44 @@ def _load_aliases(path: Path) -> dict[str, Alias]:
             a, name=str(name), default_quant=default, quants=quants
         )
     return aliases
+
+
+def _check_file_name(name: str, where: str) -> None:
+    """An alias's file is a plain name inside the models folder: ``ggrun rm`` deletes it."""
+    bad = (
+        not name
+        or name in (".", "..")
+        or any(c in name for c in "/\\\0:")
+        or Path(name).is_absolute()
+        or name.startswith(".")
+    )
+    if bad:
+        raise PresetError(f"{where}: file {name!r} must be a plain file name (no folders)")
+
+
+def _check_shape(shape: dict[str, Any], where: str) -> None:
+    """Each value an integer no larger than a GGUF may hold for it (the planner
+    multiplies them)."""
+    from gguf.constants import Keys  # gguf loads numpy: only when aliases are read
+
+    from ggrun.ggufcheck import HPARAM_LIMITS
+
+    limits = {
+        "n_params": 1 << 44,
+        "n_layer": HPARAM_LIMITS[Keys.LLM.BLOCK_COUNT],
+        "n_embd": HPARAM_LIMITS[Keys.LLM.EMBEDDING_LENGTH],
+        "n_vocab": HPARAM_LIMITS[Keys.LLM.VOCAB_SIZE],
+        "n_head_kv": HPARAM_LIMITS[Keys.Attention.HEAD_COUNT_KV],
+        "head_dim": HPARAM_LIMITS[Keys.Attention.KEY_LENGTH],
+        "context": HPARAM_LIMITS[Keys.LLM.CONTEXT_LENGTH],
+    }
+    missing = set(SHAPE_KEYS) - set(shape)
+    if missing:
+        raise PresetError(f"{where}: shape lacks {', '.join(sorted(missing))}")
+    for key, limit in limits.items():
+        v = shape[key]
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 < v <= limit:
+            raise PresetError(f"{where}: shape {key} = {v!r} is not an integer from 1 to {limit}")
 
 
 def aliases() -> dict[str, Alias]:
@@ -421,6 +458,31 @@ def verify(m: LocalModel, progress: Progress | None = None) -> tuple[bool, str]:
     return True, "sha256 ok"
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    return path.is_relative_to(folder)
+
+
+def _remove_file(p: Path) -> None:
+    """Delete a model file; never anything a link points to outside where it belongs.
+
+    In ggrun's models folder a link (a user's own ``ln -s``) is removed, not its
+    target. In the huggingface-hub cache a snapshot entry is a link to a blob of the
+    same repository folder (``models--org--name/blobs``): both go, and only such a blob.
+    """
+    store = models_dir().resolve()
+    if _inside(p.parent.resolve(), store):
+        p.unlink()
+        return
+    repo = next((a for a in p.parents if a.name.startswith("models--")), None)
+    if p.is_symlink():
+        blob = p.resolve()
+        p.unlink()
+        if repo is not None and _inside(blob, (repo / "blobs").resolve()):
+            blob.unlink(missing_ok=True)
+    else:
+        p.unlink()
+
+
 def remove(ref: str) -> list[Path]:
     """Delete an alias's local file(s) (every quant when none is named)."""
     name, _, quant = ref.partition(":")
@@ -431,12 +493,7 @@ def remove(ref: str) -> list[Path]:
         p = local_path(alias, q)
         if p is None:
             continue
-        if p.is_symlink():  # the huggingface-hub cache: a snapshot link to a blob
-            blob = p.resolve()
-            p.unlink()
-            blob.unlink(missing_ok=True)
-        else:
-            p.unlink()
+        _remove_file(p)
         removed.append(p)
     if not removed:
         raise ModelNotFound(f"{ref} is not downloaded")

@@ -1,9 +1,11 @@
 """Loading of ggrun's YAML data files (sampling profiles, model aliases, tasks).
 
-Files are read with ``yaml.safe_load`` semantics (the safe loader, nothing executes).
-:func:`build` turns a mapping into a frozen dataclass and rejects unknown keys and
-wrong types with a :class:`~ggrun.errors.PresetError` that names the file, the line and
-the key.
+Files are read with ``yaml.safe_load`` semantics (the safe loader, nothing executes),
+and bounded: the file's size, its nesting depth, and what its anchors and aliases
+expand to (an alias is a reference, so a few lines of aliases to aliases stand for
+billions of values once anything walks them: the "billion laughs"). :func:`build` turns
+a mapping into a frozen dataclass and rejects unknown keys and wrong types with a
+:class:`~ggrun.errors.PresetError` that names the file, the line and the key.
 
 Where presets live: an installed wheel carries them as ``ggrun/_presets``; a source
 checkout uses the top-level ``presets/`` folder. ``GGRUN_PRESETS`` overrides both.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -23,6 +26,10 @@ import yaml
 from ggrun.errors import PresetError
 
 T = TypeVar("T")
+
+MAX_YAML_BYTES = 4 << 20  # ggrun's own data files are a few KB each
+MAX_YAML_DEPTH = 64  # nested mappings and lists
+MAX_YAML_EXPANDED = 1 << 20  # values plus scalar characters, every alias expanded
 
 
 def presets_dir() -> Path:
@@ -65,15 +72,24 @@ _LineLoader.add_constructor(
 
 
 def load_yaml(path: Path) -> Any:
-    """Parse a YAML file safely; errors name the file and line."""
+    """Parse a YAML file safely, within bounds; errors name the file and line."""
     try:
+        if path.stat().st_size > MAX_YAML_BYTES:
+            raise PresetError(f"{path}: over {MAX_YAML_BYTES >> 20} MB; not a ggrun data file")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise PresetError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise PresetError(f"{path}: cannot read: {e}") from None
+    if _bracket_depth(text) > MAX_YAML_DEPTH:  # PyYAML reads every level before any check
+        raise PresetError(f"{path}: nested more than {MAX_YAML_DEPTH} levels deep")
+    loader = _LineLoader(text)
     try:
-        return yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node)
+        return loader.construct_document(node)
     except PresetError as e:
         raise PresetError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
@@ -81,6 +97,61 @@ def load_yaml(path: Path) -> Any:
         where = f" line {mark.line + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e)
         raise PresetError(f"{path}:{where}: invalid YAML: {problem}") from None
+    except RecursionError:
+        raise PresetError(f"{path}: invalid YAML: nested too deeply") from None
+    except (ValueError, OverflowError) as e:  # e.g. an integer of 5000 digits
+        raise PresetError(f"{path}: invalid YAML value: {e}") from None
+    finally:
+        loader.dispose()  # type: ignore[no-untyped-call]
+
+
+def _bracket_depth(text: str) -> int:
+    """How deep ``[`` and ``{`` nest (quotes ignored: an over-estimate, never under)."""
+    depth = deepest = 0
+    for c in re.sub(r"[^\[\]{}]+", "", text):
+        depth = depth + 1 if c in "[{" else max(0, depth - 1)
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a document whose aliases expand too far, that nests too deeply, or that
+    refers to itself; one visit per distinct node, however often it is aliased."""
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    ancestors: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        kids = _children(node)
+        if finished:
+            ancestors.discard(key)
+            own = 1 + (len(node.value) if isinstance(node, yaml.ScalarNode) else 0)
+            size[key] = own + sum(size[id(k)] for k in kids)
+            depth[key] = 1 + max((depth[id(k)] for k in kids), default=0)
+            line = node.start_mark.line + 1
+            if size[key] > MAX_YAML_EXPANDED:
+                raise PresetError(
+                    f"line {line}: its anchors and aliases expand to more than "
+                    f"{MAX_YAML_EXPANDED:,} values and characters"
+                )
+            if depth[key] > MAX_YAML_DEPTH:
+                raise PresetError(f"line {line}: nested more than {MAX_YAML_DEPTH} levels deep")
+            continue
+        if key in size:
+            continue
+        if key in ancestors:
+            raise PresetError(f"line {node.start_mark.line + 1}: an alias refers to itself")
+        ancestors.add(key)
+        stack.append((node, True))
+        stack.extend((k, False) for k in kids if id(k) not in size)
 
 
 def line_of(mapping: Any, key: Any) -> int:
