@@ -1,6 +1,7 @@
 """Find, or build, native llama.cpp tools from the sources inside llama-cpp-python's sdist.
 
-The tools (llama-bench, llama-perplexity, llama-quantize, llama-batched-bench) are built
+The tools (llama-bench, llama-perplexity, llama-quantize, llama-batched-bench, and the
+speculative examples llama-lookup and llama-speculative-simple) are built
 from the same llama.cpp that the installed llama-cpp-python vendors, into a cache
 outside the repo (``$GGRUN_BENCH_CACHE``, default ``~/.cache/ggrun-bench``), so that ggrun
 and native llama.cpp run the same kernels. On x86 the build leaves out ggml's AMX
@@ -21,7 +22,14 @@ from importlib.metadata import version
 from pathlib import Path
 
 CACHE = Path(os.environ.get("GGRUN_BENCH_CACHE", Path.home() / ".cache" / "ggrun-bench"))
-TOOLS = ("llama-bench", "llama-perplexity", "llama-quantize", "llama-batched-bench")
+TOOLS = (
+    "llama-bench",
+    "llama-perplexity",
+    "llama-quantize",
+    "llama-batched-bench",
+    "llama-lookup",
+    "llama-speculative-simple",
+)
 NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 
 
@@ -32,7 +40,7 @@ def bin_dir() -> Path:
 def tool(name: str) -> Path:
     """The path of a built tool; builds them all on first use."""
     path = bin_dir() / name
-    if not path.exists():
+    if not all((bin_dir() / t).exists() for t in TOOLS):
         build()
     return path
 
@@ -76,7 +84,7 @@ def build() -> None:
             "-DCMAKE_BUILD_TYPE=Release",
             "-DLLAMA_CURL=OFF",
             "-DLLAMA_BUILD_TESTS=OFF",
-            "-DLLAMA_BUILD_EXAMPLES=OFF",
+            "-DLLAMA_BUILD_EXAMPLES=ON",  # llama-lookup, llama-speculative-simple
             "-DLLAMA_BUILD_SERVER=OFF",
             *flags,
         ],

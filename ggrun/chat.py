@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from ggrun.errors import ContextOverflow, GgrunError
 from ggrun.request import Request, messages
 from ggrun.templates import Message
 from ggrun.textstream import Chunk, Result
+from ggrun.tools import ToolCall
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +43,18 @@ class Chat:
         *,
         think: bool | None = None,
         max_tokens: int | None = 1024,
+        tools: Any = None,
+        auto_run: bool = False,
+        max_steps: int = 8,
         **options: Any,
     ) -> None:
         probe = [{"role": "user", "content": "?"}]  # the options are checked now, once
-        Request.build(messages=probe, think=think, max_tokens=max_tokens, **options)
+        checked = Request.build(
+            messages=probe, think=think, max_tokens=max_tokens, tools=tools, **options
+        )
+        self.tools = checked.tools
+        self.auto_run = auto_run  # run the Python functions the model calls, then go on
+        self.max_steps = max_steps  # at most this many rounds of calls per message
         self.model = model
         self.system = system
         self.think = think
@@ -120,37 +129,83 @@ class Chat:
     # -- turns ----------------------------------------------------------------------
     def stream(self, content: str, **kwargs: Any) -> Iterator[Chunk]:
         """Send a user message and stream the reply; the reply joins the history."""
+        return self._turn([{"role": "user", "content": content}], **kwargs)
+
+    def stream_tool_results(self, results: list[Message], **kwargs: Any) -> Iterator[Chunk]:
+        """Give the model the results of its calls (``tool`` messages) and stream on."""
+        return self._turn(results, **kwargs)
+
+    def _turn(self, new: list[Any], **kwargs: Any) -> Iterator[Chunk]:
         opts = {"max_tokens": self.max_tokens, "think": self.think, **self.options, **kwargs}
-        request = Request.build(messages=[{"role": "user", "content": content}], **opts)
+        opts.setdefault("tools", list(self.tools) or None)
+        request = Request.build(messages=new, **opts)
+        assert request.messages is not None
+        pending = list(request.messages)
         max_tokens = request.max_tokens
         reserve = min(max_tokens or self.model.n_ctx // 4, self.model.n_ctx // 2)
-        user = Message("user", content)
-        job = self._fit([user], reserve, request)
-        return self._record(user, self.model.run(job, keep_cache=True))
+        job = self._fit(pending, reserve, request)
+        return self._record(pending, self.model.run(job, keep_cache=True))
 
-    def _record(self, user: Message, inner: Iterator[Chunk]) -> Iterator[Chunk]:
+    def _record(self, pending: list[Message], inner: Iterator[Chunk]) -> Iterator[Chunk]:
         parts: list[str] = []
         reasoning: list[str] = []
+        calls: list[ToolCall] = []
         last = Chunk()
         self.interrupted = True
         try:
             for chunk in inner:
                 parts.append(chunk.text)
                 reasoning.append(chunk.reasoning)
+                calls += chunk.tool_calls
                 last = chunk
                 yield chunk
             self.interrupted = False
         finally:
             text = "".join(parts)
-            self.history += [user, Message("assistant", text)]
-            self.last = Result.from_last(last, text, "".join(reasoning), "interrupted")
+            made = tuple(_as_history(c) for c in calls)
+            self.history += [*pending, Message("assistant", text, made)]
+            self.last = Result.from_last(
+                last, text, "".join(reasoning), "interrupted", tool_calls=calls
+            )
 
     def send(self, content: str, **kwargs: Any) -> Result:
-        """Send a user message and return the whole reply."""
-        for _ in self.stream(content, **kwargs):
+        """Send a user message and return the whole reply. With ``auto_run``, the tools
+        the model calls are run and their results given back, until it answers (or
+        ``max_steps`` rounds of calls)."""
+        result = self._collect(self.stream(content, **kwargs))
+        for _ in range(self.max_steps if self.auto_run else 0):
+            if not result.tool_calls:
+                break
+            result = self._collect(self.stream_tool_results(self.call_tools(result.tool_calls)))
+        return result
+
+    def _collect(self, chunks: Iterator[Chunk]) -> Result:
+        for _ in chunks:
             pass
         assert self.last is not None
         return self.last
+
+    def call_tools(
+        self, calls: list[ToolCall], confirm: Callable[[ToolCall], bool] | None = None
+    ) -> list[Message]:
+        """Run the Python functions behind ``calls``: one ``tool`` message each. A tool
+        that raises, or that ``confirm`` declines, reports that to the model instead."""
+        out = []
+        for call in calls:
+            tool = next((t for t in self.tools if t.name == call.name), None)
+            if confirm is not None and not confirm(call):
+                content = "error: the user declined this call"
+            elif tool is None or tool.fn is None:
+                content = f"error: no Python function runs the tool {call.name!r}"
+            else:
+                try:
+                    value = tool.fn(**call.arguments)
+                    content = value if isinstance(value, str) else json.dumps(value, default=str)
+                except Exception as e:  # noqa: BLE001 - reported to the model, as asked
+                    logger.info("tool %s raised %s", call.name, e)
+                    content = f"error: {type(e).__name__}: {e}"
+            out.append(Message("tool", content, tool_call_id=call.id))
+        return out
 
     # -- persistence ----------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -188,3 +243,9 @@ class Chat:
         self.system = msgs[0].content if msgs and msgs[0].role == "system" else None
         self.history = [m for m in msgs if m.role != "system"]
         self.last = None
+
+
+def _as_history(call: ToolCall) -> dict[str, Any]:
+    """A call as the chat templates show an assistant's earlier calls."""
+    return {"id": call.id, "type": "function",
+            "function": {"name": call.name, "arguments": call.arguments}}  # fmt: skip

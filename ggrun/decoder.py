@@ -15,6 +15,7 @@ fails the step.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ from ggrun.errors import GgrunError
 from ggrun.request import Request
 from ggrun.sampling import SamplingConfig
 from ggrun.textstream import Chunk, Result, TextStream
+from ggrun.tools import OPEN, looks_like_call
 
 
 @dataclass
@@ -35,13 +37,15 @@ class Prepared:
     sampling: SamplingConfig
     chat: bool = False  # a chat reply: the thinking split applies
     starts_thinking: bool = False  # the prompt leaves a <think> block open
-    lazy: bool = False  # the constraint applies after </think>
+    grammar: str | None = None  # GBNF for the output (a constraint's, or the tool calls')
+    grammar_root: str = "root"
+    activation: str | None = None  # when the grammar starts: None (at once), "think"
+    # (after the thought) or "tool" (when the model opens a tool call)
     index: int = 0  # a batch's or a server's handle for the request
 
     @property
-    def grammar(self) -> str | None:
-        c = self.request.constraint
-        return c.grammar if c is not None else None
+    def lazy(self) -> bool:
+        return self.activation is not None
 
 
 @dataclass
@@ -58,6 +62,7 @@ class Sequence:
     drafts: list[int] = field(default_factory=list)  # guesses after ``todo`` to verify
     prompting: bool = True
     rows: list[int] = field(default_factory=list)  # this step's batch rows with logits
+    recent: deque[int] = field(default_factory=lambda: deque(maxlen=16))  # last tokens fed
     out: list[Chunk] = field(default_factory=list)  # chunks not yet taken by a reader
     last: Chunk | None = None  # the final chunk, once finished
     error: GgrunError | None = None
@@ -115,7 +120,9 @@ class Decoder:
         req = job.request
         limit = room if req.max_tokens is None else min(req.max_tokens, room)
         self.ctx.drop(seq, n_keep)
-        sampler = llama.Sampler(job.sampling, self.ctx, job.grammar, lazy=job.lazy)
+        sampler = llama.Sampler(
+            job.sampling, self.ctx, job.grammar, root=job.grammar_root, lazy=job.lazy
+        )
         stream = TextStream(
             self.ctx.weights.token_bytes,
             n_prompt=len(job.tokens),
@@ -123,6 +130,7 @@ class Decoder:
             stop=req.stop,
             split_thinking=job.chat,
             starts_in_thinking=job.starts_thinking,
+            tools=req.offered_tools,
             on_chunk=on_chunk,
         )
         s = Sequence(seq, job, sampler, stream, limit, kv=kept, todo=job.tokens[n_keep:])
@@ -193,6 +201,8 @@ class Decoder:
         for j, row in enumerate(s.rows):
             try:
                 token = s.sampler.sample(row)
+                if self._starts_a_call(s, token):
+                    token = s.sampler.redraw(row)  # the call, under its grammar
             except GgrunError as e:
                 s.error = e
                 self._finish(s, "error")
@@ -215,17 +225,41 @@ class Decoder:
             self._finish(s, "stop")
             return True
         self.tokens_generated += 1
-        was_thinking = s.stream.thinking
+        was_thinking, was_calling = s.stream.thinking, s.stream.in_tool_call
+        s.recent.append(token)
         chunk, hit = s.stream.feed(token)
         if chunk is not None:
             s.out.append(chunk)
-        if was_thinking and not s.stream.thinking:
+        when = s.job.activation
+        if when == "think" and was_thinking and not s.stream.thinking:
             s.sampler.activate()  # a lazy grammar starts after the thought
+        elif when == "tool" and not was_calling and s.stream.in_tool_call:
+            s.sampler.activate(self._tag_tokens(s))  # a call opened after some text
         if hit:
             self._finish(s, "stop")
         elif s.stream.n_generated >= s.limit:
             self._finish(s, "length")
         return s.finished
+
+    def _starts_a_call(self, s: Sequence, token: int) -> bool:
+        """Whether a reply that may call tools starts one as text (a bare JSON object or
+        a fenced block, as small models do): then it is drawn again under the grammar."""
+        return (
+            s.job.activation == "tool"
+            and not s.sampler.grammar_active
+            and s.stream.at_answer_start
+            and looks_like_call(self.ctx.weights.token_text(token))
+        )
+
+    def _tag_tokens(self, s: Sequence) -> list[int]:
+        """The last tokens that spell the ``<tool_call>`` just opened (after blanks)."""
+        tokens = list(s.recent)
+        for k in range(1, len(tokens) + 1):
+            text = self.ctx.weights.detokenize(tokens[-k:])
+            at = text.find(OPEN)
+            if at >= 0:
+                return tokens[-k:] if not text[:at].strip() else []
+        return []
 
     def _finish(self, s: Sequence, reason: str) -> None:
         s.todo = []

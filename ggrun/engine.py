@@ -16,6 +16,7 @@ deterministically by :meth:`Model.close` (or ``with ggrun.load(...) as model``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ggrun import hardware, llama, planner, sampling, structured, templates
+from ggrun import tools as tools_mod
 from ggrun.decoder import Decoder, Prepared
 from ggrun.errors import ContextOverflow, InvalidArgument, UnsupportedArchitecture
 from ggrun.gguffile import GGUFInfo, read_gguf
@@ -31,6 +33,7 @@ from ggrun.planner import Plan
 from ggrun.request import Request
 from ggrun.sampling import SamplingConfig
 from ggrun.textstream import Chunk, Result
+from ggrun.tools import Tool
 
 logger = logging.getLogger(__name__)
 
@@ -217,18 +220,31 @@ class Model:
         *,
         think: bool | None = None,
         add_generation_prompt: bool = True,
+        tools: Sequence[Tool] = (),
     ) -> str:
-        """Render messages with the model's own chat template (ChatML if it has none)."""
-        w = self.weights
+        """Render messages with the model's own chat template (ChatML if it has none).
+
+        ``tools`` go to the template's own tool section; a template without one gets
+        Qwen's tool instructions in the system message instead."""
         from ggrun.request import messages as checked
 
+        w = self.weights
+        msgs = list(checked(messages))
+        template = self.info.chat_template
+        if tools and "tools" not in (template or ""):
+            note = tools_mod.fallback_system(tuple(tools))
+            if msgs and msgs[0].role == "system":
+                msgs[0] = dataclasses.replace(msgs[0], content=f"{msgs[0].content}\n\n{note}")
+            else:
+                msgs.insert(0, templates.Message("system", note))
         return templates.render(
-            self.info.chat_template,
-            list(checked(messages)),
+            template,
+            msgs,
             add_generation_prompt=add_generation_prompt,
             think=think,
             bos_token=w.token_text(w.bos) if w.has_bos else "",
             eos_token=w.token_text(w.eos) if 0 <= w.eos < w.n_vocab else "",
+            tools=[t.as_openai() for t in tools],
         )
 
     def sampling_for(
@@ -253,8 +269,11 @@ class Model:
         """
         self.weights.check_open()
         chat = request.messages is not None
+        tools = request.offered_tools
         if request.messages is not None:
-            prompt: str | tuple[int, ...] = self.format_chat(request.messages, think=request.think)
+            prompt: str | tuple[int, ...] = self.format_chat(
+                request.messages, think=request.think, tools=tools
+            )
         else:
             assert request.prompt is not None
             prompt = request.prompt
@@ -269,14 +288,23 @@ class Model:
         think = request.think if chat else None
         cfg = self.sampling_for(think=think, preset=request.preset, **request.overrides)
         text = prompt if isinstance(prompt, str) else ""
+        job = Prepared(request, tokens, cfg, chat=chat, starts_thinking=False)
+        job.starts_thinking = chat and templates.starts_in_thinking(text)
+        thinks = chat and self.may_think(text, request.think)
         c = request.constraint
-        # a grammar that spells out the thought itself applies from the first token
-        lazy = c is not None and chat and self.may_think(text, request.think)
-        lazy = lazy and c is not None and templates.THINK_CLOSE not in c.grammar
-        if request.constraint is not None:
-            llama.check_grammar(self.weights, request.constraint.grammar, lazy=lazy)
-        starts = chat and templates.starts_in_thinking(text)
-        return Prepared(request, tokens, cfg, chat=chat, starts_thinking=starts, lazy=lazy)
+        if c is not None:
+            job.grammar = c.grammar
+            # a grammar that spells out the thought itself applies from the first token
+            if thinks and templates.THINK_CLOSE not in c.grammar:
+                job.activation = "think"
+        elif tools:
+            choice = request.tool_choice
+            job.grammar = tools_mod.call_grammar(tools, choice, request.parallel_tool_calls)
+            job.grammar_root = tools_mod.GRAMMAR_ROOT
+            job.activation = "tool" if choice.mode == "auto" else ("think" if thinks else None)
+        if job.grammar is not None:
+            llama.check_grammar(self.weights, job.grammar, root=job.grammar_root, lazy=job.lazy)
+        return job
 
     def _tokens_for(self, prompt: str) -> list[int]:
         held = self._kv
@@ -316,7 +344,7 @@ class Model:
         return self.complete(Request.build(messages=list(messages), **options))
 
     def complete(self, request: Request) -> Result:
-        """Run ``request`` to the end; parse and check structured output."""
+        """Run ``request`` to the end; parse and check structured output and tool calls."""
         result = Result.collect(self.run(self.prepare(request)))
         return structured.check_result(result, request.constraint)
 

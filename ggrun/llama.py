@@ -359,11 +359,11 @@ GRAMMAR_STEP_BUDGET = 0.25  # seconds of grammar work one token may cost
 _NEG_INF = -3.0e38
 
 
-def grammar_for(grammar: str, lazy: bool) -> tuple[str, str]:
+def grammar_for(grammar: str, root: str, lazy: bool) -> tuple[str, str]:
     """The GBNF text and root rule to give llama.cpp."""
     if not lazy:
-        return grammar, "root"
-    return f"{grammar}\n{LAZY_ROOT} ::= [ \\t\\n\\r]* root\n", LAZY_ROOT
+        return grammar, root
+    return f"{grammar}\n{LAZY_ROOT} ::= [ \\t\\n\\r]* {root}\n", LAZY_ROOT
 
 
 def _init_grammar(weights: Weights, grammar: str, root: str) -> Any:
@@ -415,7 +415,9 @@ class _Candidates:
         return bool((self.buf["logit"] > _NEG_INF).any())
 
 
-def check_grammar(weights: Weights, grammar: str, *, lazy: bool = False) -> None:
+def check_grammar(
+    weights: Weights, grammar: str, *, root: str = "root", lazy: bool = False
+) -> None:
     """Parse a grammar and probe it once over the whole vocabulary, up front.
 
     Refuses a grammar llama.cpp cannot parse, one whose first step allows no token at
@@ -424,8 +426,8 @@ def check_grammar(weights: Weights, grammar: str, *, lazy: bool = False) -> None
     """
     import numpy as np
 
-    text, root = grammar_for(grammar, lazy)
-    g = _init_grammar(weights, text, root)
+    text, start = grammar_for(grammar, root, lazy)
+    g = _init_grammar(weights, text, start)
     ll = weights._ll
     try:
         cand = _Candidates(weights.n_vocab)
@@ -477,6 +479,14 @@ class _Penalties:
         x = np.where(x <= 0, x * self.repeat, x / self.repeat).astype(np.float32)
         x -= c * self.freq + (c > 0).astype(np.float32) * self.present
         logits[ids] = x
+
+    def undo(self) -> None:
+        """Forget the last accepted token (it was drawn again)."""
+        if self.window:
+            token = self.window.pop()
+            self.counts[token] -= 1
+            if not self.counts[token]:
+                del self.counts[token]
 
     def accept(self, token: int) -> None:
         if self.last_n <= 0:
@@ -574,6 +584,7 @@ class Sampler:
         ctx: Context,
         grammar: str | None = None,
         *,
+        root: str = "root",
         lazy: bool = False,
         reference_penalties: bool = False,
     ) -> None:
@@ -598,8 +609,8 @@ class Sampler:
         )
         try:
             if grammar is not None:
-                text, root = grammar_for(grammar, lazy)
-                self._grammar = _init_grammar(ctx.weights, text, root)
+                text, start = grammar_for(grammar, root, lazy)
+                self._grammar = _init_grammar(ctx.weights, text, start)
                 self._cand = _Candidates(ctx.n_vocab)
                 self._one = (ll.llama_token_data * 1)()
             if settings.temperature != 0 or grammar is not None or reference_penalties:
@@ -609,25 +620,47 @@ class Sampler:
             self.close()
             raise
 
-    def activate(self) -> None:
-        """Start applying a lazy grammar (the thought ended)."""
-        if self._grammar is not None:
-            self.grammar_active = True
+    def activate(self, replay: Sequence[int] = ()) -> bool:
+        """Start applying a lazy grammar (the thought ended, a tool call opened), first
+        feeding it ``replay``, tokens already drawn that belong to what it constrains.
+        False (and still inactive) when the grammar rejects one of them."""
+        if self._grammar is None or self.grammar_active:
+            return self.grammar_active
+        for token in replay:
+            if not self._allowed(token):
+                return False
+        for token in replay:
+            self._ll.llama_sampler_accept(self._grammar, token)
+        self.grammar_active = True
+        return True
 
     def sample(self, row: int) -> int:
         """The next token from the logits of batch row ``row``; it is accepted."""
         logits = self._ctx.logits(row)
         if self._penalties is not None:
             self._penalties.apply(logits)
-        if self.grammar_active:
-            token = self._sample_with_grammar(logits)
-        elif self._chain is not None:
-            token = int(self._ll.llama_sampler_sample(self._chain, self._ctx._handle, row))
-        else:
-            token = int(logits.argmax())
+        token = self._pick(logits, row)
         if self._penalties is not None:
             self._penalties.accept(token)
         return token
+
+    def redraw(self, row: int) -> int:
+        """Draw row ``row``'s token again, now with the lazy grammar active (the first
+        draw showed the model starting what the grammar constrains)."""
+        if self._penalties is not None:
+            self._penalties.undo()
+        self.activate()
+        token = self._pick(self._ctx.logits(row), row)  # penalties already applied
+        if self._penalties is not None:
+            self._penalties.accept(token)
+        return token
+
+    def _pick(self, logits: Any, row: int) -> int:
+        if self.grammar_active:
+            return self._sample_with_grammar(logits)
+        if self._chain is not None:
+            return int(self._ll.llama_sampler_sample(self._chain, self._ctx._handle, row))
+        return int(logits.argmax())
 
     def _allowed(self, token: int) -> bool:
         ll = self._ll

@@ -87,8 +87,6 @@ def _check_fields(body: Mapping[str, Any], allowed: set[str]) -> None:
             ("logit_bias", not body.get("logit_bias")),
             ("logprobs", body.get("logprobs") in (None, False)),
             ("top_logprobs", body.get("top_logprobs") in (None, 0)),
-            ("tools", not body.get("tools")),
-            ("tool_choice", body.get("tool_choice") in (None, "none", "auto")),
             ("echo", body.get("echo") in (None, False)),
             ("suffix", body.get("suffix") in (None, "")),
         )
@@ -194,9 +192,12 @@ def _messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
                 f"messages[{i}].role must be system, user, assistant, developer or tool",
                 "messages",
             )
-        if m.get("tool_calls"):
-            raise _bad(f"messages[{i}]: not supported by ggrun: tool_calls", "messages")
-        out.append({"role": "system" if role == "developer" else role, "content": _content(m, i)})
+        msg: dict[str, Any] = {"role": "system" if role == "developer" else role}
+        msg["content"] = _content(m, i)
+        for key in ("tool_calls", "tool_call_id"):
+            if m.get(key) is not None:
+                msg[key] = m[key]  # checked by the request
+        out.append(msg)
     return out
 
 
@@ -210,7 +211,16 @@ def chat_options(body: Mapping[str, Any]) -> dict[str, Any]:
         "max_tokens": _max_tokens(body, "max_completion_tokens", "max_tokens"),
         **_sampling(body),
         **_structured(body.get("response_format")),
+        **_tools(body),
     }
+
+
+def _tools(body: Mapping[str, Any]) -> dict[str, Any]:
+    """``tools``, ``tool_choice`` and ``parallel_tool_calls`` (checked by the request)."""
+    out = {k: body[k] for k in ("tools", "tool_choice", "parallel_tool_calls") if k in body}
+    if "tools" in out and not isinstance(out["tools"], list):
+        raise _bad("'tools' must be a list of tool definitions", "tools")
+    return out
 
 
 def completion_options(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -260,6 +270,9 @@ def final_body(rid: str, model_id: str, r: Result, chat: bool) -> dict[str, Any]
         msg: dict[str, Any] = {"role": "assistant", "content": r.text}
         if r.reasoning:
             msg["reasoning_content"] = r.reasoning
+        if r.tool_calls:
+            msg["tool_calls"] = [c.as_openai() for c in r.tool_calls]
+            msg["content"] = r.text or None
         choice: dict[str, Any] = {"index": 0, "message": msg, "finish_reason": r.finish_reason}
         obj = "chat.completion"
     else:
@@ -293,3 +306,16 @@ def chunk_body(rid: str, model_id: str, created: int, chat: bool, c: Chunk | Non
         choice = {"index": 0, "text": c.text if c else "", "finish_reason": finish}
         obj = "text_completion"
     return {"id": rid, "object": obj, "created": created, "model": model_id, "choices": [choice]}
+
+
+def tool_call_deltas(calls: list[Any], first_index: int) -> list[dict[str, Any]]:
+    """OpenAI's streamed pieces of finished calls: the index, id and name first, then
+    the arguments."""
+    out = []
+    for k, c in enumerate(calls):
+        d = c.as_openai()
+        i = first_index + k
+        head = {"index": i, "id": d["id"], "type": "function"}
+        out.append({**head, "function": {"name": d["function"]["name"], "arguments": ""}})
+        out.append({"index": i, "function": {"arguments": d["function"]["arguments"]}})
+    return out

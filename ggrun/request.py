@@ -15,6 +15,7 @@ few-shot ``task``); an ``id`` that results carry back.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -23,6 +24,7 @@ from typing import Any
 from ggrun import sampling, structured
 from ggrun.errors import GgrunError, InvalidArgument
 from ggrun.templates import ROLES, Message
+from ggrun.tools import Choice, Tool, ToolCall, to_tools
 
 DEFAULT_MAX_TOKENS = 256
 MAX_STOPS = 16
@@ -43,6 +45,9 @@ class Request:
     stop: tuple[str, ...] = ()
     think: bool | None = None
     constraint: structured.Constraint | None = field(default=None, compare=False)
+    tools: tuple[Tool, ...] = ()
+    tool_choice: Choice = Choice()
+    parallel_tool_calls: bool = True
 
     @property
     def is_chat(self) -> bool:
@@ -51,6 +56,11 @@ class Request:
     @property
     def overrides(self) -> dict[str, Any]:
         return dict(self.sampling)
+
+    @property
+    def offered_tools(self) -> tuple[Tool, ...]:
+        """The tools the model is shown (none with ``tool_choice="none"``)."""
+        return () if self.tool_choice.mode == "none" else self.tools
 
     def with_options(self, **options: Any) -> Request:
         """A copy with more options, validated as :meth:`build` does."""
@@ -70,6 +80,10 @@ class Request:
         }
         if self.constraint is not None:
             out["constraint"] = self.constraint
+        if self.tools:
+            out["tools"] = list(self.tools)
+            out["tool_choice"] = self.tool_choice
+            out["parallel_tool_calls"] = self.parallel_tool_calls
         return out
 
     @classmethod
@@ -144,7 +158,9 @@ def _prompt(v: Any) -> str | tuple[int, ...]:
 
 
 def messages(v: Any) -> tuple[Message, ...]:
-    """Chat messages: ``{"role", "content"}`` mappings (or :class:`Message` objects)."""
+    """Chat messages: ``{"role", "content"}`` mappings (or :class:`Message` objects); an
+    assistant's may carry ``tool_calls`` (content then may be empty), a ``tool`` message
+    answers one (``tool_call_id``)."""
     if not isinstance(v, (list, tuple)) or not v:
         raise InvalidArgument("messages must be a non-empty list")
     if len(v) > MAX_MESSAGES:
@@ -161,8 +177,45 @@ def messages(v: Any) -> tuple[Message, ...]:
             raise InvalidArgument(
                 f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}"[:200]
             )
-        content = text(f"messages[{i}].content", m.get("content"))
-        out.append(Message(role, content))
+        calls = _tool_calls(m.get("tool_calls"), i) if role == "assistant" else ()
+        content = m.get("content")
+        if content is None and calls:
+            content = ""
+        content = text(f"messages[{i}].content", content)
+        call_id = m.get("tool_call_id")
+        if call_id is not None:
+            call_id = text(f"messages[{i}].tool_call_id", call_id)[:200]
+        out.append(Message(role, content, calls, call_id))
+    return tuple(out)
+
+
+def _tool_calls(v: Any, i: int) -> tuple[dict[str, Any], ...]:
+    """An assistant's earlier calls, as the chat templates read them (arguments a dict)."""
+    if v is None:
+        return ()
+    if not isinstance(v, (list, tuple)) or len(v) > MAX_STOPS * 8:
+        raise InvalidArgument(f"messages[{i}].tool_calls must be a list")
+    out = []
+    for j, c in enumerate(v):
+        where = f"messages[{i}].tool_calls[{j}]"
+        if isinstance(c, ToolCall):
+            c = c.as_openai()
+        fn = c.get("function") if isinstance(c, Mapping) else None
+        if not isinstance(fn, Mapping) or not isinstance(fn.get("name"), str):
+            raise InvalidArgument(f"{where} must be {{'function': {{'name', 'arguments'}}}}")
+        args = fn.get("arguments", {})
+        if isinstance(args, str):
+            try:
+                args = json.loads(args) if args.strip() else {}
+            except (ValueError, RecursionError):
+                raise InvalidArgument(f"{where}.function.arguments is not JSON") from None
+        if not isinstance(args, dict):
+            raise InvalidArgument(f"{where}.function.arguments must be an object")
+        call = {"type": "function", "function": {"name": text(f"{where} name", fn["name"]),
+                                                 "arguments": args}}  # fmt: skip
+        if isinstance(c.get("id"), str):
+            call["id"] = c["id"][:200]
+        out.append(call)
     return tuple(out)
 
 
@@ -198,6 +251,17 @@ def _build(opts: dict[str, Any]) -> Request:
         constraint = _constraint(asked)
     elif any(v not in (None, False) for v in asked.values()):
         raise InvalidArgument("give a constraint or json/schema/grammar/format, not both")
+    tools = to_tools(opts.pop("tools")) if opts.get("tools") else ()
+    opts.pop("tools", None)
+    choice = opts.pop("tool_choice", None)
+    choice = choice if isinstance(choice, Choice) else Choice.parse(choice, tools)
+    parallel = opts.pop("parallel_tool_calls", True)
+    if not isinstance(parallel, bool):
+        raise InvalidArgument("parallel_tool_calls must be true or false")
+    if choice.mode in ("required", "named") and not tools:
+        raise InvalidArgument(f"tool_choice {choice.mode!r} needs tools")
+    if tools and constraint is not None:
+        raise InvalidArgument("tools cannot be combined with json, schema, grammar or format")
     prompt, msgs = opts.pop("prompt", None), opts.pop("messages", None)
     if (prompt is None) == (msgs is None):
         raise InvalidArgument("a request needs a prompt or messages (one of them)")
@@ -218,7 +282,12 @@ def _build(opts: dict[str, Any]) -> Request:
         stop=_stop(opts.pop("stop", None)),
         think=_bool_or_none("think", opts.pop("think", None)),
         constraint=constraint,
+        tools=tools,
+        tool_choice=choice,
+        parallel_tool_calls=parallel,
     )
+    if tools and req.messages is None:
+        raise InvalidArgument("tools need messages (a chat), not a raw prompt")
     if opts:
         raise InvalidArgument(f"unknown option(s): {', '.join(sorted(map(str, opts)))}")
     return req

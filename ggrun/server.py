@@ -358,6 +358,7 @@ class Server:
 
         async def events() -> AsyncIterator[str]:
             finished = False
+            n_calls = 0
             try:
                 if chat:
                     yield event(None)
@@ -372,6 +373,11 @@ class Server:
                         break
                     if item.text or item.reasoning:
                         yield event(item)
+                    for piece in openai_api.tool_call_deltas(item.tool_calls, n_calls):
+                        d = openai_api.chunk_body(rid, self.model_id, created, chat, None, None)
+                        d["choices"][0]["delta"] = {"tool_calls": [piece]}
+                        yield json.dumps(d, ensure_ascii=False)
+                    n_calls += len(item.tool_calls)
                 yield "[DONE]"
             finally:
                 if not finished:  # the client went away: free the slot now

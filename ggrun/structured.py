@@ -354,7 +354,11 @@ def format_constraint(fmt: str, columns: list[str] | None = None) -> Constraint:
 
 def check_result(result: Any, constraint: Constraint | None) -> Any:
     """Parse a constrained result into ``result.data``; a cut-off one is an error, never
-    passed off as valid."""
+    passed off as valid (nor a result whose tool calls were cut off or invalid)."""
+    if result.error is not None:
+        if result.finish_reason == "length":
+            raise IncompleteOutput(result.error, result)
+        raise GrammarError(result.error)
     if constraint is None:
         return result
     if result.finish_reason == "length":

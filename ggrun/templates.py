@@ -47,11 +47,20 @@ ROLES = ("system", "user", "assistant", "tool")
 
 @dataclass(frozen=True)
 class Message:
+    """A chat message; an assistant's may carry tool calls, a tool's answers one."""
+
     role: str
     content: str
+    tool_calls: tuple[dict[str, Any], ...] = ()  # {"id", "type": "function", "function"}
+    tool_call_id: str | None = None
 
-    def as_dict(self) -> dict[str, str]:
-        return {"role": self.role, "content": self.content}
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            d["tool_calls"] = [dict(c) for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            d["tool_call_id"] = self.tool_call_id
+        return d
 
 
 def to_messages(messages: Sequence[Any]) -> list[Message]:
@@ -130,8 +139,10 @@ def render(
     think: bool | None = None,
     bos_token: str = "",
     eos_token: str = "",
+    tools: Sequence[dict[str, Any]] = (),
 ) -> str:
-    """Render ``messages`` with ``template`` (ChatML when None) in the sandbox."""
+    """Render ``messages`` with ``template`` (ChatML when None) in the sandbox;
+    ``tools`` are OpenAI-style definitions for the template's own tool section."""
     import jinja2
     from jinja2.sandbox import SecurityError
 
@@ -144,6 +155,8 @@ def render(
     }
     if think is not None:
         variables["enable_thinking"] = think
+    if tools:
+        variables["tools"] = [dict(t) for t in tools]
     parts: list[str] = []
     size = 0
     old = sys.gettrace()

@@ -16,7 +16,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Self
 
+from ggrun.errors import GgrunError
 from ggrun.templates import THINK_CLOSE, THINK_OPEN
+from ggrun.tools import CLOSE, OPEN, Tool, ToolCall, parse_call
 
 
 @dataclass
@@ -37,6 +39,8 @@ class Chunk:
     prompt_tps: float = 0.0
     generation_tps: float = 0.0
     ttft: float = 0.0  # seconds from the start of the request to its first token
+    tool_calls: list[ToolCall] = field(default_factory=list)  # calls completed in this chunk
+    error: str | None = None  # on the last chunk: why the output cannot be used
 
 
 @dataclass
@@ -56,10 +60,16 @@ class Result:
     data: Any = None
     id: Any = None
     error: str | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
 
     @classmethod
     def from_last(
-        cls, last: Chunk, text: str, reasoning: str, default_finish: str = "stop"
+        cls,
+        last: Chunk,
+        text: str,
+        reasoning: str,
+        default_finish: str = "stop",
+        tool_calls: list[ToolCall] | None = None,
     ) -> Self:
         """A result from the stream's text, its reasoning and its last chunk's counts."""
         return cls(
@@ -73,18 +83,22 @@ class Result:
             generation_tps=last.generation_tps,
             ttft=last.ttft,
             reasoning=reasoning.strip() or None,
+            error=last.error,
+            tool_calls=list(tool_calls or []),
         )
 
     @classmethod
     def collect(cls, chunks: Iterator[Chunk]) -> Result:
         text: list[str] = []
         reasoning: list[str] = []
+        calls: list[ToolCall] = []
         last = Chunk()
         for c in chunks:
             text.append(c.text)
             reasoning.append(c.reasoning)
+            calls += c.tool_calls
             last = c
-        return cls.from_last(last, "".join(text), "".join(reasoning))
+        return cls.from_last(last, "".join(text), "".join(reasoning), tool_calls=calls)
 
     @classmethod
     def failed(cls, error: str, id: Any = None) -> Result:
@@ -195,6 +209,53 @@ def _partial_suffix(text: str, tag: str) -> int:
     return 0
 
 
+class ToolCallSplitter:
+    """Take ``<tool_call>…</tool_call>`` blocks out of the answer text.
+
+    ``feed`` returns the content (text outside calls; a possible partial opening tag is
+    held back) and the text of each call that closed. After the first call, blank text
+    between calls is not content.
+    """
+
+    def __init__(self) -> None:
+        self.buf = ""
+        self.in_call = False
+        self.seen_call = False
+
+    def feed(self, text: str) -> tuple[str, list[str]]:
+        self.buf += text
+        content: list[str] = []
+        calls: list[str] = []
+        while True:
+            if self.in_call:
+                j = self.buf.find(CLOSE)
+                if j < 0:
+                    break
+                calls.append(self.buf[:j])
+                self.buf = self.buf[j + len(CLOSE) :]
+                self.in_call = False
+                continue
+            i = self.buf.find(OPEN)
+            if i >= 0:
+                content.append(self.buf[:i])
+                self.buf = self.buf[i + len(OPEN) :]
+                self.in_call = self.seen_call = True
+                continue
+            keep = _partial_suffix(self.buf, OPEN)
+            content.append(self.buf[: len(self.buf) - keep])
+            self.buf = self.buf[len(self.buf) - keep :]
+            break
+        out = "".join(content)
+        return ("" if self.seen_call and not out.strip() else out), calls
+
+    def flush(self) -> tuple[str, bool]:
+        """The text held back, and whether a call was left open (cut off)."""
+        rest, self.buf = self.buf, ""
+        if self.in_call:
+            return "", True
+        return ("" if self.seen_call and not rest.strip() else rest), False
+
+
 class TextStream:
     """The pipeline of one sequence: feed it each sampled token, then :meth:`finish` it.
 
@@ -210,12 +271,17 @@ class TextStream:
         stop: tuple[str, ...] = (),
         split_thinking: bool = False,
         starts_in_thinking: bool = False,
+        tools: tuple[Tool, ...] = (),
         on_chunk: Callable[[Chunk], Any] | None = None,
     ) -> None:
         self._bytes = token_bytes
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._stopper = StopMatcher(stop)
         self._splitter = ThinkSplitter(starts_in_thinking) if split_thinking else None
+        self._tools = tools
+        self._calls = ToolCallSplitter() if tools else None
+        self.tool_calls: list[ToolCall] = []
+        self.error: str | None = None
         self.on_chunk = on_chunk
         self.stats = Chunk(prompt_tokens=n_prompt, cached_tokens=n_cached)
         self.t_start = time.perf_counter()
@@ -228,6 +294,18 @@ class TextStream:
     def thinking(self) -> bool:
         """Whether the model is inside a ``<think>`` block now."""
         return self._splitter is not None and self._splitter.in_think
+
+    @property
+    def at_answer_start(self) -> bool:
+        """Nothing of the answer has come yet (blanks, a thought, at most)."""
+        sp = self._splitter
+        started = sp is not None and (sp.in_think or sp.answer_started)
+        return not started and not any(self.text) and not self.tool_calls
+
+    @property
+    def in_tool_call(self) -> bool:
+        """Whether the model is inside a ``<tool_call>`` block now."""
+        return self._calls is not None and self._calls.in_call
 
     @property
     def n_generated(self) -> int:
@@ -259,7 +337,21 @@ class TextStream:
             s.reasoning_tokens += 1
         dt = now - (self._t_prompt or self.t_start)
         s.generation_tps = s.completion_tokens / dt if dt > 0 else 0.0
-        return self._emit(answer, thought, token), hit
+        answer, calls = self._take_calls(answer)
+        return self._emit(answer, thought, token, calls), hit
+
+    def _take_calls(self, answer: str) -> tuple[str, list[ToolCall]]:
+        if self._calls is None:
+            return answer, []
+        content, texts = self._calls.feed(answer)
+        calls = []
+        for t in texts:
+            try:
+                calls.append(parse_call(t, self._tools))
+            except GgrunError as e:  # only without the grammar (it makes calls valid)
+                self.error = self.error or str(e)
+        self.tool_calls += calls
+        return content, calls
 
     def finish(self, reason: str) -> Chunk:
         """Flush what was held back; the last chunk, with ``finish_reason`` and the stats."""
@@ -268,24 +360,46 @@ class TextStream:
         if self._splitter:  # text held back as a possible partial tag is the reply's end
             a2, t2 = self._splitter.flush()
             answer, thought = answer + a2, thought + t2
+        answer, calls = self._take_calls(answer)
+        if self._calls is not None:
+            rest, cut = self._calls.flush()
+            answer += rest
+            if cut:
+                self.error = self.error or (
+                    f"the output was cut off inside a tool call (finish_reason={reason}) "
+                    "before it was complete; raise max_tokens"
+                )
+        if self.tool_calls and reason == "stop":
+            reason = "tool_calls"
         self.text.append(answer)
         self.reasoning.append(thought)
         last = dataclasses.replace(
-            self.stats, text=answer, reasoning=thought, token=None, finish_reason=reason
+            self.stats,
+            text=answer,
+            reasoning=thought,
+            token=None,
+            finish_reason=reason,
+            tool_calls=calls,
+            error=self.error,
         )
         if self.on_chunk is not None:
             self.on_chunk(last)
         return last
 
     def result(self, last: Chunk) -> Result:
-        return Result.from_last(last, "".join(self.text), "".join(self.reasoning))
+        text, reasoning = "".join(self.text), "".join(self.reasoning)
+        return Result.from_last(last, text, reasoning, tool_calls=self.tool_calls)
 
-    def _emit(self, answer: str, thought: str, token: int | None) -> Chunk | None:
-        if not (answer or thought):
+    def _emit(
+        self, answer: str, thought: str, token: int | None, calls: list[ToolCall]
+    ) -> Chunk | None:
+        if not (answer or thought or calls):
             return None
         self.text.append(answer)
         self.reasoning.append(thought)
-        chunk = dataclasses.replace(self.stats, text=answer, reasoning=thought, token=token)
+        chunk = dataclasses.replace(
+            self.stats, text=answer, reasoning=thought, token=token, tool_calls=calls
+        )
         if self.on_chunk is not None:
             self.on_chunk(chunk)
         return chunk

@@ -63,6 +63,15 @@ def qwen(qwen_path: Path) -> Iterator[object]:
 
 
 @pytest.fixture(scope="session")
+def qwen15(qwen15_path: Path) -> Iterator[object]:
+    """Qwen2.5-Coder-1.5B: the closest to Qwen3-1.7B (slow: mark its tests slow)."""
+    from ggrun.engine import LoadConfig, Model
+
+    with Model(qwen15_path, LoadConfig(n_ctx=2048)) as m:
+        yield m
+
+
+@pytest.fixture(scope="session")
 def tiny_src(qwen_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.checkpoints import write_qwen3
     from tests.helpers import QWEN3_TEMPLATE

@@ -221,3 +221,70 @@ def test_port_in_use_is_one_line_before_loading(smol_path: Path) -> None:
     assert r.returncode == 1
     assert r.stderr.startswith(f"ggrun: error: cannot listen on 127.0.0.1:{port}")
     assert r.stderr.count("\n") == 1 and "serving" not in r.stderr
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"enum": ["c", "f"]}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def test_tool_calls_whole_streamed_and_the_round_trip(client: Any) -> None:
+    msgs: list[dict[str, Any]] = [{"role": "user", "content": "Weather in Rome?"}]
+    args = {"model": "SmolLM2-135M-Instruct.Q4_1", "tools": [WEATHER],
+            "tool_choice": "required", "temperature": 0, "max_tokens": 60}  # fmt: skip
+    whole = client.chat.completions.create(messages=msgs, **args)
+    choice = whole.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls
+    call = choice.message.tool_calls[0]
+    assert call.type == "function" and call.function.name == "get_weather"
+    arguments = json.loads(call.function.arguments)
+    jsonschema.validate(arguments, WEATHER["function"]["parameters"])
+    assert not choice.message.content  # the call markup never reaches content
+    # streamed: index, id and name first, then the arguments
+    pieces: dict[int, dict[str, str]] = {}
+    finish = None
+    for ev in client.chat.completions.create(messages=msgs, stream=True, **args):
+        for tc in ev.choices[0].delta.tool_calls or []:
+            p = pieces.setdefault(tc.index, {"id": "", "name": "", "arguments": ""})
+            if tc.id:
+                p["id"] = tc.id
+            if tc.function and tc.function.name:
+                p["name"] = tc.function.name
+            if tc.function and tc.function.arguments:
+                p["arguments"] += tc.function.arguments
+        finish = ev.choices[0].finish_reason or finish
+    assert finish == "tool_calls"
+    assert [(p["name"], json.loads(p["arguments"])) for p in pieces.values()] == [
+        (c.function.name, json.loads(c.function.arguments)) for c in choice.message.tool_calls
+    ]
+    # the round trip: the call, its result, and an answer
+    msgs += [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [c.model_dump() for c in choice.message.tool_calls],
+        },  # fmt: skip
+        {"role": "tool", "tool_call_id": call.id, "content": "18 degrees and sunny"},
+    ]
+    final = client.chat.completions.create(
+        model=args["model"], messages=msgs, tools=[WEATHER], temperature=0, max_tokens=20
+    )
+    assert final.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
+
+def test_a_bad_tool_is_a_400_that_names_it(server: str) -> None:
+    h = {"Authorization": f"Bearer {KEY}"}
+    bad = {"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"n": {"type": "number", "multipleOf": 2}}}}}  # fmt: skip
+    r = httpx.post(server + "/v1/chat/completions", headers=h, json={
+        "messages": [{"role": "user", "content": "x"}], "tools": [bad]})  # fmt: skip
+    assert r.status_code == 400 and "multipleOf" in r.json()["error"]["message"]

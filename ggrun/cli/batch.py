@@ -45,6 +45,8 @@ def batch(
     json_mode: options.JsonOpt = False,
     schema: options.SchemaOpt = None,
     task: options.TaskOpt = None,
+    tools: options.ToolsOpt = None,
+    tool_choice: options.ToolChoiceOpt = None,
     *,
     opts: dict[str, Any],
 ) -> None:
@@ -69,10 +71,13 @@ def batch(
     common["think"] = think
     common["json"] = json_mode or None
     common["schema"] = options.read_schema(schema)
+    common["tools"] = options.read_tools(tools)
+    common["tool_choice"] = options.tool_choice(tool_choice)
     if task is not None:
         common["task"] = load_task(task)  # read once; a bad task fails before loading
         common["prompt"] = ""  # each line's text replaces it
-    Request.build(**{"prompt": "?", **common})  # bad options fail before loading
+    probe = {"prompt": "?"} if task else {"messages": [{"role": "user", "content": "?"}]}
+    Request.build(**{**probe, **common})  # bad options fail before loading
     out = ResultsFile(output, source=input_file)
     items: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
@@ -122,6 +127,10 @@ def _record(result: Any) -> dict[str, Any]:
         rec["reasoning"] = result.reasoning
     if result.data is not None:
         rec["data"] = result.data
+    if result.tool_calls:
+        rec["tool_calls"] = [
+            {"id": c.id, "name": c.name, "arguments": c.arguments} for c in result.tool_calls
+        ]
     rec.update(
         finish_reason=result.finish_reason,
         prompt_tokens=result.prompt_tokens,

@@ -8,6 +8,7 @@ Ctrl-D at an empty prompt exits.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -148,6 +149,13 @@ class _Input:
 def chat(
     model: ModelArg = None,
     system: Annotated[str | None, typer.Option("--system", "-s", help="A system prompt.")] = None,
+    tools: options.ToolsOpt = None,
+    confirm: Annotated[
+        bool,
+        typer.Option(
+            "--confirm", help="Ask before running each tool call.", rich_help_panel="Tools"
+        ),
+    ] = False,
     *,
     opts: dict[str, Any],
 ) -> None:
@@ -162,7 +170,10 @@ def chat(
     sampling = options.sampling_kwargs(opts)
     max_tokens = sampling.pop("max_tokens", 1024)
     with options.load_model(model, opts) as m:
-        convo = Chat(m, system=system, think=opts.get("think"), max_tokens=max_tokens, **sampling)
+        convo = Chat(
+            m, system=system, think=opts.get("think"), max_tokens=max_tokens,
+            tools=options.read_tools(tools), auto_run=True, **sampling,
+        )  # fmt: skip
         session = Session(convo, show_thinking=opts["show_thinking"])
         reader = _Input()
         print(
@@ -195,6 +206,7 @@ def chat(
             try:
                 write_stream(convo.stream(text), sys.stdout, show_thinking=session.show_thinking)
                 print(flush=True)
+                _run_calls(session, confirm)
             except KeyboardInterrupt:
                 print("\n(interrupted)", flush=True)
             except GgrunError as e:
@@ -207,3 +219,29 @@ def chat(
 
 
 chat = options.with_options(LOAD, SAMPLING, THINKING)(chat)
+
+
+def _run_calls(session: Session, confirm: bool) -> None:
+    """Run the tools the model called, show each call and result dimmed, and let the
+    model go on, until it answers or the step limit."""
+    from ggrun.cli.render import dim, write_stream
+
+    convo = session.chat
+    for _ in range(convo.max_steps):
+        calls = convo.last.tool_calls if convo.last is not None else []
+        if not calls:
+            return
+        for c in calls:
+            session.say(dim(f"→ {c.name}({json.dumps(c.arguments, ensure_ascii=False)})"))
+        ask = _ask if confirm else None
+        results = convo.call_tools(calls, confirm=ask)
+        for r in results:
+            session.say(dim(f"← {r.content[:2000]}"))
+        stream = convo.stream_tool_results(results)
+        write_stream(stream, sys.stdout, show_thinking=session.show_thinking)
+        print(flush=True)
+
+
+def _ask(call: Any) -> bool:
+    answer = input(f"run {call.name}? [y/N] ").strip().lower()
+    return answer in ("y", "yes")

@@ -59,6 +59,8 @@ def generate(
         ),
     ] = None,
     task: options.TaskOpt = None,
+    tools: options.ToolsOpt = None,
+    tool_choice: options.ToolChoiceOpt = None,
     file: Annotated[
         Path | None,
         typer.Option("--file", "-f", help="Read the prompt (the task input) from this file."),
@@ -92,18 +94,34 @@ def generate(
         "task": task,
     }
     what = {"prompt": prompt} if raw or task else {"messages": _messages(system, prompt)}
+    tooling = {"tools": options.read_tools(tools), "tool_choice": options.tool_choice(tool_choice)}
     # built (and checked) before the model loads: a bad schema or task fails at once
     request = Request.build(
         **what, max_tokens=sampling.pop("max_tokens", None), think=opts.get("think"),
-        **sampling, **constrained,
+        **sampling, **constrained, **tooling,
     )  # fmt: skip
     with options.load_model(model, opts) as m:
-        if request.constraint is not None:  # generated whole, checked, then printed
+        if request.tools:  # the calls are printed as JSON, never run
+            result = m.complete(request)
+            if result.reasoning and opts.get("show_thinking"):
+                print(result.reasoning, file=sys.stderr)
+            calls = [{"id": c.id, "name": c.name, "arguments": c.arguments}
+                     for c in result.tool_calls]  # fmt: skip
+            if calls:
+                import json
+
+                if result.text.strip():
+                    print(result.text.strip(), file=sys.stderr)
+                sys.stdout.write(json.dumps(calls, ensure_ascii=False, indent=2) + "\n")
+            else:
+                sys.stdout.write(result.text.strip() + "\n")
+            last: Any = result
+        elif request.constraint is not None:  # generated whole, checked, then printed
             result = m.complete(request)
             if result.reasoning and opts.get("show_thinking"):
                 print(result.reasoning, file=sys.stderr)
             sys.stdout.write(result.text.strip() + "\n")
-            last: Any = result
+            last = result
         else:
             last = write_stream(
                 m.stream(request), sys.stdout, show_thinking=opts["show_thinking"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -296,3 +297,70 @@ def read_grammar(path: str | None) -> str | None:
     from ggrun.structured import read_grammar as read
 
     return read(path)
+
+
+ToolsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--tools",
+        help="Tools the model may call: a Python file (its functions, or its TOOLS list; "
+        "your own code, run in this process) or a JSON file of OpenAI tool definitions.",
+        rich_help_panel="Tools",
+    ),
+]
+ToolChoiceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tool-choice",
+        help="auto (default), none, required, or the name of one tool.",
+        rich_help_panel="Tools",
+    ),
+]
+
+
+def read_tools(path: Path | None) -> list[Any] | None:
+    """``--tools``: the functions of a Python file, or the definitions in a JSON file."""
+    if path is None:
+        return None
+    import importlib.util
+    import json
+
+    from ggrun.errors import InvalidArgument
+
+    if not path.is_file():
+        raise InvalidArgument(f"--tools {path}: no such file")
+    if path.suffix == ".json":
+        try:
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except (OSError, ValueError, RecursionError) as e:
+            raise InvalidArgument(f"--tools {path}: not a JSON list of tools: {e}") from None
+        if not isinstance(data, list):
+            raise InvalidArgument(f"--tools {path}: expected a JSON list of tool definitions")
+        return data
+    spec = importlib.util.spec_from_file_location(f"ggrun_tools_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise InvalidArgument(f"--tools {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 - the user's own file failed to run
+        raise InvalidArgument(f"--tools {path}: {type(e).__name__}: {e}") from None
+    found = getattr(module, "TOOLS", None)
+    if found is None:
+        own = module.__name__
+        found = [
+            f
+            for name, f in vars(module).items()
+            if callable(f) and not isinstance(f, type) and not name.startswith("_")
+            and getattr(f, "__module__", "") == own
+        ]  # fmt: skip
+    if not found:
+        raise InvalidArgument(f"--tools {path}: defines no functions")
+    return list(found)
+
+
+def tool_choice(value: str | None) -> Any:
+    """``--tool-choice``: a mode, or a tool's name."""
+    if value is None or value in ("auto", "none", "required"):
+        return value
+    return {"type": "function", "function": {"name": value}}

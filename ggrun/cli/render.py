@@ -10,6 +10,13 @@ from ggrun.engine import Chunk
 DIM, RESET = "\033[2m", "\033[0m"
 
 
+def dim(text: str) -> str:
+    """``text`` dimmed on a terminal."""
+    import sys
+
+    return f"{DIM}{text}{RESET}" if sys.stdout.isatty() else text
+
+
 def write_stream(
     chunks: Iterator[Chunk],
     out: IO[str],
