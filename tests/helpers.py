@@ -70,3 +70,14 @@ def _details(v: Any) -> MetadataDetails:
         sub = gguf.GGUFValueType.INT32 if sub == gguf.GGUFValueType.UINT32 else sub
         return MetadataDetails(gguf.GGUFValueType.ARRAY, v, sub_type=sub)
     return MetadataDetails(vtype(v), v)
+
+
+def string_spans(path: Path, key: str) -> list[tuple[int, int]]:
+    """Where each string of metadata ``key`` lies in the file: (byte offset, length)."""
+    reader = _reader(path)
+    field = reader.fields[key]
+    base = reader.data.__array_interface__["data"][0]
+    return [
+        (field.parts[i].__array_interface__["data"][0] - base, len(field.parts[i]))
+        for i in field.data
+    ]

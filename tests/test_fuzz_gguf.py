@@ -1,26 +1,34 @@
 """Fuzz: damaged copies of the real SmolLM2 GGUF never crash or hang ggrun.
 
 Each mutant (bit flips in the header region, truncations, extreme values written over
-counts, lengths, types and offsets) goes through ggrun's validator; what passes it is
-loaded and run by ``ggrun.engine.Model`` in a child process, so a crash is observed
-rather than fatal. Every mutant must end as a GgrunError or a model that works: no
-signal, no hang, no other exception.
+counts, lengths, types and offsets; and bytes changed *inside* strings: NUL bytes and
+invalid UTF-8 in token texts, damaged chat templates) goes through ggrun's validator;
+what passes it is loaded and run by ``ggrun.engine.Model`` in a child process (a
+completion and a chat through the template), so a crash is observed rather than fatal.
+Every mutant must end as a GgrunError or a model that works: no signal, no hang, no
+other exception.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import select
+import shutil
 import struct
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import gguf
+
 from ggrun.errors import GgrunError
 from ggrun.gguffile import read_gguf
+from tests.helpers import string_spans
 
 N_MUTANTS = 240
+N_STRING_MUTANTS = 32
 TIMEOUT_S = 30
 
 
@@ -62,7 +70,8 @@ from ggrun.errors import GgrunError
 for line in sys.stdin:
     try:
         with Model(line.strip(), LoadConfig(n_ctx=64)) as m:
-            m.generate("Hi", max_tokens=2, temperature=0)
+            m.generate("Hi \u00fc\u2603", max_tokens=2, temperature=0)
+            m.chat([{"role": "user", "content": "Hi"}], max_tokens=1, temperature=0)
         print("ok", flush=True)
     except GgrunError:
         print("refused", flush=True)
@@ -101,6 +110,61 @@ class Worker:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
+
+
+def _string_mutants(path: Path, rng: random.Random) -> Iterator[tuple[str, int, bytes]]:
+    """(name, offset, new bytes) written over the inside of a string, its length kept."""
+    tokens = string_spans(path, gguf.Keys.Tokenizer.LIST)
+    ((t_off, t_len),) = string_spans(path, gguf.Keys.Tokenizer.CHAT_TEMPLATE)
+    jinja = [b"{", b"}", b"%", b"{{", b"{%", b"\x00", b"\xff", b"'", b"("]
+    for i in range(N_STRING_MUTANTS):
+        kind = i % 4
+        off, n = tokens[rng.randrange(len(tokens))]
+        if kind == 0:  # a NUL inside a token: llama.cpp cuts it there
+            yield "token-nul", off + rng.randrange(n), b"\x00"
+        elif kind == 1:  # invalid UTF-8 inside a token
+            yield "token-utf8", off + rng.randrange(n), rng.choice([b"\xff", b"\xc3", b"\x80"])
+        elif kind == 2:  # a short token made to equal another up to a NUL
+            yield "token-cut", off + min(n - 1, rng.randrange(1, 3)), b"\x00"
+        else:  # the chat template damaged: Jinja syntax, NUL, bad UTF-8
+            pos = t_off + rng.randrange(t_len)
+            yield "template", pos, rng.choice(jinja)[: t_off + t_len - pos]
+
+
+def _outcome(worker: Worker, target: Path) -> str:
+    try:
+        read_gguf(target)
+    except GgrunError:
+        return "refused"
+    return worker.load(target)
+
+
+def test_string_mutants_never_crash(smol_path: Path, tmp_path: Path) -> None:
+    """Mutants patched in place over one copy (each is restored after its run)."""
+    target = tmp_path / "s.gguf"
+    shutil.copyfile(smol_path, target)
+    rng = random.Random(4321)
+    counts = {"refused": 0, "ok": 0}
+    failures = []
+    worker = Worker()
+    fd = os.open(target, os.O_RDWR)
+    try:
+        for name, pos, data in _string_mutants(smol_path, rng):
+            old = os.pread(fd, len(data), pos)
+            os.pwrite(fd, data, pos)
+            outcome = _outcome(worker, target)
+            os.pwrite(fd, old, pos)
+            if outcome in counts:
+                counts[outcome] += 1
+            else:
+                failures.append(f"{name}@{pos} {data!r}: {outcome}")
+                worker.close()
+                worker = Worker()
+    finally:
+        os.close(fd)
+        worker.close()
+    assert not failures, failures[:10]
+    assert counts["refused"] and counts["ok"], counts  # both outcomes are exercised
 
 
 def test_mutants_never_crash(smol_path: Path, tmp_path: Path) -> None:
