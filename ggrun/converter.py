@@ -50,9 +50,6 @@ def _import() -> ModuleType:
     except BaseException:
         del sys.modules[NAME]
         raise
-    import ggrun
-
-    ggrun._convert = module  # type: ignore[attr-defined]
     return module
 
 

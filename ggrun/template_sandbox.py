@@ -24,6 +24,7 @@ import functools
 import json
 import re
 import string
+import weakref
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
@@ -54,6 +55,19 @@ def _scalar_size(v: Any) -> int:
     return 24  # floats, None, booleans, other objects
 
 
+# the values of each namespace() a template made (a namespace prints them all)
+_NAMESPACES: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def _namespace_values(v: Any) -> dict[str, Any] | None:
+    if isinstance(v, str | bytes | int | float) or v is None:
+        return None
+    try:
+        return _NAMESPACES.get(v)
+    except TypeError:  # not weakly referenceable: not a namespace
+        return None
+
+
 def printed_size(value: Any, indent: int = 0, limit: int = MAX_VALUE) -> int:
     """About how long ``str(value)`` or its JSON is, with ``indent`` spaces per level.
 
@@ -63,8 +77,7 @@ def printed_size(value: Any, indent: int = 0, limit: int = MAX_VALUE) -> int:
     total, stack = 0, [(value, 0)]
     while stack and total <= limit:
         v, depth = stack.pop()
-        if hasattr(v, "_Namespace__attrs"):  # jinja2's namespace() prints its values
-            v = v._Namespace__attrs
+        v = _namespace_values(v) or v
         if not isinstance(v, _CONTAINERS):
             total += _scalar_size(v) + depth * indent
             continue
@@ -73,7 +86,7 @@ def printed_size(value: Any, indent: int = 0, limit: int = MAX_VALUE) -> int:
         for item in items:  # scalars here, containers later: no tuple per item
             if total > limit:
                 break
-            if isinstance(item, _CONTAINERS) or hasattr(item, "_Namespace__attrs"):
+            if isinstance(item, _CONTAINERS) or _namespace_values(item) is not None:
                 stack.append((item, depth + 1))
             else:
                 total += _scalar_size(item)
@@ -301,6 +314,24 @@ def finalize(value: Any) -> Any:
     return value
 
 
+def _namespace_factory() -> Callable[..., Any]:
+    """jinja2's ``namespace()``, with its values visible to :func:`printed_size`."""
+    from jinja2.utils import Namespace
+
+    class Seen(Namespace):
+        def __setitem__(self, name: str, value: Any) -> None:  # {% set ns.x = value %}
+            super().__setitem__(name, value)
+            _NAMESPACES[self][name] = value
+
+    def namespace(*args: Any, **kwargs: Any) -> Any:
+        values = dict(*args, **kwargs)
+        ns = Seen(values)
+        _NAMESPACES[ns] = values
+        return ns
+
+    return namespace
+
+
 def _lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:  # noqa: A002
     from jinja2.utils import generate_lorem_ipsum
 
@@ -362,6 +393,7 @@ def environment() -> Any:
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     env.globals["lipsum"] = _lipsum
+    env.globals["namespace"] = _namespace_factory()
     env.finalize = finalize
     env.concat = _bounded("".join)  # type: ignore[method-assign]
     return env

@@ -26,6 +26,7 @@ FLOORS: dict[str, int] = {
             "ggrun.gguffile",
             "ggrun.ggufcheck",
             "ggrun.templates",
+            "ggrun.template_sandbox",
             "ggrun.sampling",
             "ggrun.structured",
             "ggrun.hardware",
