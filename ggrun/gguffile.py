@@ -31,6 +31,8 @@ from typing import Any
 
 from gguf.constants import (
     GGML_QUANT_SIZES,
+    GGUF_DEFAULT_ALIGNMENT,
+    GGUF_MAGIC,
     GGMLQuantizationType,
     GGUFValueType,
     Keys,
@@ -41,9 +43,9 @@ from ggrun import ggufcheck
 from ggrun.errors import InvalidModelFile, ModelNotFound
 from ggrun.ggufcheck import ArrayValue
 
-MAGIC = b"GGUF"
+MAGIC = GGUF_MAGIC.to_bytes(4, "little")  # b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
-DEFAULT_ALIGNMENT = 32
+DEFAULT_ALIGNMENT = GGUF_DEFAULT_ALIGNMENT
 
 # Bounds. Each length is also checked against the bytes left in the file.
 MAX_KEY_LEN = 1024
