@@ -31,6 +31,7 @@ from ggrun.errors import (
 )
 
 if TYPE_CHECKING:
+    from ggrun.batch import batch, batch_stream
     from ggrun.benchmark import BenchResult, bench
     from ggrun.chat import Chat
     from ggrun.converter import convert
@@ -39,7 +40,10 @@ if TYPE_CHECKING:
     from ggrun.models import pull
     from ggrun.planner import Plan
     from ggrun.planner import plan_model as plan
+    from ggrun.request import Request
     from ggrun.sampling import SamplingConfig
+    from ggrun.speculative import Draft
+    from ggrun.tools import Tool, ToolCall
 
 __version__ = "0.1.0"
 
@@ -47,6 +51,7 @@ __all__ = [
     "BenchResult",
     "Chat",
     "Chunk",
+    "Draft",
     "ContextOverflow",
     "ConversionError",
     "GgrunError",
@@ -61,10 +66,15 @@ __all__ = [
     "Plan",
     "PresetError",
     "PullError",
+    "Request",
     "Result",
     "SamplingConfig",
     "TemplateError",
+    "Tool",
+    "ToolCall",
     "UnsupportedArchitecture",
+    "batch",
+    "batch_stream",
     "bench",
     "convert",
     "detect_hardware",
@@ -74,6 +84,12 @@ __all__ = [
 ]
 
 _LAZY = {
+    "batch": "ggrun.batch",
+    "batch_stream": "ggrun.batch",
+    "Request": "ggrun.request",
+    "Draft": "ggrun.speculative",
+    "Tool": "ggrun.tools",
+    "ToolCall": "ggrun.tools",
     "BenchResult": "ggrun.benchmark",
     "bench": "ggrun.benchmark",
     "Chat": "ggrun.chat",

@@ -111,6 +111,15 @@ class Batcher:
     def tokens_generated(self) -> int:
         return self._decoder.tokens_generated
 
+    @property
+    def drafted(self) -> int:
+        """Speculative decoding: tokens guessed, all requests."""
+        return self._decoder.drafted
+
+    @property
+    def accepted(self) -> int:
+        return self._decoder.accepted
+
     # -- requests -------------------------------------------------------------
     def admit(
         self,

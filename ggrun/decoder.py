@@ -15,17 +15,22 @@ fails the step.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ggrun import llama
+from ggrun import llama, speculative
 from ggrun.errors import GgrunError
 from ggrun.request import Request
 from ggrun.sampling import SamplingConfig
+from ggrun.speculative import Speculation
 from ggrun.textstream import Chunk, Result, TextStream
 from ggrun.tools import OPEN, looks_like_call
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,6 +46,7 @@ class Prepared:
     grammar_root: str = "root"
     activation: str | None = None  # when the grammar starts: None (at once), "think"
     # (after the thought) or "tool" (when the model opens a tool call)
+    speculative: str = "off"  # where guesses come from: off, lookup or draft
     index: int = 0  # a batch's or a server's handle for the request
 
     @property
@@ -66,6 +72,7 @@ class Sequence:
     out: list[Chunk] = field(default_factory=list)  # chunks not yet taken by a reader
     last: Chunk | None = None  # the final chunk, once finished
     error: GgrunError | None = None
+    spec: Speculation | None = None  # where guesses come from (speculative decoding)
 
     @property
     def finished(self) -> bool:
@@ -88,12 +95,22 @@ class Sequence:
 class Decoder:
     """Steps the sequences of one context; see the module docstring."""
 
-    def __init__(self, ctx: llama.Context, is_end: Callable[[int], bool]) -> None:
+    def __init__(
+        self,
+        ctx: llama.Context,
+        is_end: Callable[[int], bool],
+        draft: speculative.DraftModel | None = None,
+    ) -> None:
         self.ctx = ctx
         self.is_end = is_end
-        self.batch = llama.Batch(max(ctx.n_batch, ctx.n_seq_max))
+        self.draft = draft
+        self.batch = llama.Batch(max(ctx.n_batch, ctx.n_seq_max, speculative.MAX_DRAFT + 1))
         self.seqs: dict[int, Sequence] = {}
         self.tokens_generated = 0
+        self.costs = speculative.CostModel()  # what verifying n tokens costs here
+        self.drafted = 0  # guessed tokens, all sequences
+        self.accepted = 0
+        self._paused_told = False
 
     def close(self) -> None:
         for s in list(self.seqs.values()):
@@ -134,6 +151,9 @@ class Decoder:
             on_chunk=on_chunk,
         )
         s = Sequence(seq, job, sampler, stream, limit, kv=kept, todo=job.tokens[n_keep:])
+        if job.speculative != "off":
+            mode = job.speculative if self.draft is not None else "lookup"  # no draft here
+            s.spec = speculative.Speculation(mode, job.tokens, self.costs, self.draft)
         self.seqs[seq] = s
         if limit <= 0:
             self._finish(s, "length")
@@ -158,15 +178,39 @@ class Decoder:
         live = [s for s in self.seqs.values() if not s.finished]
         if not live:
             return []
+        solo = len(live) == 1 and not live[0].prompting  # a clean measure of the cost
         self._fill(live)
+        t0 = time.perf_counter()
         self.ctx.decode(self.batch)
+        if solo:
+            self.costs.observe(self.batch.n, time.perf_counter() - t0)
         done = []
         for s in live:
             if s.rows:
                 self._advance(s)
             if s.finished:
                 done.append(s)
+        self._guess([s for s in live if not s.finished])
         return done
+
+    def _guess(self, live: list[Sequence]) -> None:
+        """Drafts for the next step, while one sequence has the compute to itself."""
+        wants = [s for s in live if s.spec is not None and not s.prompting]
+        if not wants:
+            return
+        if len(live) > 1:
+            if not self._paused_told:
+                logger.info("speculative decoding pauses while several sequences share a step")
+                self._paused_told = True
+            return
+        s = wants[0]
+        assert s.spec is not None
+        room = min(
+            self.ctx.seq_ctx - len(s.kv) - len(s.todo) - 1,  # cells left
+            s.limit - s.stream.n_generated - 1,  # tokens still wanted after the pending one
+        )
+        if room > 0:
+            s.drafts = s.spec.guess(s.kv + s.todo)[:room]
 
     def _fill(self, live: list[Sequence]) -> None:
         b = self.batch
@@ -198,6 +242,7 @@ class Decoder:
             s.kv += s.todo
         drafts, s.drafts = s.drafts, []
         accepted = 0
+        taken: list[int] = []  # tokens this sequence took this step
         for j, row in enumerate(s.rows):
             try:
                 token = s.sampler.sample(row)
@@ -209,12 +254,23 @@ class Decoder:
                 break
             if self._take(s, token):
                 break
+            taken.append(token)
             if j < len(drafts) and token == drafts[j]:
                 accepted += 1
                 s.kv.append(token)
                 continue
             s.todo = [token]
             break
+        if drafts:
+            self.drafted += len(drafts)
+            self.accepted += accepted
+            st = s.stream.stats
+            st.drafted_tokens += len(drafts)
+            st.accepted_tokens += accepted
+            if s.spec is not None:
+                s.spec.ctl.record(len(drafts), accepted)
+        if s.spec is not None:
+            s.spec.extend(taken)
         n_cells = len(s.kv)
         if accepted < len(drafts) or s.finished:
             self.ctx.drop(s.seq, n_cells)  # cells of rejected guesses

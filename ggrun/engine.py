@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ggrun import hardware, llama, planner, sampling, structured, templates
+from ggrun import speculative as speculative_mod
 from ggrun import tools as tools_mod
 from ggrun.decoder import Decoder, Prepared
 from ggrun.errors import ContextOverflow, InvalidArgument, UnsupportedArchitecture
@@ -102,19 +103,26 @@ class Model:
         family: str = "",
         plan: Plan | None = None,
         info: GGUFInfo | None = None,
+        speculative: str | speculative_mod.Draft | None = None,
+        draft: str | Path | None = None,
     ) -> None:
+        """``speculative`` is the default for every request (off, lookup, draft, auto);
+        ``draft`` the path of a draft model (``ggrun.load`` resolves a
+        :class:`~ggrun.Draft` alias)."""
         self.config = config or LoadConfig()
+        self.speculative = speculative_mod.mode_of(speculative)
         self.path = Path(path)
         self.plan = plan  # how ggrun.load decided to run it (None for a bare Model())
         self.info: GGUFInfo = info or read_gguf(self.path)
         check_architecture(self.info)
         self.family = family or self.info.arch
         extra = self.config.extra_buffers
+        self.weights_extra_buffers = hardware.extra_buffers_safe() if extra is None else extra
         self.weights = llama.Weights(
             self.path,
             n_gpu_layers=self.config.n_gpu_layers,
             use_mmap=self.config.use_mmap,
-            extra_buffers=hardware.extra_buffers_safe() if extra is None else extra,
+            extra_buffers=self.weights_extra_buffers,
             verbose=self.config.verbose,
         )
         self.n_ctx_train = self.weights.n_ctx_train
@@ -126,12 +134,17 @@ class Model:
         self._ctx: llama.Context | None = None
         self._decoder: Decoder | None = None
         self._kv: list[int] = []  # tokens whose cells the context holds (sequence 0)
-        if self.config.context:
-            try:
+        self.draft: speculative_mod.DraftModel | None = None
+        try:
+            if draft is not None:
+                self.draft = self._load_draft(Path(draft))
+            elif self.speculative == "draft":
+                raise InvalidArgument("speculative='draft' needs a draft model (--draft MODEL)")
+            if self.config.context:
                 self._decoder_for_one()
-            except BaseException:
-                self.close()
-                raise
+        except BaseException:
+            self.close()
+            raise
         logger.info(
             "loaded %s: %s, ctx %d, threads %d/%d",
             self.path.name,
@@ -141,8 +154,30 @@ class Model:
             self.n_threads_batch,
         )
 
+    def _load_draft(self, path: Path) -> speculative_mod.DraftModel:
+        """A draft model on this machine's threads, checked against this vocabulary."""
+        info = read_gguf(path)
+        check_architecture(info)
+        w = llama.Weights(
+            path,
+            n_gpu_layers=self.config.n_gpu_layers,
+            use_mmap=self.config.use_mmap,
+            extra_buffers=self.weights_extra_buffers,
+            verbose=self.config.verbose,
+        )
+        try:
+            speculative_mod.check_vocab(self.weights, w)
+            return speculative_mod.DraftModel(w, self.context_params(self.n_ctx))
+        except BaseException:
+            w.close()
+            raise
+
     # -- lifetime -------------------------------------------------------------
     def close(self) -> None:
+        if self.draft is not None:
+            self.draft.close()
+            self.draft.weights.close()
+            self.draft = None
         if self._decoder is not None:
             self._decoder.close()
             self._decoder = None
@@ -177,7 +212,7 @@ class Model:
         self.weights.check_open()
         if self._decoder is None:
             self._ctx = llama.Context(self.weights, self.context_params(self.n_ctx))
-            self._decoder = Decoder(self._ctx, self.is_end)
+            self._decoder = Decoder(self._ctx, self.is_end, draft=self.draft)
         return self._decoder
 
     # -- tokens -----------------------------------------------------------------
@@ -302,9 +337,21 @@ class Model:
             job.grammar = tools_mod.call_grammar(tools, choice, request.parallel_tool_calls)
             job.grammar_root = tools_mod.GRAMMAR_ROOT
             job.activation = "tool" if choice.mode == "auto" else ("think" if thinks else None)
+        job.speculative = self._speculation(request, len(tokens))
         if job.grammar is not None:
             llama.check_grammar(self.weights, job.grammar, root=job.grammar_root, lazy=job.lazy)
         return job
+
+    def _speculation(self, request: Request, n_prompt: int) -> str:
+        """Where a request's guesses come from: its own choice, else the model's."""
+        mode = request.speculative or self.speculative
+        if mode == "auto":
+            if self.draft is not None:
+                return "draft"
+            return "lookup" if n_prompt >= speculative_mod.AUTO_MIN_PROMPT else "off"
+        if mode == "draft" and self.draft is None:
+            raise InvalidArgument("speculative='draft' needs a draft model (--draft MODEL)")
+        return mode
 
     def _tokens_for(self, prompt: str) -> list[int]:
         held = self._kv
@@ -415,6 +462,7 @@ def load(
     hardware: Hardware | None = None,
     verbose: bool = False,
     config: LoadConfig | None = None,
+    speculative: str | speculative_mod.Draft | None = None,
     **load_options: Any,
 ) -> Model:
     """Load a model from a path or an alias; ``None`` picks the default model.
@@ -422,7 +470,10 @@ def load(
     Device, GPU layers, threads, context and mmap come from :func:`ggrun.plan`
     unless given; a value that cannot work raises before llama.cpp allocates.
     ``config`` skips the plan and loads exactly as told. Other keywords
-    (``n_batch``, ``n_threads_batch``, ``extra_buffers``) go to :class:`LoadConfig`.
+    (``n_batch``, ``n_threads_batch``, ``extra_buffers``, ``context``) go to
+    :class:`LoadConfig`. ``speculative`` is every request's default: "lookup", "auto",
+    or ``ggrun.Draft("qwen2.5-coder-0.5b")`` (a small model of the same tokenizer,
+    planned into the same memory).
     """
     from ggrun import models
 
@@ -434,13 +485,19 @@ def load(
         ref = str(model)
     path = models.resolve(ref)
     family = models.family_of(ref)
+    draft = (
+        models.resolve(speculative.model)
+        if isinstance(speculative, speculative_mod.Draft)
+        else None
+    )
     if config is not None:
-        return Model(path, config, family=family)
+        return Model(path, config, family=family, speculative=speculative, draft=draft)
     info = read_gguf(path)
     check_architecture(info)
+    hw = hardware or detect_hardware()
     p = planner.plan(
         planner.ModelShape.from_gguf(info),
-        hardware or detect_hardware(),
+        hw,
         n_ctx=n_ctx,
         device=device,
         gpu_layers=gpu_layers,
@@ -452,5 +509,7 @@ def load(
     for note in p.notes:
         logger.warning("%s", note)
     logger.info("plan: %s", p.summary())
+    if draft is not None:
+        planner.check_draft(p, planner.ModelShape.from_gguf(read_gguf(draft)), hw)
     cfg = LoadConfig.from_plan(p, verbose=verbose, **load_options)
-    return Model(path, cfg, family=family, plan=p, info=info)
+    return Model(path, cfg, family=family, plan=p, info=info, speculative=speculative, draft=draft)

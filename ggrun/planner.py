@@ -450,3 +450,21 @@ def fit_quants(
             ok.append(fits[-1])
     best = max(ok, key=lambda f: f.bits_per_weight, default=None)
     return fits, best
+
+
+def check_draft(plan: Plan, draft: ModelShape, hw: Hardware) -> None:
+    """A draft model for speculative decoding sits in RAM beside the planned model: its
+    weights, its own KV cache at the same context, and its compute buffer must fit in
+    what the plan leaves. It runs between the target's steps, on the same threads."""
+    need = (
+        draft.weights_bytes
+        + draft.kv_bytes(plan.n_ctx)
+        + draft.compute_bytes(min(DEFAULT_BATCH, plan.n_ctx))
+    )
+    left = (hw.ram_available or hw.ram_total) - plan.ram_bytes
+    if need > left:
+        raise InsufficientMemory(
+            f"the draft model {draft.name} needs {_gib(need)} (weights, KV cache, buffers) "
+            f"beside the {_gib(plan.ram_bytes)} planned for the model, and only {_gib(left)} "
+            "is left; drop --draft, or use --speculate lookup"
+        )

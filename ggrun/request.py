@@ -48,6 +48,7 @@ class Request:
     tools: tuple[Tool, ...] = ()
     tool_choice: Choice = Choice()
     parallel_tool_calls: bool = True
+    speculative: str | None = None  # off, lookup, draft, auto; None: the model's default
 
     @property
     def is_chat(self) -> bool:
@@ -76,6 +77,7 @@ class Request:
             "preset": self.preset,
             "stop": list(self.stop),
             "think": self.think,
+            "speculative": self.speculative,
             **self.overrides,
         }
         if self.constraint is not None:
@@ -285,12 +287,19 @@ def _build(opts: dict[str, Any]) -> Request:
         tools=tools,
         tool_choice=choice,
         parallel_tool_calls=parallel,
+        speculative=_speculative(opts.pop("speculative", None)),
     )
     if tools and req.messages is None:
         raise InvalidArgument("tools need messages (a chat), not a raw prompt")
     if opts:
         raise InvalidArgument(f"unknown option(s): {', '.join(sorted(map(str, opts)))}")
     return req
+
+
+def _speculative(v: Any) -> str | None:
+    from ggrun.speculative import mode_of
+
+    return None if v is None else mode_of(v)
 
 
 def _constraint(asked: dict[str, Any]) -> structured.Constraint | None:

@@ -246,6 +246,8 @@ class Server:
             ("ggrun_requests_finished_total", "counter", s.finished),
             ("ggrun_requests_cancelled_total", "counter", s.cancelled),
             ("ggrun_tokens_generated_total", "counter", e.batcher.tokens_generated),
+            ("ggrun_draft_tokens_total", "counter", e.batcher.drafted),
+            ("ggrun_draft_accepted_tokens_total", "counter", e.batcher.accepted),
             ("ggrun_tokens_per_second", "gauge", round(e.tokens_per_second(), 2)),
             ("ggrun_requests_active", "gauge", e.active),
             ("ggrun_requests_active_peak", "gauge", s.peak_active),

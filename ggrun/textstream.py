@@ -36,6 +36,8 @@ class Chunk:
     cached_tokens: int = 0  # prompt tokens reused from the KV cache
     completion_tokens: int = 0
     reasoning_tokens: int = 0  # of completion_tokens, those inside <think>…</think>
+    drafted_tokens: int = 0  # speculative decoding: tokens guessed ...
+    accepted_tokens: int = 0  # ... and of those, the ones the model confirmed
     prompt_tps: float = 0.0
     generation_tps: float = 0.0
     ttft: float = 0.0  # seconds from the start of the request to its first token
@@ -52,6 +54,8 @@ class Result:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     reasoning_tokens: int = 0
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
     cached_tokens: int = 0
     prompt_tps: float = 0.0
     generation_tps: float = 0.0
@@ -78,6 +82,8 @@ class Result:
             prompt_tokens=last.prompt_tokens,
             completion_tokens=last.completion_tokens,
             reasoning_tokens=last.reasoning_tokens,
+            drafted_tokens=last.drafted_tokens,
+            accepted_tokens=last.accepted_tokens,
             cached_tokens=last.cached_tokens,
             prompt_tps=last.prompt_tps,
             generation_tps=last.generation_tps,

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 LOAD_PANEL = "Model loading"
+SPECULATIVE_PANEL = "Speculative decoding"
 SAMPLING_PANEL = "Sampling"
 
 ModelArg = Annotated[
@@ -116,6 +117,24 @@ LOAD: dict[str, tuple[Any, Any]] = {
             "-v",
             help="Show llama.cpp's log and ggrun's details on stderr.",
             rich_help_panel=LOAD_PANEL,
+        ),
+    ),
+    "speculate": (
+        str | None,
+        typer.Option(
+            "--speculate",
+            help="Speculative decoding, lossless: lookup (guess from the prompt and the "
+            "text so far), draft (a --draft model guesses), auto, or off (default).",
+            rich_help_panel=SPECULATIVE_PANEL,
+        ),
+    ),
+    "draft": (
+        str | None,
+        typer.Option(
+            "--draft",
+            help="A small model of the same tokenizer that guesses tokens (an alias or a "
+            "path); implies --speculate draft.",
+            rich_help_panel=SPECULATIVE_PANEL,
         ),
     ),
 }
@@ -271,7 +290,20 @@ def load_kwargs(opts: dict[str, Any]) -> dict[str, Any]:
         "device": opts.get("device"),
         "gpu_layers": gpu_layers(opts.get("gpu_layers")),
         "use_mmap": opts.get("mmap"),
+        "speculative": speculation(opts.get("speculate"), opts.get("draft")),
     }
+
+
+def speculation(mode: str | None, draft: str | None) -> Any:
+    """``--speculate`` and ``--draft`` as ``ggrun.load``'s ``speculative``."""
+    from ggrun.errors import InvalidArgument
+    from ggrun.speculative import Draft, mode_of
+
+    if draft is not None:
+        if mode not in (None, "draft", "auto"):
+            raise InvalidArgument(f"--draft needs --speculate draft or auto, not {mode}")
+        return Draft(draft)
+    return mode_of(mode) if mode is not None else None
 
 
 def load_model(ref: str | None, opts: dict[str, Any], **extra: Any) -> Any:

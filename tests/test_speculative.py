@@ -1,0 +1,125 @@
+"""Speculative decoding on real models: lossless (the same tokens as plain decoding),
+grammars still hold, the draft model is checked and planned. Speed is measured in
+benchmarks/speculative.py, never here."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from ggrun import speculative
+from ggrun.engine import LoadConfig, Model, load
+from ggrun.errors import InsufficientMemory, InvalidArgument
+
+CODE = """def area(shapes):
+    total = 0
+    for shape in shapes:
+        if shape.kind == "square":
+            total += shape.side * shape.side
+        elif shape.kind == "circle":
+            total += 3.14159 * shape.radius * shape.radius
+    return total
+"""
+PROMPTS = [
+    "Rename `total` to `acc` in this function. Return only the code.\n\n" + CODE,
+    "Copy this text exactly: The quick brown fox jumps over the lazy dog. The quick brown fox.",
+    "List the numbers from 1 to 30, separated by commas.",
+    "Write a short poem about the sea.",
+    "Repeat after me three times: ggrun runs models locally.",
+    "Extract the name and the city as JSON: 'Ada Lovelace lived in London; Ada wrote notes.'",
+]
+
+
+def _chat(model: Any, text: str, **kw: Any) -> Any:
+    return model.chat([{"role": "user", "content": text}], max_tokens=96, **kw)
+
+
+def test_lookup_continues_a_copy_and_realigns() -> None:
+    look = speculative.Lookup([1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3])
+    assert look.available() > 0 and look.propose(3) == [4, 5, 6]
+    look.extend([4, 5, 9])  # two guesses accepted, then the text departs
+    assert look.available() == 0 or look.propose(2) != [6, 7]
+    look.extend([1, 2])
+    assert look.available() > 0 and look.propose(2) == [3, 4]
+
+
+def test_the_controller_stops_guessing_when_it_does_not_pay() -> None:
+    ctl = speculative.Controller(speculative.CostModel())
+    assert ctl.choose(32) > 0  # optimistic at first
+    for _ in range(20):
+        ctl.record(4, 0)  # every guess wrong
+    assert ctl.choose(32) == 0
+    for _ in range(40):
+        ctl.choose(32)  # it probes again later
+    assert ctl.rate > 0.3
+    for _ in range(20):
+        ctl.record(8, 8)  # every guess right
+    assert ctl.choose(32) >= 8
+
+
+@pytest.mark.parametrize("which", ["smol", "qwen"])
+def test_greedy_lookup_gives_the_same_tokens(which: str, request: Any) -> None:
+    model = request.getfixturevalue(which)
+    drafted = accepted = 0
+    for text in PROMPTS:
+        plain = _chat(model, text, temperature=0, speculative="off")
+        fast = _chat(model, text, temperature=0, speculative="lookup")
+        assert fast.text == plain.text, text
+        assert fast.completion_tokens == plain.completion_tokens
+        drafted += fast.drafted_tokens
+        accepted += fast.accepted_tokens
+    assert drafted > 0 and accepted > 0  # it really guessed, and some guesses held
+
+
+def test_sampling_keeps_the_distribution_and_the_seed(qwen: Any) -> None:
+    """One draw per position either way: with the same seed, the same tokens."""
+    for seed in (1, 2, 3):
+        kw = {"temperature": 0.8, "top_k": 40, "seed": seed}
+        a = _chat(qwen, PROMPTS[0], speculative="off", **kw)
+        b = _chat(qwen, PROMPTS[0], speculative="lookup", **kw)
+        assert a.text == b.text
+
+
+def test_grammar_with_speculation_gives_valid_json(qwen: Any) -> None:
+    schema = {"type": "object", "properties": {"name": {"type": "string"},
+              "city": {"type": "string"}}, "required": ["name", "city"]}  # fmt: skip
+    r = _chat(qwen, PROMPTS[5], temperature=0, schema=schema, speculative="lookup")
+    jsonschema.validate(r.data, schema)
+    plain = _chat(qwen, PROMPTS[5], temperature=0, schema=schema, speculative="off")
+    assert r.data == plain.data
+
+
+def test_a_draft_model_gives_the_same_tokens(qwen_path: Path) -> None:
+    # the 0.5B model drafting for itself: the same tokenizer, every guess right
+    with Model(qwen_path, LoadConfig(n_ctx=1024), speculative="draft", draft=qwen_path) as m:
+        plain = _chat(m, PROMPTS[0], temperature=0, speculative="off")
+        fast = _chat(m, PROMPTS[0], temperature=0)
+        assert fast.text == plain.text
+        assert fast.accepted_tokens > 0.8 * fast.drafted_tokens > 0
+
+
+def test_a_draft_of_another_tokenizer_is_refused(qwen_path: Path, smol_path: Path) -> None:
+    with pytest.raises(InvalidArgument, match="cannot draft"):
+        Model(qwen_path, LoadConfig(n_ctx=256), speculative="draft", draft=smol_path)
+
+
+def test_draft_and_model_are_planned_together(qwen_path: Path) -> None:
+    from ggrun.hardware import detect_hardware
+
+    hw = detect_hardware()
+    # room for the model alone, not for a second copy beside it
+    small = dataclasses.replace(hw, ram_available=1 << 30, ram_total=1 << 30)
+    load(qwen_path, n_ctx=512, hardware=small).close()
+    with pytest.raises(InsufficientMemory, match="draft"):
+        load(qwen_path, n_ctx=512, hardware=small, speculative=speculative.Draft(str(qwen_path)))
+
+
+def test_bad_modes_are_refused(smol: Any) -> None:
+    with pytest.raises(InvalidArgument, match="speculative"):
+        _chat(smol, "hi", speculative="turbo")
+    with pytest.raises(InvalidArgument, match="draft model"):
+        _chat(smol, "hi", speculative="draft")
