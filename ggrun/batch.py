@@ -388,7 +388,7 @@ def run_batch(
     if not jobs:
         return
     if slot_ctx is None:
-        limits = [j.request.max_tokens for j in jobs]
+        limits = [j.max_tokens for j in jobs]
         most = None if any(x is None for x in limits) else max(x or 0 for x in limits)
         slot_ctx = slot_context(model, [len(j.tokens) for j in jobs], most)
     parallel = min(parallel, len(jobs))

@@ -30,6 +30,7 @@ from ggrun.tools import ToolCall
 logger = logging.getLogger(__name__)
 
 SAVE_VERSION = 1
+DEFAULT_REPLY = 1024  # tokens of a reply that does not think
 MAX_SAVE_BYTES = 64 << 20
 
 
@@ -42,23 +43,22 @@ class Chat:
         system: str | None = None,
         *,
         think: bool | None = None,
-        max_tokens: int | None = 1024,
+        max_tokens: int | None | str = "auto",
         tools: Any = None,
         auto_run: bool = False,
         max_steps: int = 8,
         **options: Any,
     ) -> None:
         probe = [{"role": "user", "content": "?"}]  # the options are checked now, once
-        checked = Request.build(
-            messages=probe, think=think, max_tokens=max_tokens, tools=tools, **options
-        )
+        limit = {} if max_tokens == "auto" else {"max_tokens": max_tokens}
+        checked = Request.build(messages=probe, think=think, tools=tools, **limit, **options)
         self.tools = checked.tools
         self.auto_run = auto_run  # run the Python functions the model calls, then go on
         self.max_steps = max_steps  # at most this many rounds of calls per message
         self.model = model
         self.system = system
         self.think = think
-        self.max_tokens = max_tokens
+        self.max_tokens = max_tokens  # "auto": 1024, or the room left for a thinking reply
         self.options = options  # sampling overrides, preset, stop ...
         self.history: list[Message] = []
         self.trimmed = 0  # messages dropped by the last turn to fit the context
@@ -136,7 +136,11 @@ class Chat:
         return self._turn(results, **kwargs)
 
     def _turn(self, new: list[Any], **kwargs: Any) -> Iterator[Chunk]:
-        opts = {"max_tokens": self.max_tokens, "think": self.think, **self.options, **kwargs}
+        opts = {"think": self.think, **self.options, **kwargs}
+        if self.max_tokens != "auto":
+            opts.setdefault("max_tokens", self.max_tokens)
+        elif "max_tokens" not in opts and not self.model.thinks(opts["think"]):
+            opts["max_tokens"] = DEFAULT_REPLY  # a thinking reply gets the room left
         opts.setdefault("tools", list(self.tools) or None)
         request = Request.build(messages=new, **opts)
         assert request.messages is not None

@@ -27,6 +27,7 @@ from ggrun.errors import GgrunError
 from ggrun.request import Request
 from ggrun.sampling import SamplingConfig
 from ggrun.speculative import Speculation
+from ggrun.templates import THINK_BUDGET_MESSAGE
 from ggrun.textstream import Chunk, Result, TextStream
 from ggrun.tools import OPEN, looks_like_call
 
@@ -47,6 +48,7 @@ class Prepared:
     activation: str | None = None  # when the grammar starts: None (at once), "think"
     # (after the thought) or "tool" (when the model opens a tool call)
     speculative: str = "off"  # where guesses come from: off, lookup or draft
+    max_tokens: int | None = None  # the request's, or None (the room left) to think
     index: int = 0  # a batch's or a server's handle for the request
 
     @property
@@ -135,7 +137,7 @@ class Decoder:
         n_keep = len(kept)
         room = self.ctx.seq_ctx - len(job.tokens)
         req = job.request
-        limit = room if req.max_tokens is None else min(req.max_tokens, room)
+        limit = room if job.max_tokens is None else min(job.max_tokens, room)
         self.ctx.drop(seq, n_keep)
         sampler = llama.Sampler(
             job.sampling, self.ctx, job.grammar, root=job.grammar_root, lazy=job.lazy
@@ -151,6 +153,8 @@ class Decoder:
             on_chunk=on_chunk,
         )
         s = Sequence(seq, job, sampler, stream, limit, kv=kept, todo=job.tokens[n_keep:])
+        if job.starts_thinking and self._over_budget(s):  # a budget of 0: no thought
+            self._end_thought(s)
         if job.speculative != "off":
             mode = job.speculative if self.draft is not None else "lookup"  # no draft here
             s.spec = speculative.Speculation(mode, job.tokens, self.costs, self.draft)
@@ -219,8 +223,11 @@ class Decoder:
             s.rows = []
             if s.prompting:
                 continue
-            for t in [*s.todo, *s.drafts]:
-                s.rows.append(b.add(t, len(s.kv) + len(s.rows), s.seq, True))
+            base, first = len(s.kv), len(s.todo) - 1  # forced tokens need no logits
+            for i, t in enumerate([*s.todo, *s.drafts]):
+                row = b.add(t, base + i, s.seq, i >= first)
+                if i >= first:
+                    s.rows.append(row)
         for s in live:  # then prompt tokens, as many as fit
             if not s.prompting or not b.room:
                 continue
@@ -260,6 +267,8 @@ class Decoder:
                 s.kv.append(token)
                 continue
             s.todo = [token]
+            if self._over_budget(s):
+                taken += self._end_thought(s)
             break
         if drafts:
             self.drafted += len(drafts)
@@ -297,6 +306,24 @@ class Decoder:
             self._finish(s, "length")
         return s.finished
 
+    def _over_budget(self, s: Sequence) -> bool:
+        budget = s.job.request.think_budget
+        return budget is not None and s.stream.thinking and s.stream.reasoning_used >= budget
+
+    def _end_thought(self, s: Sequence) -> list[int]:
+        """Close a thought that reached its budget the way Qwen3's report does: the
+        budget message and ``</think>``, forced after the pending token (they count as
+        reasoning), then the model answers."""
+        forced = self.ctx.weights.tokenize(THINK_BUDGET_MESSAGE)
+        taken = []
+        for token in forced:
+            s.sampler.accept(token)
+            if self._take(s, token):
+                break
+            taken.append(token)
+        s.todo += taken
+        return taken
+
     def _starts_a_call(self, s: Sequence, token: int) -> bool:
         """Whether a reply that may call tools starts one as text (a bare JSON object or
         a fenced block, as small models do): then it is drawn again under the grammar."""
@@ -318,6 +345,12 @@ class Decoder:
         return []
 
     def _finish(self, s: Sequence, reason: str) -> None:
+        if reason == "length" and s.limit < (s.job.max_tokens or s.limit + 1):
+            logger.warning(
+                "the reply was cut short by the context (%d tokens); a larger --ctx, or "
+                "--cache-type q8_0 for twice the tokens in the same memory, gives more room",
+                self.ctx.seq_ctx,
+            )
         s.todo = []
         s.last = s.stream.finish(reason)
         s.out.append(s.last)

@@ -55,6 +55,7 @@ class LoadConfig:
     use_mmap: bool = True
     extra_buffers: bool | None = None  # weight repacking (REPACK/AMX); None: safe default
     verbose: bool = False
+    cache_type: str = "f16"  # the KV cache: f16, q8_0 or q4_0 (quantized: flash attention on)
     context: bool = True  # create the model's own context now (False: on first use; a
     # server's batch engine makes its own and needs only the weights)
 
@@ -67,6 +68,9 @@ class LoadConfig:
                 raise InvalidArgument(f"{name} must be at least 1, got {v}")
         if self.n_batch < 1:
             raise InvalidArgument(f"n_batch must be at least 1, got {self.n_batch}")
+        if self.cache_type not in llama.CACHE_TYPES:
+            known = ", ".join(llama.CACHE_TYPES)
+            raise InvalidArgument(f"cache_type must be one of {known}, got {self.cache_type!r}")
 
     @classmethod
     def from_plan(cls, plan: Plan, **extra: Any) -> LoadConfig:
@@ -78,6 +82,7 @@ class LoadConfig:
             n_batch=plan.n_batch,
             n_gpu_layers=plan.n_gpu_layers,
             use_mmap=plan.use_mmap,
+            cache_type=plan.cache_type,
             **extra,
         )
 
@@ -199,12 +204,16 @@ class Model:
 
     def context_params(self, n_ctx: int, n_seq_max: int = 1) -> llama.ContextParams:
         """A context shape for this model's weights with its threads and batch size."""
+        cache = llama.CACHE_TYPES[self.config.cache_type]
         return llama.ContextParams(
             n_ctx=n_ctx,
             n_batch=min(self.config.n_batch, n_ctx),
             n_seq_max=n_seq_max,
             n_threads=self.n_threads,
             n_threads_batch=self.n_threads_batch,
+            type_k=cache,
+            type_v=cache,
+            flash_attn=True if self.config.cache_type != "f16" else None,
         )
 
     def _decoder_for_one(self) -> Decoder:
@@ -288,6 +297,10 @@ class Model:
         """Sampling settings for this model: explicit > preset > family preset > default."""
         return sampling.resolve(preset=preset, family=self.family, think=think, **explicit)
 
+    def thinks(self, think: bool | None) -> bool:
+        """Whether replies may think: the template knows ``<think>`` and it is not off."""
+        return think is not False and templates.THINK_OPEN in (self.info.chat_template or "")
+
     def may_think(self, prompt: str, think: bool | None) -> bool:
         """Whether the reply to ``prompt`` may start with a ``<think>`` block."""
         template = self.info.chat_template or ""
@@ -323,9 +336,11 @@ class Model:
         think = request.think if chat else None
         cfg = self.sampling_for(think=think, preset=request.preset, **request.overrides)
         text = prompt if isinstance(prompt, str) else ""
-        job = Prepared(request, tokens, cfg, chat=chat, starts_thinking=False)
+        job = Prepared(request, tokens, cfg, chat=chat, max_tokens=request.max_tokens)
         job.starts_thinking = chat and templates.starts_in_thinking(text)
         thinks = chat and self.may_think(text, request.think)
+        if thinks and request.default_max:
+            job.max_tokens = None  # room to think: as many as the context holds
         c = request.constraint
         if c is not None:
             job.grammar = c.grammar
@@ -463,6 +478,7 @@ def load(
     verbose: bool = False,
     config: LoadConfig | None = None,
     speculative: str | speculative_mod.Draft | None = None,
+    cache_type: str | None = None,
     **load_options: Any,
 ) -> Model:
     """Load a model from a path or an alias; ``None`` picks the default model.
@@ -471,7 +487,8 @@ def load(
     unless given; a value that cannot work raises before llama.cpp allocates.
     ``config`` skips the plan and loads exactly as told. Other keywords
     (``n_batch``, ``n_threads_batch``, ``extra_buffers``, ``context``) go to
-    :class:`LoadConfig`. ``speculative`` is every request's default: "lookup", "auto",
+    :class:`LoadConfig`. ``cache_type`` is the KV cache's (f16, q8_0, q4_0; None: the
+    planner's choice). ``speculative`` is every request's default: "lookup", "auto",
     or ``ggrun.Draft("qwen2.5-coder-0.5b")`` (a small model of the same tokenizer,
     planned into the same memory).
     """
@@ -505,6 +522,7 @@ def load(
         n_threads_batch=load_options.pop("n_threads_batch", None),
         n_batch=load_options.pop("n_batch", planner.DEFAULT_BATCH),
         use_mmap=use_mmap,
+        cache_type=cache_type,
     )
     for note in p.notes:
         logger.warning("%s", note)

@@ -197,6 +197,9 @@ class Weights:
 # -------------------------------------------------------------------- context
 
 
+CACHE_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}  # KV cache types and their ggml ids
+
+
 @dataclass(frozen=True)
 class ContextParams:
     """A context's shape: its KV cache, its batch sizes and its threads."""
@@ -643,6 +646,18 @@ class Sampler:
         if self._penalties is not None:
             self._penalties.accept(token)
         return token
+
+    def accept(self, token: int) -> None:
+        """A token the caller forces (not drawn here): it enters the penalty window and,
+        when it applies, the grammar (which must allow it)."""
+        if self._penalties is not None:
+            self._penalties.accept(token)
+        if self.grammar_active:
+            if not self._allowed(token):
+                raise GrammarError("a forced token breaks the grammar")
+            self._ll.llama_sampler_accept(self._grammar, token)
+        if self._chain is not None:
+            self._ll.llama_sampler_accept(self._chain, token)
 
     def redraw(self, row: int) -> int:
         """Draw row ``row``'s token again, now with the lazy grammar active (the first

@@ -43,6 +43,7 @@ CHAT_KEYS = COMMON_KEYS | {
     "max_completion_tokens",
     "chat_template_kwargs",
     "think",
+    "reasoning_budget",
     "top_logprobs",
     "tools",
     "tool_choice",
@@ -144,11 +145,24 @@ def _schema(schema: Any) -> dict[str, Any]:
     return schema
 
 
+def _budget(body: Mapping[str, Any]) -> Any:
+    """``reasoning_budget`` (llama.cpp's server) or ``chat_template_kwargs.thinking_budget``;
+    -1 means no budget."""
+    kw = body.get("chat_template_kwargs")
+    v = body.get("reasoning_budget")
+    if v is None and isinstance(kw, dict):
+        v = kw.get("thinking_budget")
+    return None if v == -1 else v
+
+
 def _think(body: Mapping[str, Any]) -> bool | None:
     kw = body.get("chat_template_kwargs")
     if kw is not None:
-        if not isinstance(kw, dict) or set(kw) - {"enable_thinking"}:
-            raise _bad("chat_template_kwargs may only hold enable_thinking", "chat_template_kwargs")
+        if not isinstance(kw, dict) or set(kw) - {"enable_thinking", "thinking_budget"}:
+            raise _bad(
+                "chat_template_kwargs may only hold enable_thinking and thinking_budget",
+                "chat_template_kwargs",
+            )
         v = kw.get("enable_thinking")
         if v is not None and not isinstance(v, bool):
             raise _bad("enable_thinking must be true or false", "chat_template_kwargs")
@@ -207,6 +221,7 @@ def chat_options(body: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "messages": _messages(body),
         "think": _think(body),
+        "think_budget": _budget(body),
         "stop": body.get("stop"),
         "max_tokens": _max_tokens(body, "max_completion_tokens", "max_tokens"),
         **_sampling(body),

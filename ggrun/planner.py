@@ -33,6 +33,7 @@ nothing fits, the error proposes a smaller context or quant.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,10 @@ from ggrun.gguffile import ArrayValue, GGUFInfo
 from ggrun.hardware import BACKENDS, GIB, GPU, Hardware
 
 DEFAULT_CTX = 4096
+THINKING_CTX = (4096, 8192, 16384)  # default contexts for a thinking model
+# bytes per KV element against f16's 2, as (numerator, denominator): q8_0 stores 32
+# values in 34 bytes, q4_0 in 18
+CACHE_BYTES = {"f16": (2, 1), "q8_0": (34, 32), "q4_0": (18, 32)}
 DEFAULT_BATCH = 512
 GPU_RESERVE = GIB
 CTX_STEP = 256
@@ -61,7 +66,7 @@ class ModelShape:
     n_embd: int
     n_vocab: int
     n_ctx_train: int
-    kv_bytes_per_token: tuple[int, ...]  # per layer, K and V in F16
+    kv_bytes_per_token: tuple[int, ...]  # per layer, K and V (F16 unless with_cache)
     layer_bytes: tuple[int, ...]  # weights of each repeating layer
     input_bytes: int  # token embedding (always in RAM)
     output_bytes: int  # output layer as it would sit on a GPU
@@ -69,6 +74,7 @@ class ModelShape:
     n_params: int = 0
     quant: str = ""
     estimated: bool = False  # from presets/models.yaml, not from a file
+    thinking: bool = False  # its chat template has <think> blocks (Qwen3)
 
     @classmethod
     def from_gguf(cls, info: GGUFInfo) -> ModelShape:
@@ -110,6 +116,7 @@ class ModelShape:
             weights_bytes=info.weights_bytes,
             n_params=info.n_params,
             quant=info.file_type,
+            thinking="<think>" in (info.chat_template or ""),
         )
 
     @classmethod
@@ -135,11 +142,18 @@ class ModelShape:
             n_params=n_params,
             quant=quant.upper(),
             estimated=True,
+            thinking=bool(spec.get("thinking")),
         )
 
     @property
     def bits_per_weight(self) -> float:
         return 8.0 * self.weights_bytes / self.n_params if self.n_params else 0.0
+
+    def with_cache(self, cache_type: str) -> ModelShape:
+        """The same model with its KV cache in ``cache_type`` (f16, q8_0, q4_0)."""
+        num, den = CACHE_BYTES[cache_type]  # bytes per element, against f16's 2
+        per = tuple(b * num // (2 * den) for b in self.kv_bytes_per_token)
+        return dataclasses.replace(self, kv_bytes_per_token=per)
 
     def kv_bytes(self, n_ctx: int, layers: int | None = None) -> int:
         """KV cache of ``n_ctx`` tokens, for all layers or the last ``layers`` ones."""
@@ -184,6 +198,7 @@ class Plan:
     ram_bytes: int  # what lives in RAM
     budget_bytes: int  # memory the device offers (GPU after the reserve, or RAM)
     max_ctx: int  # the largest context that fits with this offload
+    cache_type: str = "f16"  # the KV cache's type (llama.cpp's --cache-type-k/-v)
     estimated: bool = False
     notes: tuple[str, ...] = field(default=())
 
@@ -200,7 +215,8 @@ class Plan:
         return (
             f"{where}{layers}, ctx {self.n_ctx}, threads {self.n_threads}/"
             f"{self.n_threads_batch}, batch {self.n_batch}, "
-            f"mmap {'on' if self.use_mmap else 'off'}, flash attention {self.flash_attn}"
+            f"mmap {'on' if self.use_mmap else 'off'}, flash attention {self.flash_attn}, "
+            f"KV cache {self.cache_type} ({_gib(self.kv_bytes)})"
         )
 
 
@@ -295,15 +311,59 @@ def plan(
     n_threads_batch: int | None = None,
     n_batch: int = DEFAULT_BATCH,
     use_mmap: bool | None = None,
+    cache_type: str | None = None,  # f16, q8_0, q4_0; None/"auto": chosen here
+    thinking: bool | None = None,  # a thinking model (default: the shape's); see THINKING_CTX
 ) -> Plan:
-    """Decide device, offload, context, threads and mmap; raise when it cannot work."""
-    hw = hardware
+    """Decide device, offload, context, KV cache type, threads and mmap; raise when it
+    cannot work.
+
+    ``auto`` cache: f16, or q8_0 when f16 would shrink the context q8_0 gives. A
+    thinking model's default context is the largest of :data:`THINKING_CTX` whose KV cache
+    takes at most a quarter of the memory; its cache type is the one that gives the
+    larger context (f16 on a tie).
+    """
+    thinking = shape.thinking if thinking is None else thinking
+    if cache_type not in (None, "auto", *CACHE_BYTES):
+        raise InvalidArgument(f"cache type must be auto, {', '.join(CACHE_BYTES)}: {cache_type}")
+    if cache_type in (None, "auto"):
+        tries = [_plan(shape, hardware, n_ctx, c, thinking, device, gpu_layers, n_threads,
+                       n_threads_batch, n_batch, use_mmap) for c in ("f16", "q8_0")]  # fmt: skip
+        f16, q8 = tries
+        shrunk = any(n.startswith("context reduced") for n in f16.notes)
+        return q8 if (f16.n_ctx < q8.n_ctx and (thinking or shrunk)) else f16
+    return _plan(shape, hardware, n_ctx, cache_type, thinking, device, gpu_layers, n_threads,
+                 n_threads_batch, n_batch, use_mmap)  # fmt: skip
+
+
+def thinking_ctx(shape: ModelShape, budget: int) -> int:
+    """The largest of :data:`THINKING_CTX` whose KV cache takes at most a quarter of
+    ``budget`` (and that the model was trained for); at least the smallest."""
+    fits = [c for c in THINKING_CTX if c <= shape.n_ctx_train and 4 * shape.kv_bytes(c) <= budget]
+    return max(fits, default=min(THINKING_CTX[0], shape.n_ctx_train))
+
+
+def _plan(
+    shape: ModelShape,
+    hw: Hardware,
+    n_ctx: int | None,
+    cache_type: str,
+    thinking: bool,
+    device: str | None,
+    gpu_layers: int | str | None,
+    n_threads: int | None,
+    n_threads_batch: int | None,
+    n_batch: int,
+    use_mmap: bool | None,
+) -> Plan:
+    shape = shape.with_cache(cache_type)
     notes: list[str] = []
     gpu = pick_gpu(hw, device)
     gpu_cap = gpu_budget(gpu, hw) if gpu else 0
     ram_cap = hw.ram_available or hw.ram_total
     full = shape.n_layer + 1
     ctx = n_ctx or min(shape.n_ctx_train, DEFAULT_CTX)
+    if n_ctx is None and thinking:
+        ctx = thinking_ctx(shape, gpu_cap or ram_cap)
     ubatch = min(n_batch, ctx)
 
     if gpu is None:
@@ -370,7 +430,7 @@ def plan(
         n_threads_batch=n_threads_batch or max(n_threads or 0, hw.batch_threads),
         n_batch=n_batch,
         use_mmap=mmap,
-        flash_attn="auto",
+        flash_attn="on" if cache_type != "f16" else "auto",  # a quantized V cache needs it
         weights_bytes=shape.weights_bytes,
         kv_bytes=shape.kv_bytes(ctx),
         compute_bytes=shape.compute_bytes(ubatch),
@@ -378,6 +438,7 @@ def plan(
         ram_bytes=ram_bytes,
         budget_bytes=gpu_cap if gpu and ngl else ram_cap,
         max_ctx=max_ctx,
+        cache_type=cache_type,
         estimated=shape.estimated,
         notes=tuple(notes),
     )
@@ -446,7 +507,7 @@ def fit_quants(
             fits.append(QuantFit(label, bpw, None, str(e)))
             continue
         fits.append(QuantFit(label, bpw, p))
-        if p.n_ctx >= (n_ctx or min(shape.n_ctx_train, DEFAULT_CTX)):  # not shrunk to fit
+        if not any(n.startswith("context reduced") for n in p.notes):  # not shrunk to fit
             ok.append(fits[-1])
     best = max(ok, key=lambda f: f.bits_per_weight, default=None)
     return fits, best

@@ -49,6 +49,8 @@ class Request:
     tool_choice: Choice = Choice()
     parallel_tool_calls: bool = True
     speculative: str | None = None  # off, lookup, draft, auto; None: the model's default
+    think_budget: int | None = None  # most tokens of reasoning (then the thought is closed)
+    default_max: bool = False  # max_tokens was not given: a thinking reply gets the room left
 
     @property
     def is_chat(self) -> bool:
@@ -73,11 +75,12 @@ class Request:
             "prompt": list(self.prompt) if isinstance(self.prompt, tuple) else self.prompt,
             "messages": list(self.messages) if self.messages is not None else None,
             "id": self.id,
-            "max_tokens": self.max_tokens,
+            **({} if self.default_max else {"max_tokens": self.max_tokens}),
             "preset": self.preset,
             "stop": list(self.stop),
             "think": self.think,
             "speculative": self.speculative,
+            "think_budget": self.think_budget,
             **self.overrides,
         }
         if self.constraint is not None:
@@ -267,6 +270,7 @@ def _build(opts: dict[str, Any]) -> Request:
     prompt, msgs = opts.pop("prompt", None), opts.pop("messages", None)
     if (prompt is None) == (msgs is None):
         raise InvalidArgument("a request needs a prompt or messages (one of them)")
+    default_max = "max_tokens" not in opts
     max_tokens = opts.pop("max_tokens", DEFAULT_MAX_TOKENS)
     preset = opts.pop("preset", None)
     if preset is not None:
@@ -288,12 +292,18 @@ def _build(opts: dict[str, Any]) -> Request:
         tool_choice=choice,
         parallel_tool_calls=parallel,
         speculative=_speculative(opts.pop("speculative", None)),
+        think_budget=_budget(opts.pop("think_budget", None)),
+        default_max=default_max,
     )
     if tools and req.messages is None:
         raise InvalidArgument("tools need messages (a chat), not a raw prompt")
     if opts:
         raise InvalidArgument(f"unknown option(s): {', '.join(sorted(map(str, opts)))}")
     return req
+
+
+def _budget(v: Any) -> int | None:
+    return None if v is None else _int("think_budget", v, 0, 1 << 30)
 
 
 def _speculative(v: Any) -> str | None:

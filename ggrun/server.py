@@ -24,7 +24,6 @@ What holds for every request (the README's Security section):
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hmac
 import ipaddress
 import json
@@ -285,8 +284,7 @@ class Server:
                 param="max_tokens",
                 code="context_length_exceeded",
             )
-        if asked is not None:
-            job.request = dataclasses.replace(job.request, max_tokens=asked)
+        job.max_tokens = asked  # None: the room left
         return job
 
     async def _run(self, request: Any, body: dict[str, Any], options: dict[str, Any], *,

@@ -37,6 +37,12 @@ CHATML = (
 END_OF_TURN_MARKERS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+# How Qwen3 ends a thought that ran out of budget (Qwen3 technical report, section 4.3;
+# llama.cpp's --reasoning-budget-message does the same).
+THINK_BUDGET_MESSAGE = (
+    "Considering the limited time by the user, I have to give the solution based on the "
+    "thinking directly now.\n</think>\n\n"
+)
 
 MAX_RENDER_SECONDS = 2.0
 MAX_COMPILE_SECONDS = 5.0  # a 30 KB template compiles in about 0.5 s on a slow core

@@ -36,6 +36,7 @@ class Chunk:
     cached_tokens: int = 0  # prompt tokens reused from the KV cache
     completion_tokens: int = 0
     reasoning_tokens: int = 0  # of completion_tokens, those inside <think>…</think>
+    thinking_time: float = 0.0  # seconds the model spent in its thought
     drafted_tokens: int = 0  # speculative decoding: tokens guessed ...
     accepted_tokens: int = 0  # ... and of those, the ones the model confirmed
     prompt_tps: float = 0.0
@@ -54,6 +55,7 @@ class Result:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     reasoning_tokens: int = 0
+    thinking_time: float = 0.0
     drafted_tokens: int = 0
     accepted_tokens: int = 0
     cached_tokens: int = 0
@@ -82,6 +84,7 @@ class Result:
             prompt_tokens=last.prompt_tokens,
             completion_tokens=last.completion_tokens,
             reasoning_tokens=last.reasoning_tokens,
+            thinking_time=last.thinking_time,
             drafted_tokens=last.drafted_tokens,
             accepted_tokens=last.accepted_tokens,
             cached_tokens=last.cached_tokens,
@@ -291,6 +294,8 @@ class TextStream:
         self.on_chunk = on_chunk
         self.stats = Chunk(prompt_tokens=n_prompt, cached_tokens=n_cached)
         self.t_start = time.perf_counter()
+        self._t_think = self.t_start if starts_in_thinking else 0.0
+        self.reasoning_used = 0  # tokens of the current thought (the budget counts these)
         self._t_prompt = 0.0
         self._t_first = 0.0
         self.text: list[str] = []
@@ -341,6 +346,11 @@ class TextStream:
         answer, thought = self._splitter.feed(text) if self._splitter else (text, "")
         if thinking or self.thinking:
             s.reasoning_tokens += 1
+            self.reasoning_used += 1
+            if not self._t_think:
+                self._t_think = now
+        if self._t_think and (thinking or self.thinking):
+            s.thinking_time = time.perf_counter() - self._t_think
         dt = now - (self._t_prompt or self.t_start)
         s.generation_tps = s.completion_tokens / dt if dt > 0 else 0.0
         answer, calls = self._take_calls(answer)

@@ -8,8 +8,8 @@ import signal
 import subprocess
 import sys
 import tempfile
-import tracemalloc
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 

@@ -168,7 +168,7 @@ def chat(
     from ggrun.errors import GgrunError
 
     sampling = options.sampling_kwargs(opts)
-    max_tokens = sampling.pop("max_tokens", 1024)
+    max_tokens = sampling.pop("max_tokens", "auto")
     with options.load_model(model, opts) as m:
         convo = Chat(
             m, system=system, think=opts.get("think"), max_tokens=max_tokens,
@@ -206,6 +206,7 @@ def chat(
             try:
                 write_stream(convo.stream(text), sys.stdout, show_thinking=session.show_thinking)
                 print(flush=True)
+                _say_thought(session)
                 _run_calls(session, confirm)
             except KeyboardInterrupt:
                 print("\n(interrupted)", flush=True)
@@ -240,6 +241,20 @@ def _run_calls(session: Session, confirm: bool) -> None:
         stream = convo.stream_tool_results(results)
         write_stream(stream, sys.stdout, show_thinking=session.show_thinking)
         print(flush=True)
+
+
+def _say_thought(session: Session) -> None:
+    """Whether this turn thought, and for how long (a thinking model only)."""
+    from ggrun.cli.render import dim
+
+    last, convo = session.chat.last, session.chat
+    if last is None or not convo.model.thinks(convo.think):
+        return
+    if last.reasoning:
+        secs, n = last.thinking_time, last.reasoning_tokens
+        print(dim(f"(thought for {secs:.1f} s, {n} tokens)"), file=sys.stderr)
+    else:
+        print(dim("(no thinking this turn)"), file=sys.stderr)
 
 
 def _ask(call: Any) -> bool:

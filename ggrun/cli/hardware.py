@@ -113,6 +113,7 @@ def fit(
     hw = _hardware(hardware)
     ref = model or models.default_model()[0]
     kw = load_kwargs(opts)
+    kw.pop("speculative")  # a draft is planned when it loads
     n_ctx = kw.pop("n_ctx")
     fits, best = planner.fit_quants(ref, hw, n_ctx, **kw)
     if as_json:
@@ -148,7 +149,7 @@ def _render_fit(f: Any) -> None:
         return
     rows = [
         ("weights", _gib(p.weights_bytes)),
-        ("kv cache", f"{_gib(p.kv_bytes)} for {p.n_ctx} tokens (f16)"),
+        ("kv cache", f"{_gib(p.kv_bytes)} for {p.n_ctx} tokens ({p.cache_type})"),
         ("compute", _gib(p.compute_bytes)),
         ("total", f"{_gib(p.total_bytes)} ({_gib(p.gpu_bytes)} GPU, {_gib(p.ram_bytes)} RAM)"),
         ("budget", f"{_gib(p.budget_bytes)} on {p.device}"),

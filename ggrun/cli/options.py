@@ -110,6 +110,15 @@ LOAD: dict[str, tuple[Any, Any]] = {
             rich_help_panel=LOAD_PANEL,
         ),
     ),
+    "cache_type": (
+        str | None,
+        typer.Option(
+            "--cache-type",
+            help="The KV cache: f16, q8_0 (half the memory) or q4_0; default auto (q8_0 "
+            "when f16 would shrink the context).",
+            rich_help_panel=LOAD_PANEL,
+        ),
+    ),
     "verbose": (
         bool,
         typer.Option(
@@ -290,6 +299,7 @@ def load_kwargs(opts: dict[str, Any]) -> dict[str, Any]:
         "device": opts.get("device"),
         "gpu_layers": gpu_layers(opts.get("gpu_layers")),
         "use_mmap": opts.get("mmap"),
+        "cache_type": opts.get("cache_type"),
         "speculative": speculation(opts.get("speculate"), opts.get("draft")),
     }
 

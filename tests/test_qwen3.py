@@ -1,0 +1,127 @@
+"""Qwen3 on small machines: the thinking budget, soft switches, room to think, the
+quantized KV cache and compacting long chats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ggrun.batch import batch
+from ggrun.engine import LoadConfig, Model
+from ggrun.templates import THINK_BUDGET_MESSAGE
+from tests.helpers import QWEN3_TEMPLATE, rewrite_gguf
+
+MARK = "{%- if add_generation_prompt %}"
+THINKING_ONLY = QWEN3_TEMPLATE.split(MARK)[0] + MARK + (
+    "{{- '<|im_start|>assistant\\n<think>\\n' }}{%- endif %}"
+)  # as Qwen3's thinking-only models: the reply starts inside a thought
+MSGS = [{"role": "user", "content": "What is 12 times 13?"}]
+
+
+@pytest.fixture(scope="module")
+def thinker(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The random-weights Qwen3 (real Qwen tokenizer) in a thinking-only template: its
+    noise never closes the thought by itself."""
+    p = rewrite_gguf(tiny_model, tmp_path_factory.mktemp("t") / "think.gguf",
+                     template=THINKING_ONLY)  # fmt: skip
+    with Model(p, LoadConfig(n_ctx=512)) as m:
+        yield m
+
+
+def _forced(m: Any) -> int:
+    """Tokens of the budget message up to and including </think> (they are reasoning)."""
+    head = THINK_BUDGET_MESSAGE.split("</think>")[0] + "</think>"
+    return len(m.tokenize(head))
+
+
+@pytest.mark.parametrize("budget", [0, 8, 64])
+def test_the_budget_caps_the_thought(thinker: Any, budget: int) -> None:
+    r = thinker.chat(MSGS, think_budget=budget, max_tokens=budget + 60, temperature=1, seed=1)
+    assert r.reasoning is not None and r.reasoning.count("Considering the limited time") == 1
+    assert r.reasoning.rstrip().endswith("thinking directly now.")
+    assert r.reasoning_tokens == budget + _forced(thinker)
+    assert r.completion_tokens > r.reasoning_tokens  # the answer follows the thought
+    assert "</think>" not in r.text and r.text.strip()  # noise, but an answer
+
+
+def test_the_budget_streams_and_batches_alike(thinker: Any) -> None:
+    chunks = list(thinker.chat_stream(MSGS, think_budget=8, max_tokens=40, temperature=0))
+    streamed = "".join(c.reasoning for c in chunks)
+    assert streamed.count("Considering the limited time") == 1
+    whole = thinker.chat(MSGS, think_budget=8, max_tokens=40, temperature=0)
+    (b,) = batch(thinker, [MSGS], think_budget=8, max_tokens=40, temperature=0)
+    assert b.error is None and b.reasoning == whole.reasoning and b.text == whole.text
+    assert chunks[-1].reasoning_tokens == whole.reasoning_tokens == b.reasoning_tokens
+
+
+def test_without_a_budget_it_keeps_thinking(thinker: Any) -> None:
+    r = thinker.chat(MSGS, max_tokens=30, temperature=0)
+    assert r.reasoning_tokens == 30 and not r.text and r.finish_reason == "length"
+
+
+# ---------------------------------------------------------------- the KV cache
+
+
+@pytest.mark.parametrize("cache", ["q8_0", "q4_0"])
+@pytest.mark.parametrize("which", ["smol_path", "qwen_path"])
+def test_a_quantized_cache_loads_generates_and_is_planned_right(
+    which: str, cache: str, request: pytest.FixtureRequest
+) -> None:
+    import re
+
+    from ggrun.gguffile import read_gguf
+    from ggrun.llama import captured_llama_log
+    from ggrun.planner import ModelShape
+
+    path = request.getfixturevalue(which)
+    with captured_llama_log() as lines, Model(path, LoadConfig(n_ctx=1024, cache_type=cache)) as m:
+        r = m.chat(MSGS, max_tokens=16, temperature=0)
+        assert r.completion_tokens > 0 and r.text.strip()
+    logged = re.search(r"KV buffer size =\s+([\d.]+) MiB", "".join(lines))
+    assert logged, "".join(lines)[-1500:]
+    planned = ModelShape.from_gguf(read_gguf(path)).with_cache(cache).kv_bytes(1024)
+    assert planned / (1 << 20) == pytest.approx(float(logged.group(1)), abs=0.01)
+
+
+def test_the_reference_shape_at_4096() -> None:
+    from ggrun import planner
+
+    shape = dict(planner.shapes_for("qwen3-1.7b:q4_k_m"))["qwen3-1.7b:q4_k_m"]
+    mib = 1 << 20
+    assert shape.kv_bytes(4096) == 448 * mib  # f16
+    assert shape.with_cache("q8_0").kv_bytes(4096) == 238 * mib
+    assert shape.with_cache("q4_0").kv_bytes(4096) == 126 * mib
+
+
+@pytest.mark.parametrize(
+    ("profile", "ctx", "cache"),
+    [
+        ("pi5-4gb", 8192, "q8_0"),  # f16 would give only 4096
+        ("mac-m1-8gb", 16384, "q8_0"),  # f16 would give only 8192
+        ("pi5-8gb", 16384, "f16"),
+        ("mac-m2-16gb", 16384, "f16"),
+        ("cpu-2core-4gb", 8192, "q8_0"),
+    ],
+)
+def test_a_thinking_model_gets_room_to_think(profile: str, ctx: int, cache: str) -> None:
+    from ggrun import hardware, planner
+
+    shape = dict(planner.shapes_for("qwen3-1.7b:q4_k_m"))["qwen3-1.7b:q4_k_m"]
+    p = planner.plan(shape, hardware.load_profile(profile))
+    assert (p.n_ctx, p.cache_type) == (ctx, cache)
+    assert 4 * p.kv_bytes <= p.budget_bytes  # a quarter of the memory at most
+    assert p.flash_attn == ("on" if cache != "f16" else "auto")
+    plain = planner.plan(shape, hardware.load_profile(profile), thinking=False)
+    assert plain.n_ctx == 4096  # a model that does not think keeps the usual default
+    forced = planner.plan(shape, hardware.load_profile(profile), cache_type="q4_0")
+    assert forced.cache_type == "q4_0"
+
+
+def test_a_thinking_reply_gets_the_room_left(thinker: Any) -> None:
+    r = thinker.chat(MSGS, temperature=0)  # no max_tokens: the room left, not 256
+    assert r.finish_reason == "length"
+    assert r.prompt_tokens + r.completion_tokens == thinker.n_ctx
+    plain = thinker.chat(MSGS, temperature=0, max_tokens=12)
+    assert plain.completion_tokens == 12
