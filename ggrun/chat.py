@@ -30,6 +30,12 @@ from ggrun.tools import ToolCall
 logger = logging.getLogger(__name__)
 
 SAVE_VERSION = 1
+SUMMARY_TOKENS = 256  # most tokens of the note that compaction keeps
+SUMMARY_PREFIX = "Summary of the earlier conversation: "
+SUMMARY_PROMPT = (
+    "Summarise the conversation below in at most {words} words for the assistant who will "
+    "continue it. Keep every name, number, fact, preference and decision; drop small talk."
+)
 DEFAULT_REPLY = 1024  # tokens of a reply that does not think
 MAX_SAVE_BYTES = 64 << 20
 
@@ -47,6 +53,7 @@ class Chat:
         tools: Any = None,
         auto_run: bool = False,
         max_steps: int = 8,
+        compact: bool = False,
         **options: Any,
     ) -> None:
         probe = [{"role": "user", "content": "?"}]  # the options are checked now, once
@@ -61,18 +68,27 @@ class Chat:
         self.max_tokens = max_tokens  # "auto": 1024, or the room left for a thinking reply
         self.options = options  # sampling overrides, preset, stop ...
         self.history: list[Message] = []
+        self.compact = compact  # summarise the oldest turns instead of dropping them
+        self.summary: str | None = None  # the gist of turns compacted away
         self.trimmed = 0  # messages dropped by the last turn to fit the context
+        self.compacted = 0  # messages the last turn summarised into the note
         self.last: Result | None = None
         self.interrupted = False
 
     # -- history --------------------------------------------------------------------
     @property
     def messages(self) -> list[Message]:
-        head = [Message("system", self.system)] if self.system else []
-        return head + self.history
+        return self._head() + self.history
+
+    def _head(self, summary: str | None = None) -> list[Message]:
+        """The system prompt, with the note of what earlier turns said."""
+        note = summary if summary is not None else self.summary
+        parts = [p for p in (self.system, note and f"{SUMMARY_PREFIX}{note}") if p]
+        return [Message("system", "\n\n".join(parts))] if parts else []
 
     def reset(self) -> None:
         self.history.clear()
+        self.summary = None
         self.last = None
 
     def set_system(self, text: str | None) -> None:
@@ -88,15 +104,16 @@ class Chat:
         return self.model.count_tokens(prompt)
 
     def _fit(self, pending: list[Message], reserve: int, request: Request) -> Prepared:
-        """Drop the oldest turns until prompt + reserve fits; the prepared request.
+        """Make room for prompt + reserve: compact the oldest turns into a note (with
+        ``compact``), or drop them; the prepared request.
 
         A new message that cannot fit even alone is refused and the history is kept.
         """
         history = list(self.history)
-        dropped = 0
-        head = [Message("system", self.system)] if self.system else []
+        summary = self.summary
+        dropped = compacted = 0
         while True:
-            msgs = tuple(head + history + pending)
+            msgs = tuple(self._head(summary) + history + pending)
             job = self.model.prepare(replace(request, messages=msgs), reuse_cache=True)
             n = len(job.tokens)
             if n + reserve <= self.model.n_ctx:
@@ -110,21 +127,52 @@ class Chat:
                     n_tokens=n,
                     n_ctx=self.model.n_ctx,
                 )
-            # drop the oldest user turn and everything up to the next user turn
-            cut = 1
-            while cut < len(history) and history[cut].role != "user":
-                cut += 1
+            cut = _oldest_turn(history)
+            if self.compact:  # the older half, whole turns, into the note
+                while cut < len(history) // 2:
+                    cut += _oldest_turn(history[cut:])
+                note = self._summarise(summary, history[:cut])
+                if note is not None:
+                    summary, compacted = note, compacted + cut
+                    history = history[cut:]
+                    continue
+                self.compact = False  # summarising cannot fit: drop, as without compact
+                logger.warning("the conversation cannot be summarised in this context")
             dropped += cut
             history = history[cut:]
+        if compacted:
+            logger.warning(
+                "the conversation no longer fits in %d tokens: summarised the %d oldest "
+                "message(s) into a note",
+                self.model.n_ctx,
+                compacted,
+            )
         if dropped:
             logger.warning(
                 "the conversation no longer fits in %d tokens: dropped the %d oldest message(s)",
                 self.model.n_ctx,
                 dropped,
             )
-            self.history = history
-        self.trimmed = dropped
+        if compacted or dropped:
+            self.history, self.summary = history, summary
+        self.trimmed, self.compacted = dropped, compacted
         return job
+
+    def _summarise(self, summary: str | None, old: list[Message]) -> str | None:
+        """The gist of ``old`` turns (and of the note so far), within a token budget;
+        None when that cannot be done in this context."""
+        lines = [f"Earlier summary: {summary}"] if summary else []
+        lines += [f"{m.role.capitalize()}: {m.content}" for m in old if m.content.strip()]
+        budget = max(32, min(SUMMARY_TOKENS, self.model.n_ctx // 8))
+        ask = [
+            {"role": "system", "content": SUMMARY_PROMPT.format(words=budget * 2 // 3)},
+            {"role": "user", "content": "\n".join(lines)},
+        ]
+        try:
+            r = self.model.chat(ask, max_tokens=budget, temperature=0, think=False)
+        except ContextOverflow:
+            return None
+        return r.text.strip() or None
 
     # -- turns ----------------------------------------------------------------------
     def stream(self, content: str, **kwargs: Any) -> Iterator[Chunk]:
@@ -253,3 +301,11 @@ def _as_history(call: ToolCall) -> dict[str, Any]:
     """A call as the chat templates show an assistant's earlier calls."""
     return {"id": call.id, "type": "function",
             "function": {"name": call.name, "arguments": call.arguments}}  # fmt: skip
+
+
+def _oldest_turn(history: list[Message]) -> int:
+    """How many messages the oldest turn holds (a user message and what answers it)."""
+    cut = 1
+    while cut < len(history) and history[cut].role != "user":
+        cut += 1
+    return cut

@@ -28,7 +28,7 @@ from ggrun.request import Request
 from ggrun.sampling import SamplingConfig
 from ggrun.speculative import Speculation
 from ggrun.templates import THINK_BUDGET_MESSAGE
-from ggrun.textstream import Chunk, Result, TextStream
+from ggrun.textstream import Chunk, Result, TextStream, TokenLogprob
 from ggrun.tools import OPEN, looks_like_call
 
 logger = logging.getLogger(__name__)
@@ -252,6 +252,7 @@ class Decoder:
         taken: list[int] = []  # tokens this sequence took this step
         for j, row in enumerate(s.rows):
             try:
+                raw = self._raw_logits(s, row)
                 token = s.sampler.sample(row)
                 if self._starts_a_call(s, token):
                     token = s.sampler.redraw(row)  # the call, under its grammar
@@ -259,7 +260,7 @@ class Decoder:
                 s.error = e
                 self._finish(s, "error")
                 break
-            if self._take(s, token):
+            if self._take(s, token, None if raw is None else self._logprob(raw, token, s)):
                 break
             taken.append(token)
             if j < len(drafts) and token == drafts[j]:
@@ -284,7 +285,30 @@ class Decoder:
         if accepted < len(drafts) or s.finished:
             self.ctx.drop(s.seq, n_cells)  # cells of rejected guesses
 
-    def _take(self, s: Sequence, token: int) -> bool:
+    def _raw_logits(self, s: Sequence, row: int) -> Any:
+        """A copy of the row's logits when the request wants logprobs (before any sampler
+        changes them in place)."""
+        if s.job.request.logprobs is None:
+            return None
+        return self.ctx.logits(row).copy()
+
+    def _logprob(self, raw: Any, token: int, s: Sequence) -> TokenLogprob:
+        import numpy as np
+
+        x = raw.astype(np.float64)
+        lse = float(np.log(np.exp(x - x.max()).sum()) + x.max())
+        n = s.job.request.logprobs or 0
+        top = np.argpartition(-x, n)[:n] if n else np.array([], dtype=np.int64)
+        top = top[np.argsort(-x[top])]
+        w = self.ctx.weights
+
+        def entry(t: int) -> tuple[str, float, tuple[int, ...]]:
+            return w.token_text(t), float(x[t] - lse), tuple(w.token_bytes(t))
+
+        text, lp, raw_bytes = entry(token)
+        return TokenLogprob(text, lp, raw_bytes, tuple(entry(int(t)) for t in top))
+
+    def _take(self, s: Sequence, token: int, logprob: TokenLogprob | None = None) -> bool:
         """One sampled token through the pipeline; True when the sequence ends here."""
         if self.is_end(token):
             self._finish(s, "stop")
@@ -292,7 +316,7 @@ class Decoder:
         self.tokens_generated += 1
         was_thinking, was_calling = s.stream.thinking, s.stream.in_tool_call
         s.recent.append(token)
-        chunk, hit = s.stream.feed(token)
+        chunk, hit = s.stream.feed(token, logprob)
         if chunk is not None:
             s.out.append(chunk)
         when = s.job.activation

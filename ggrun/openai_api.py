@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ggrun.errors import GgrunError
-from ggrun.textstream import Chunk, Result
+from ggrun.textstream import Chunk, Result, TokenLogprob
 
 SAMPLING_KEYS = (
     "temperature",
@@ -86,8 +86,6 @@ def _check_fields(body: Mapping[str, Any], allowed: set[str]) -> None:
             ("n", body.get("n") in (None, 1)),
             ("best_of", body.get("best_of") in (None, 1)),
             ("logit_bias", not body.get("logit_bias")),
-            ("logprobs", body.get("logprobs") in (None, False)),
-            ("top_logprobs", body.get("top_logprobs") in (None, 0)),
             ("echo", body.get("echo") in (None, False)),
             ("suffix", body.get("suffix") in (None, "")),
         )
@@ -215,10 +213,24 @@ def _messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _chat_logprobs(body: Mapping[str, Any]) -> dict[str, Any]:
+    lp, top = body.get("logprobs"), body.get("top_logprobs")
+    if lp is not None and not isinstance(lp, bool):
+        raise _bad("'logprobs' must be true or false", "logprobs")
+    if top is not None and (
+        isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= 20
+    ):
+        raise _bad("'top_logprobs' must be an integer from 0 to 20", "top_logprobs")
+    if top and not lp:
+        raise _bad("'top_logprobs' needs 'logprobs': true", "top_logprobs")
+    return {"logprobs": top or 0} if lp else {}
+
+
 def chat_options(body: Mapping[str, Any]) -> dict[str, Any]:
     """``/v1/chat/completions`` body -> request options."""
     _check_fields(body, CHAT_KEYS)
     return {
+        **_chat_logprobs(body),
         "messages": _messages(body),
         "think": _think(body),
         "think_budget": _budget(body),
@@ -246,7 +258,11 @@ def completion_options(body: Mapping[str, Any]) -> dict[str, Any]:
         prompt = prompt[0]
     if not isinstance(prompt, str) or not prompt:
         raise _bad("'prompt' must be a non-empty string", "prompt")
+    lp = body.get("logprobs")
+    if lp is not None and (isinstance(lp, bool) or not isinstance(lp, int) or not 0 <= lp <= 20):
+        raise _bad("'logprobs' must be an integer from 0 to 20", "logprobs")
     return {
+        **({"logprobs": lp} if lp is not None else {}),
         "prompt": prompt,
         "stop": body.get("stop"),
         "max_tokens": _max_tokens(body, "max_tokens"),
@@ -289,9 +305,11 @@ def final_body(rid: str, model_id: str, r: Result, chat: bool) -> dict[str, Any]
             msg["tool_calls"] = [c.as_openai() for c in r.tool_calls]
             msg["content"] = r.text or None
         choice: dict[str, Any] = {"index": 0, "message": msg, "finish_reason": r.finish_reason}
+        choice["logprobs"] = chat_logprobs(r.logprobs) if r.logprobs else None
         obj = "chat.completion"
     else:
-        choice = {"index": 0, "text": r.text, "finish_reason": r.finish_reason, "logprobs": None}
+        choice = {"index": 0, "text": r.text, "finish_reason": r.finish_reason}
+        choice["logprobs"] = completion_logprobs(r.logprobs) if r.logprobs else None
         obj = "text_completion"
     return {
         "id": rid,
@@ -316,9 +334,13 @@ def chunk_body(rid: str, model_id: str, created: int, chat: bool, c: Chunk | Non
             if c.reasoning:
                 delta["reasoning_content"] = c.reasoning
         choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+        if c is not None and c.logprobs:
+            choice["logprobs"] = chat_logprobs(c.logprobs)
         obj = "chat.completion.chunk"
     else:
         choice = {"index": 0, "text": c.text if c else "", "finish_reason": finish}
+        if c is not None and c.logprobs:
+            choice["logprobs"] = completion_logprobs(c.logprobs)
         obj = "text_completion"
     return {"id": rid, "object": obj, "created": created, "model": model_id, "choices": [choice]}
 
@@ -334,3 +356,31 @@ def tool_call_deltas(calls: list[Any], first_index: int) -> list[dict[str, Any]]
         out.append({**head, "function": {"name": d["function"]["name"], "arguments": ""}})
         out.append({"index": i, "function": {"arguments": d["function"]["arguments"]}})
     return out
+
+
+def chat_logprobs(lps: list[TokenLogprob]) -> dict[str, Any]:
+    """OpenAI's chat ``logprobs``: each token with its bytes and its top alternatives."""
+
+    def one(token: str, lp: float, raw: tuple[int, ...]) -> dict[str, Any]:
+        return {"token": token, "logprob": lp, "bytes": list(raw)}
+
+    return {
+        "content": [
+            {**one(t.token, t.logprob, t.bytes), "top_logprobs": [one(*x) for x in t.top]}
+            for t in lps
+        ]
+    }
+
+
+def completion_logprobs(lps: list[TokenLogprob]) -> dict[str, Any]:
+    """The completions API's older shape: parallel lists."""
+    offsets, at = [], 0
+    for t in lps:
+        offsets.append(at)
+        at += len(t.token)
+    return {
+        "tokens": [t.token for t in lps],
+        "token_logprobs": [t.logprob for t in lps],
+        "top_logprobs": [{tok: lp for tok, lp, _ in t.top} for t in lps],
+        "text_offset": offsets,
+    }

@@ -51,6 +51,8 @@ class Request:
     speculative: str | None = None  # off, lookup, draft, auto; None: the model's default
     think_budget: int | None = None  # most tokens of reasoning (then the thought is closed)
     default_max: bool = False  # max_tokens was not given: a thinking reply gets the room left
+    logprobs: int | None = None  # log probabilities of the answer's tokens, and this many
+    # alternatives for each (0-20); None: none
 
     @property
     def is_chat(self) -> bool:
@@ -81,6 +83,7 @@ class Request:
             "think": self.think,
             "speculative": self.speculative,
             "think_budget": self.think_budget,
+            "logprobs": self.logprobs,
             **self.overrides,
         }
         if self.constraint is not None:
@@ -294,6 +297,9 @@ def _build(opts: dict[str, Any]) -> Request:
         speculative=_speculative(opts.pop("speculative", None)),
         think_budget=_budget(opts.pop("think_budget", None)),
         default_max=default_max,
+        logprobs=None
+        if (lp := opts.pop("logprobs", None)) is None
+        else _int("logprobs", lp, 0, 20),
     )
     if tools and req.messages is None:
         raise InvalidArgument("tools need messages (a chat), not a raw prompt")

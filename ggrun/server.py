@@ -24,6 +24,7 @@ What holds for every request (the README's Security section):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import json
@@ -31,14 +32,15 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from ggrun import openai_api
-from ggrun.batch import Engine, Waiter
-from ggrun.engine import Model
+from ggrun import ollama_api, openai_api
+from ggrun.batch import Waiter
 from ggrun.errors import GgrunError
 from ggrun.openai_api import ApiError
+from ggrun.pool import Loaded, Pool
 from ggrun.request import Request
 from ggrun.textstream import Chunk, Result
 
@@ -109,29 +111,28 @@ class _HostCheck:
 
 
 class Server:
-    """The Starlette application around one model and its engine."""
+    """The Starlette application around a pool of models and their engines."""
 
     def __init__(
         self,
-        model: Model,
+        pool: Pool,
         *,
-        model_id: str,
-        parallel: int = 4,
-        slot_ctx: int | None = None,
         api_key: str | None = None,
         max_body: int = MAX_BODY,
         host: str = "127.0.0.1",
     ) -> None:
-        self.model = model
-        self.model_id = model_id
+        self.pool = pool
         self.api_key = api_key
         self.max_body = max_body
-        self.engine = Engine(model, parallel=parallel, slot_ctx=slot_ctx or model.n_ctx)
         self.created = int(time.time())
         self.app = _HostCheck(self._build(), allowed_hosts(host))
 
+    @property
+    def model_id(self) -> str:  # the default model (the first one named)
+        return self.pool.default
+
     def close(self) -> None:
-        self.engine.close()
+        self.pool.close()
 
     # -- plumbing -----------------------------------------------------------
     def _build(self) -> Any:
@@ -146,17 +147,33 @@ class Server:
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/v1/chat/completions", self.chat, methods=["POST"]),
             Route("/v1/completions", self.completions, methods=["POST"]),
+            Route("/api/chat", self.ollama_chat, methods=["POST"]),
+            Route("/api/generate", self.ollama_generate, methods=["POST"]),
+            Route("/api/tags", self.ollama_tags, methods=["GET"]),
+            Route("/api/show", self.ollama_show, methods=["POST"]),
+            Route("/api/ps", self.ollama_ps, methods=["GET"]),
+            Route("/api/version", self.ollama_version, methods=["GET"]),
             *webpage.routes(self),
         ]
         handlers = {ApiError: self._api_error, 404: self._not_found, 405: self._not_allowed}
-        return Starlette(routes=routes, exception_handlers=handlers)  # type: ignore[arg-type]
+
+        @contextlib.asynccontextmanager
+        async def lifespan(app: Any) -> AsyncIterator[None]:
+            sweeper = asyncio.ensure_future(self.pool.sweeper())
+            try:
+                yield
+            finally:
+                sweeper.cancel()
+
+        return Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)  # type: ignore[arg-type]
 
     async def _api_error(self, request: Any, exc: Exception) -> Any:
         from starlette.responses import JSONResponse
 
         assert isinstance(exc, ApiError)
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+        body = {"error": str(exc)} if request.url.path.startswith("/api/") else exc.body()
+        return JSONResponse(body, status_code=exc.status, headers=headers)
 
     async def _not_found(self, request: Any, exc: Exception) -> Any:
         err = ApiError(404, f"no route {request.url.path[:200]}", code="not_found")
@@ -211,15 +228,22 @@ class Server:
             raise ApiError(400, "the body must be a JSON object")
         if _depth(body) > MAX_DEPTH:
             raise ApiError(400, f"the body is nested deeper than {MAX_DEPTH} levels")
+        return body
+
+    def _model(self, body: dict[str, Any]) -> str:
+        """The model a body names (the default one when it names none)."""
         model = body.get("model")
-        if model not in (None, "", self.model_id):
+        if model in (None, ""):
+            return self.pool.default
+        if not isinstance(model, str) or model not in self.pool.refs:
             raise ApiError(
                 404,
-                f"the model {str(model)[:100]!r} does not exist; this server has {self.model_id!r}",
+                f"the model {str(model)[:100]!r} does not exist; this server has "
+                f"{', '.join(self.pool.refs)}",
                 param="model",
                 code="model_not_found",
             )
-        return body
+        return model
 
     # -- endpoints --------------------------------------------------------------
     async def health(self, request: Any) -> Any:
@@ -231,44 +255,56 @@ class Server:
         from starlette.responses import JSONResponse
 
         self._auth(request)
-        card = {"id": self.model_id, "object": "model", "created": self.created}
-        card["owned_by"] = "ggrun"
-        return JSONResponse({"object": "list", "data": [card]})
+        cards = [
+            {"id": m, "object": "model", "created": self.created, "owned_by": "ggrun"}
+            for m in self.pool.refs
+        ]
+        return JSONResponse({"object": "list", "data": cards})
 
     async def metrics(self, request: Any) -> Any:
         from starlette.responses import PlainTextResponse
 
         self._auth(request)
-        e, s = self.engine, self.engine.stats
+        engines = [e.engine for e in self.pool.loaded.values()]
+
+        def total(f: Callable[[Any], float]) -> float:
+            return sum(f(e) for e in engines)
+
         lines = [
-            ("ggrun_requests_total", "counter", s.requests),
-            ("ggrun_requests_finished_total", "counter", s.finished),
-            ("ggrun_requests_cancelled_total", "counter", s.cancelled),
-            ("ggrun_tokens_generated_total", "counter", e.batcher.tokens_generated),
-            ("ggrun_draft_tokens_total", "counter", e.batcher.drafted),
-            ("ggrun_draft_accepted_tokens_total", "counter", e.batcher.accepted),
-            ("ggrun_tokens_per_second", "gauge", round(e.tokens_per_second(), 2)),
-            ("ggrun_requests_active", "gauge", e.active),
-            ("ggrun_requests_active_peak", "gauge", s.peak_active),
-            ("ggrun_queue_length", "gauge", e.queued),
-            ("ggrun_slots", "gauge", e.parallel),
-        ]
-        text = "".join(f"# TYPE {n} {t}\n{n} {v}\n" for n, t, v in lines)
+            ("ggrun_requests_total", "counter", total(lambda e: e.stats.requests)),
+            ("ggrun_requests_finished_total", "counter", total(lambda e: e.stats.finished)),
+            ("ggrun_requests_cancelled_total", "counter", total(lambda e: e.stats.cancelled)),
+            ("ggrun_tokens_generated_total", "counter",
+             total(lambda e: e.batcher.tokens_generated)),
+            ("ggrun_draft_tokens_total", "counter", total(lambda e: e.batcher.drafted)),
+            ("ggrun_draft_accepted_tokens_total", "counter",
+             total(lambda e: e.batcher.accepted)),
+            ("ggrun_tokens_per_second", "gauge", round(total(lambda e: e.tokens_per_second()), 2)),
+            ("ggrun_requests_active", "gauge", total(lambda e: e.active)),
+            ("ggrun_requests_active_peak", "gauge", max((e.stats.peak_active for e in engines),
+                                                       default=0)),
+            ("ggrun_queue_length", "gauge", total(lambda e: e.queued)),
+            ("ggrun_slots", "gauge", total(lambda e: e.parallel)),
+            ("ggrun_models_loaded", "gauge", len(engines)),
+        ]  # fmt: skip
+        text = "".join(f"# TYPE {n} {t}\n{n} {int(v) if t == 'counter' else v}\n"
+                       for n, t, v in lines)  # fmt: skip
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     async def chat(self, request: Any) -> Any:
         body = await self._body(request)
-        return await self._run(request, body, openai_api.chat_options(body), chat=True)
+        return await self._openai(request, body, openai_api.chat_options(body), chat=True)
 
     async def completions(self, request: Any) -> Any:
         body = await self._body(request)
-        return await self._run(request, body, openai_api.completion_options(body), chat=False)
+        return await self._openai(request, body, openai_api.completion_options(body), chat=False)
 
-    def _prepare(self, options: dict[str, Any]) -> Any:
+    # -- running a request ------------------------------------------------------------
+    def _prepare(self, entry: Loaded, options: dict[str, Any]) -> Any:
         """Build and prepare the request (in a worker thread: templates, tokens, grammar)."""
         asked = options.pop("max_tokens", None)
-        job = self.model.prepare(Request.build(**options, max_tokens=None))
-        slot = self.engine.slot_ctx
+        job = entry.model.prepare(Request.build(**options, max_tokens=None))
+        slot = entry.engine.slot_ctx
         room = slot - len(job.tokens)
         if room < 1:
             raise ApiError(
@@ -287,30 +323,53 @@ class Server:
         job.max_tokens = asked  # None: the room left
         return job
 
-    async def _run(self, request: Any, body: dict[str, Any], options: dict[str, Any], *,
-                   chat: bool) -> Any:  # fmt: skip
+    async def _start(self, body: dict[str, Any], options: dict[str, Any],
+                     keep_alive: float | None = None) -> _Run:  # fmt: skip
+        """Validate and queue a request on its model; nothing queues before it is valid."""
         from starlette.concurrency import run_in_threadpool
 
+        model_id = self._model(body)
+        t0 = time.perf_counter()
         try:
-            job = await run_in_threadpool(self._prepare, options)
+            entry = await self.pool.acquire(model_id)
         except GgrunError as e:
+            raise ApiError(500, f"cannot load {model_id}: {e}", kind="server_error") from None
+        run = _Run(self.pool, entry, keep_alive, time.perf_counter() - t0, t0)
+        try:
+            run.job = await run_in_threadpool(self._prepare, entry, options)
+        except GgrunError as e:
+            run.done()
             raise openai_api.from_error(e) from None
-        index = self.engine.next_index()
-        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        queue: asyncio.Queue[Chunk | Result] = asyncio.Queue()
+        except BaseException:
+            run.done()
+            raise
         loop = asyncio.get_running_loop()
         waiter = Waiter(
-            on_chunk=lambda c: loop.call_soon_threadsafe(queue.put_nowait, c),
-            on_done=lambda r: loop.call_soon_threadsafe(queue.put_nowait, r),
+            on_chunk=lambda c: loop.call_soon_threadsafe(run.queue.put_nowait, c),
+            on_done=lambda r: loop.call_soon_threadsafe(run.queue.put_nowait, r),
         )
-        self.engine.submit(index, job, waiter)
+        run.index = entry.engine.next_index()
+        entry.engine.submit(run.index, run.job, waiter)
+        return run
+
+    async def _openai(self, request: Any, body: dict[str, Any], options: dict[str, Any], *,
+                      chat: bool) -> Any:  # fmt: skip
+        run = await self._start(body, options)
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         if body.get("stream"):
             include = bool((body.get("stream_options") or {}).get("include_usage"))
-            return self._stream(index, rid, queue, chat, include)
-        result = await self._wait(request, index, queue)
-        return self._final(rid, result, chat)
+            return self._sse(run, rid, chat, include)
+        result = await self._wait(request, run)
+        if result.error is not None:
+            if result.finish_reason == "error":
+                raise ApiError(400, result.error)
+            raise ApiError(422, f"the output failed its checks: {result.error}",
+                           code="invalid_output")  # fmt: skip
+        from starlette.responses import JSONResponse
 
-    async def _wait(self, request: Any, index: int, queue: asyncio.Queue[Any]) -> Result:
+        return JSONResponse(openai_api.final_body(rid, run.entry.id, result, chat))
+
+    async def _wait(self, request: Any, run: _Run) -> Result:
         """The result; a client that goes away first cancels its request."""
 
         async def gone() -> None:
@@ -320,70 +379,229 @@ class Server:
         watch = asyncio.ensure_future(gone())
         try:
             while True:
-                get = asyncio.ensure_future(queue.get())
+                get = asyncio.ensure_future(run.queue.get())
                 await asyncio.wait({get, watch}, return_when=asyncio.FIRST_COMPLETED)
                 if not get.done():
                     get.cancel()
-                    self.engine.cancel(index)
+                    run.cancel()
                     raise ApiError(499, "the client closed the request")
                 item = get.result()
                 if isinstance(item, Result):
+                    run.done()
                     return item
         except asyncio.CancelledError:
-            self.engine.cancel(index)
+            run.cancel()
             raise
         finally:
             watch.cancel()
 
-    def _final(self, rid: str, r: Result, chat: bool) -> Any:
-        from starlette.responses import JSONResponse
-
-        if r.error is not None:
-            if r.finish_reason == "error":
-                raise ApiError(400, r.error)
-            raise ApiError(422, f"the output failed its checks: {r.error}", code="invalid_output")
-        return JSONResponse(openai_api.final_body(rid, self.model_id, r, chat))
-
-    def _stream(self, index: int, rid: str, queue: asyncio.Queue[Any], chat: bool,
-                include_usage: bool) -> Any:  # fmt: skip
+    def _sse(self, run: _Run, rid: str, chat: bool, include_usage: bool) -> Any:
         from sse_starlette.sse import EventSourceResponse
 
         created = int(time.time())
+        model_id = run.entry.id
 
         def event(c: Chunk | None, finish: str | None = None, r: Result | None = None) -> str:
-            d = openai_api.chunk_body(rid, self.model_id, created, chat, c, finish)
+            d = openai_api.chunk_body(rid, model_id, created, chat, c, finish)
             if r is not None and include_usage:
                 d["usage"] = openai_api.usage(r)
             return json.dumps(d, ensure_ascii=False)
 
         async def events() -> AsyncIterator[str]:
-            finished = False
             n_calls = 0
             try:
                 if chat:
                     yield event(None)
-                while True:
-                    item = await queue.get()
+                async for item in run.items():
                     if isinstance(item, Result):
-                        finished = True
                         if item.error is not None:
                             yield json.dumps(ApiError(400, item.error).body())
-                            break
-                        yield event(None, item.finish_reason, item)
+                        else:
+                            yield event(None, item.finish_reason, item)
                         break
-                    if item.text or item.reasoning:
+                    if item.text or item.reasoning or item.logprobs:
                         yield event(item)
                     for piece in openai_api.tool_call_deltas(item.tool_calls, n_calls):
-                        d = openai_api.chunk_body(rid, self.model_id, created, chat, None, None)
+                        d = openai_api.chunk_body(rid, model_id, created, chat, None, None)
                         d["choices"][0]["delta"] = {"tool_calls": [piece]}
                         yield json.dumps(d, ensure_ascii=False)
                     n_calls += len(item.tool_calls)
                 yield "[DONE]"
             finally:
-                if not finished:  # the client went away: free the slot now
-                    self.engine.cancel(index)
+                run.cancel()  # a client that went away frees its slot (no-op when done)
 
         return EventSourceResponse(events(), ping=15)
+
+    # -- the ollama API ----------------------------------------------------------------
+    async def ollama_chat(self, request: Any) -> Any:
+        body = await self._body(request)
+        return await self._ollama(request, body, ollama_api.chat_options(body),
+                                  ollama_api.chat_piece)  # fmt: skip
+
+    async def ollama_generate(self, request: Any) -> Any:
+        body = await self._body(request)
+        return await self._ollama(request, body, ollama_api.generate_options(body),
+                                  ollama_api.generate_piece)  # fmt: skip
+
+    async def _ollama(self, request: Any, body: dict[str, Any], options: dict[str, Any],
+                      piece: Callable[..., dict[str, Any]]) -> Any:  # fmt: skip
+        from starlette.responses import JSONResponse, StreamingResponse
+
+        ka = ollama_api.keep_alive(body.get("keep_alive"))
+        if not (options.get("messages") or options.get("prompt")):  # load or unload only
+            return await self._ollama_load(body, ka, piece)
+        run = await self._start(body, options, ka)
+        model_id = run.entry.id
+        if body.get("stream", True):
+
+            async def lines() -> AsyncIterator[bytes]:
+                try:
+                    async for item in run.items():
+                        if isinstance(item, Result):
+                            if item.error is not None:
+                                line: dict[str, Any] = {"error": item.error}
+                            else:
+                                last = piece(model_id, Chunk(), True)
+                                line = ollama_api.final(last, item, run.t0, run.load_s)
+                            yield (json.dumps(line, ensure_ascii=False) + "\n").encode()
+                            break
+                        if item.text or item.reasoning or item.tool_calls or item.logprobs:
+                            out = piece(model_id, item, False)
+                            yield (json.dumps(out, ensure_ascii=False) + "\n").encode()
+                finally:
+                    run.cancel()
+
+            return StreamingResponse(lines(), media_type="application/x-ndjson")
+        result = await self._wait(request, run)
+        if result.error is not None:
+            raise ApiError(400 if result.finish_reason == "error" else 422, result.error)
+        whole = ollama_api.final(piece(model_id, result, True), result, run.t0, run.load_s)
+        return JSONResponse(whole)
+
+    async def _ollama_load(self, body: dict[str, Any], ka: float | None,
+                           piece: Callable[..., dict[str, Any]]) -> Any:  # fmt: skip
+        """An empty request loads a model (or, with keep_alive 0, unloads it)."""
+        from starlette.responses import JSONResponse
+
+        model_id = self._model(body)
+        entry = await self.pool.acquire(model_id)
+        self.pool.release(entry, ka)
+        out = piece(model_id, Chunk(), True)
+        reason = "unload" if ka == 0 else "load"
+        return JSONResponse({**out, "done_reason": reason})
+
+    async def ollama_tags(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        self._auth(request)
+        return JSONResponse({"models": [self._ollama_model(m) for m in self.pool.refs]})
+
+    async def ollama_ps(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        self._auth(request)
+        out = []
+        for m, e in self.pool.loaded.items():
+            d = self._ollama_model(m)
+            left = e.expires - time.monotonic() if e.expires is not None else 10 * 365 * 86400
+            when = datetime.now(timezone.utc) + timedelta(seconds=max(left, 0))
+            d |= {"expires_at": when.isoformat().replace("+00:00", "Z"), "size_vram": 0,
+                  "context_length": e.engine.slot_ctx}  # fmt: skip
+            out.append(d)
+        return JSONResponse({"models": out})
+
+    async def ollama_show(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        body = await self._body(request)
+        model_id = body.get("model") or body.get("name")
+        model_id = self._model({"model": model_id})
+        d = self.pool.describe(model_id)
+        info = d["info"]
+        if info is None and d["path"] is not None:
+            from ggrun.gguffile import read_gguf
+
+            info = read_gguf(d["path"])
+        template = (info.chat_template if info else None) or ""
+        caps = ["completion"] + (["tools"] if "tools" in template else [])
+        caps += ["thinking"] if "<think>" in template else []
+        model_info = {}
+        if info is not None:
+            model_info = {
+                "general.architecture": info.arch,
+                "general.parameter_count": info.n_params,
+                "general.file_type": info.file_type,
+                f"{info.arch}.context_length": info.context_length,
+            }
+        return JSONResponse({
+            "modelfile": f"FROM {d['path']}", "parameters": "", "template": template,
+            "details": self._ollama_model(model_id)["details"], "model_info": model_info,
+            "capabilities": caps, "modified_at": self._ollama_model(model_id)["modified_at"],
+        })  # fmt: skip
+
+    async def ollama_version(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        return JSONResponse({"version": ollama_api.VERSION})
+
+    def _ollama_model(self, model_id: str) -> dict[str, Any]:
+        d = self.pool.describe(model_id)
+        info = d["info"]
+        path = d["path"]
+        if info is None and path is not None:
+            from ggrun.gguffile import read_gguf
+
+            try:
+                info = read_gguf(path)
+            except GgrunError:
+                info = None
+        mtime = path.stat().st_mtime if path is not None and path.exists() else time.time()
+        return {
+            "name": model_id,
+            "model": model_id,
+            "modified_at": datetime.fromtimestamp(mtime, timezone.utc).isoformat(),
+            "size": d["size"],
+            "digest": "",
+            "details": {
+                "parent_model": "",
+                "format": "gguf",
+                "family": info.arch if info else "",
+                "families": [info.arch] if info else [],
+                "parameter_size": f"{info.n_params / 1e9:.1f}B" if info else "",
+                "quantization_level": info.file_type if info else "",
+            },
+        }
+
+
+class _Run:
+    """One request in flight: its queue of chunks, and its claim on the model."""
+
+    def __init__(self, pool: Pool, entry: Loaded, keep_alive: float | None, load_s: float,
+                 t0: float) -> None:  # fmt: skip
+        self.pool, self.entry, self.keep_alive = pool, entry, keep_alive
+        self.load_s, self.t0 = load_s, t0
+        self.queue: asyncio.Queue[Chunk | Result] = asyncio.Queue()
+        self.index = -1
+        self.job: Any = None
+        self._released = False
+
+    async def items(self) -> AsyncIterator[Chunk | Result]:
+        while True:
+            item = await self.queue.get()
+            yield item
+            if isinstance(item, Result):
+                self.done()
+                return
+
+    def cancel(self) -> None:
+        if not self._released and self.index >= 0:
+            self.entry.engine.cancel(self.index)
+        self.done()
+
+    def done(self) -> None:
+        if not self._released:
+            self._released = True
+            self.pool.release(self.entry, self.keep_alive)
 
 
 def check_address(host: str, port: int) -> None:
@@ -398,13 +616,10 @@ def check_address(host: str, port: int) -> None:
 
 
 def serve(
-    model: Model,
+    pool: Pool,
     *,
-    model_id: str,
     host: str = "127.0.0.1",
     port: int = 8080,
-    parallel: int = 4,
-    slot_ctx: int | None = None,
     api_key: str | None = None,
 ) -> None:
     """Run the server until Ctrl-C (exit 130) or SIGTERM (exit 0), shutting down cleanly.
@@ -425,9 +640,7 @@ def serve(
     def on_signal(signum: int, frame: Any) -> None:
         raise _Stop(signum)
 
-    server = Server(
-        model, model_id=model_id, parallel=parallel, slot_ctx=slot_ctx, api_key=api_key, host=host
-    )
+    server = Server(pool, api_key=api_key, host=host)
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         uvicorn.run(
@@ -436,7 +649,7 @@ def serve(
             port=port,
             log_level="warning",
             timeout_graceful_shutdown=5,
-            limit_concurrency=MAX_CONNECTIONS + parallel,
+            limit_concurrency=MAX_CONNECTIONS + pool.parallel * pool.max_loaded,
             timeout_keep_alive=15,
         )
     except _Stop as e:

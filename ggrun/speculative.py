@@ -94,14 +94,26 @@ def _interpolate(table: dict[int, float], n: int) -> float:
 
 
 class Controller:
-    """How many tokens one sequence should guess next."""
+    """How many tokens one sequence should guess next.
+
+    The chance that a guessed token is accepted is estimated from decayed counts of
+    accepted guesses and of guesses that ended in a rejection (the maximum-likelihood
+    estimate for a geometric run), so a long run of good guesses is not undone by one
+    miss, and old evidence fades.
+    """
+
+    DECAY = 0.9
 
     def __init__(self, costs: CostModel, draft_cost: float = 0.0) -> None:
         self.costs = costs
-        self.rate = 0.6  # estimated chance that a guessed token is accepted (optimistic)
+        self.hits, self.misses = 3.0, 2.0  # a prior: 0.6, optimistic enough to try
         self.draft_cost = draft_cost  # a draft model's cost per guessed token, against one
         self.drafted = 0
         self.accepted = 0
+
+    @property
+    def rate(self) -> float:
+        return self.hits / (self.hits + self.misses)
 
     def choose(self, available: int) -> int:
         """The draft length with the most tokens per unit of cost (0 when none pays)."""
@@ -114,8 +126,8 @@ class Controller:
             gain = tokens / (self.costs.cost(k + 1) + k * self.draft_cost)
             if gain > best * 1.02:  # a clear gain only
                 best_k, best = k, gain
-        if best_k == 0:
-            self.rate = min(0.6, self.rate + 0.01)  # probe again later
+        if best_k == 0 and available:
+            self.misses *= 0.95  # probe again later: old misses fade while idle
         return best_k
 
     def record(self, drafted: int, accepted: int) -> None:
@@ -123,25 +135,34 @@ class Controller:
             return
         self.drafted += drafted
         self.accepted += accepted
-        p = accepted / (accepted + (1 if accepted < drafted else 0))
-        self.rate = 0.7 * self.rate + 0.3 * p
+        self.hits = self.DECAY * self.hits + accepted
+        self.misses = self.DECAY * self.misses + (1 if accepted < drafted else 0)
 
 
 # ---------------------------------------------------------------- drafters
 
 
 class Lookup:
-    """Guesses from the sequence's own tokens: the continuation of the latest earlier
-    occurrence of its last n-gram, followed like a copy until the text departs from it."""
+    """Guesses from the sequence's own tokens, followed like a copy.
+
+    The source is the latest earlier occurrence of the sequence's last n-gram. While the
+    text keeps to it, the copy pointer advances with each token taken. When the text
+    departs (a renamed variable in an edit), the pointer is found again near where the
+    copy stopped (the text usually rejoins the source a few tokens later), and only then
+    anywhere, by n-gram.
+    """
+
+    WINDOW = 32  # how far past the divergence the source is searched again
 
     def __init__(self, tokens: Sequence[int], n_min: int = 2, n_max: int = 4) -> None:
         self.n_min, self.n_max = n_min, n_max
         self.hist: list[int] = []
         self.index: dict[tuple[int, ...], int] = {}  # n-gram -> where its continuation is
-        self.ptr = -1  # where the copy source continues, when it is still in step
-        self.extend(tokens)
+        self.ptr = -1  # where the copy source continues, while the text keeps to it
+        self.anchor = -1  # where the copy stopped, the last time the text departed
+        self._add(tokens)
 
-    def extend(self, tokens: Sequence[int]) -> None:
+    def _add(self, tokens: Sequence[int]) -> None:
         h = self.hist
         for t in tokens:
             p = len(h)
@@ -150,9 +171,23 @@ class Lookup:
                     self.index[tuple(h[p - n : p])] = p
             h.append(t)
 
+    def extend(self, tokens: Sequence[int]) -> None:
+        """The tokens the sequence took: the pointer follows them, or loses the copy."""
+        p = self.ptr
+        if p >= 0:
+            m = 0
+            while m < len(tokens) and p + m < len(self.hist) and self.hist[p + m] == tokens[m]:
+                m += 1
+            if m == len(tokens):
+                self.ptr = p + m
+            else:
+                self.ptr, self.anchor = -1, p + m
+        self._add(tokens)
+
     def available(self) -> int:
         """How many tokens a guess could hold now (0: nothing to copy from)."""
-        self.ptr = self._align()
+        if self.ptr < 0:
+            self.ptr = self._align()
         return 0 if self.ptr < 0 else min(MAX_DRAFT, len(self.hist) - self.ptr)
 
     def propose(self, k: int) -> list[int]:
@@ -161,9 +196,12 @@ class Lookup:
         return self.hist[self.ptr : self.ptr + k]
 
     def _align(self) -> int:
-        h, p = self.hist, self.ptr
-        if 2 <= p < len(h) and h[p - 1] == h[-1] and h[p - 2] == h[-2]:
-            return p  # still copying in step
+        h = self.hist
+        if self.anchor >= 0:  # near where the copy stopped
+            end = min(self.anchor + self.WINDOW, len(h) - 1)
+            for q in range(self.anchor, end):
+                if h[q] == h[-1] and q + 1 < len(h) - 1:
+                    return q + 1
         for n in range(self.n_max, self.n_min - 1, -1):
             if len(h) >= n:
                 q = self.index.get(tuple(h[-n:]), -1)

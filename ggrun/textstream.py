@@ -21,6 +21,17 @@ from ggrun.templates import THINK_CLOSE, THINK_OPEN
 from ggrun.tools import CLOSE, OPEN, Tool, ToolCall, parse_call
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log probability under the model's raw distribution (before
+    penalties, grammar and temperature), with the most likely alternatives."""
+
+    token: str
+    logprob: float
+    bytes: tuple[int, ...]
+    top: tuple[tuple[str, float, tuple[int, ...]], ...] = ()
+
+
 @dataclass
 class Chunk:
     """One step of a stream: new answer text and/or new reasoning text.
@@ -43,6 +54,7 @@ class Chunk:
     generation_tps: float = 0.0
     ttft: float = 0.0  # seconds from the start of the request to its first token
     tool_calls: list[ToolCall] = field(default_factory=list)  # calls completed in this chunk
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # of this chunk's tokens
     error: str | None = None  # on the last chunk: why the output cannot be used
 
 
@@ -67,6 +79,7 @@ class Result:
     id: Any = None
     error: str | None = None
     tool_calls: list[ToolCall] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
     @classmethod
     def from_last(
@@ -76,6 +89,7 @@ class Result:
         reasoning: str,
         default_finish: str = "stop",
         tool_calls: list[ToolCall] | None = None,
+        logprobs: list[TokenLogprob] | None = None,
     ) -> Self:
         """A result from the stream's text, its reasoning and its last chunk's counts."""
         return cls(
@@ -94,6 +108,7 @@ class Result:
             reasoning=reasoning.strip() or None,
             error=last.error,
             tool_calls=list(tool_calls or []),
+            logprobs=list(logprobs or []),
         )
 
     @classmethod
@@ -101,13 +116,16 @@ class Result:
         text: list[str] = []
         reasoning: list[str] = []
         calls: list[ToolCall] = []
+        lps: list[TokenLogprob] = []
         last = Chunk()
         for c in chunks:
             text.append(c.text)
             reasoning.append(c.reasoning)
             calls += c.tool_calls
+            lps += c.logprobs
             last = c
-        return cls.from_last(last, "".join(text), "".join(reasoning), tool_calls=calls)
+        joined = "".join(text), "".join(reasoning)
+        return cls.from_last(last, *joined, tool_calls=calls, logprobs=lps)
 
     @classmethod
     def failed(cls, error: str, id: Any = None) -> Result:
@@ -290,6 +308,8 @@ class TextStream:
         self._tools = tools
         self._calls = ToolCallSplitter() if tools else None
         self.tool_calls: list[ToolCall] = []
+        self.logprobs: list[TokenLogprob] = []  # of the answer's tokens (not the thought's)
+        self._lp_pending: list[TokenLogprob] = []
         self.error: str | None = None
         self.on_chunk = on_chunk
         self.stats = Chunk(prompt_tokens=n_prompt, cached_tokens=n_cached)
@@ -329,7 +349,7 @@ class TextStream:
         done = self.stats.prompt_tokens - self.stats.cached_tokens
         self.stats.prompt_tps = done / dt if dt > 0 else 0.0
 
-    def feed(self, token: int) -> tuple[Chunk | None, bool]:
+    def feed(self, token: int, logprob: TokenLogprob | None = None) -> tuple[Chunk | None, bool]:
         """Take one generated token (not an end-of-generation one).
 
         Returns the new text as a chunk (None when all of it is held back) and whether
@@ -344,6 +364,8 @@ class TextStream:
         s.completion_tokens += 1
         text, hit = self._stopper.feed(self._decoder.decode(self._bytes(token)))
         answer, thought = self._splitter.feed(text) if self._splitter else (text, "")
+        if logprob is not None and not (thinking or self.thinking):
+            self._lp_pending.append(logprob)
         if thinking or self.thinking:
             s.reasoning_tokens += 1
             self.reasoning_used += 1
@@ -389,6 +411,8 @@ class TextStream:
             reason = "tool_calls"
         self.text.append(answer)
         self.reasoning.append(thought)
+        lps, self._lp_pending = self._lp_pending, []
+        self.logprobs += lps
         last = dataclasses.replace(
             self.stats,
             text=answer,
@@ -396,6 +420,7 @@ class TextStream:
             token=None,
             finish_reason=reason,
             tool_calls=calls,
+            logprobs=lps,
             error=self.error,
         )
         if self.on_chunk is not None:
@@ -404,7 +429,9 @@ class TextStream:
 
     def result(self, last: Chunk) -> Result:
         text, reasoning = "".join(self.text), "".join(self.reasoning)
-        return Result.from_last(last, text, reasoning, tool_calls=self.tool_calls)
+        return Result.from_last(
+            last, text, reasoning, tool_calls=self.tool_calls, logprobs=self.logprobs
+        )
 
     def _emit(
         self, answer: str, thought: str, token: int | None, calls: list[ToolCall]
@@ -413,9 +440,12 @@ class TextStream:
             return None
         self.text.append(answer)
         self.reasoning.append(thought)
+        lps, self._lp_pending = self._lp_pending, []
+        self.logprobs += lps
         chunk = dataclasses.replace(
-            self.stats, text=answer, reasoning=thought, token=token, tool_calls=calls
-        )
+            self.stats, text=answer, reasoning=thought, token=token, tool_calls=calls,
+            logprobs=lps,
+        )  # fmt: skip
         if self.on_chunk is not None:
             self.on_chunk(chunk)
         return chunk

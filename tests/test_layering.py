@@ -43,8 +43,20 @@ FLOORS: dict[str, int] = {
     "ggrun.speculative": 3,
     "ggrun.decoder": 4,
     "ggrun.engine": 5,
-    **dict.fromkeys(["ggrun.chat", "ggrun.batch", "ggrun.benchmark", "ggrun.converter"], 6),
-    **dict.fromkeys(["ggrun.openai_api", "ggrun.webpage", "ggrun.server", "ggrun"], 7),
+    **dict.fromkeys(
+        [
+            "ggrun.chat",
+            "ggrun.batch",
+            "ggrun.pool",
+            "ggrun.distributed",
+            "ggrun.benchmark",
+            "ggrun.converter",
+        ],
+        6,
+    ),
+    **dict.fromkeys(
+        ["ggrun.openai_api", "ggrun.ollama_api", "ggrun.webpage", "ggrun.server", "ggrun"], 7
+    ),
 }
 CLI_FLOOR = 8
 

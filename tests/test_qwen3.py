@@ -14,8 +14,10 @@ from ggrun.templates import THINK_BUDGET_MESSAGE
 from tests.helpers import QWEN3_TEMPLATE, rewrite_gguf
 
 MARK = "{%- if add_generation_prompt %}"
-THINKING_ONLY = QWEN3_TEMPLATE.split(MARK)[0] + MARK + (
-    "{{- '<|im_start|>assistant\\n<think>\\n' }}{%- endif %}"
+THINKING_ONLY = (
+    QWEN3_TEMPLATE.split(MARK)[0]
+    + MARK
+    + ("{{- '<|im_start|>assistant\\n<think>\\n' }}{%- endif %}")
 )  # as Qwen3's thinking-only models: the reply starts inside a thought
 MSGS = [{"role": "user", "content": "What is 12 times 13?"}]
 
@@ -125,3 +127,23 @@ def test_a_thinking_reply_gets_the_room_left(thinker: Any) -> None:
     assert r.prompt_tokens + r.completion_tokens == thinker.n_ctx
     plain = thinker.chat(MSGS, temperature=0, max_tokens=12)
     assert plain.completion_tokens == 12
+
+
+# ---------------------------------------------------------------- compaction
+
+
+def test_compaction_keeps_the_gist_of_the_first_turn(qwen_path: Path) -> None:
+    """20 turns in a 768-token context: the oldest turns become a note, not nothing.
+    Whether the model still recalls the fact is recorded, not asserted (see RESULTS.md)."""
+    from ggrun.chat import Chat
+
+    with Model(qwen_path, LoadConfig(n_ctx=768)) as m:
+        chat = Chat(m, compact=True, temperature=0, max_tokens=40)
+        chat.send("Remember this: my cat is called Pixel and she is 7 years old.")
+        for i in range(19):
+            chat.send(f"Tell me one short fact about the number {i + 10}.")
+        assert chat.summary is not None  # compacted, not silently dropped
+        assert len(chat.history) < 40
+        r = chat.send("What is my cat called?")
+        print(f"\ncompaction: note={chat.summary!r}\nrecall: {r.text!r}")
+    assert chat.messages[0].role == "system" and "earlier conversation" in chat.messages[0].content

@@ -137,7 +137,7 @@ def test_eight_concurrent_streams_overlap(server: str, client: Any) -> None:
     # batched, not serialized: the engine decoded several streams in one step (it counts
     # the most it held at once, so this does not depend on this machine's timing)
     metrics = httpx.get(server + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
-    peak = int(metrics.split("ggrun_requests_active_peak ")[1].split()[0])
+    peak = int(metrics.split("\nggrun_requests_active_peak ")[1].split()[0])
     assert peak >= 2, metrics
 
 

@@ -53,8 +53,8 @@ def test_the_controller_stops_guessing_when_it_does_not_pay() -> None:
     for _ in range(20):
         ctl.record(4, 0)  # every guess wrong
     assert ctl.choose(32) == 0
-    for _ in range(40):
-        ctl.choose(32)  # it probes again later
+    for _ in range(80):
+        ctl.choose(32)  # it probes again later (after some tokens of plain decoding)
     assert ctl.rate > 0.3
     for _ in range(20):
         ctl.record(8, 8)  # every guess right

@@ -150,6 +150,14 @@ def chat(
     model: ModelArg = None,
     system: Annotated[str | None, typer.Option("--system", "-s", help="A system prompt.")] = None,
     tools: options.ToolsOpt = None,
+    compact: Annotated[
+        bool,
+        typer.Option(
+            "--compact",
+            help="When the conversation no longer fits, summarise the oldest turns into a "
+            "note instead of dropping them.",
+        ),
+    ] = False,
     confirm: Annotated[
         bool,
         typer.Option(
@@ -172,7 +180,8 @@ def chat(
     with options.load_model(model, opts) as m:
         convo = Chat(
             m, system=system, think=opts.get("think"), max_tokens=max_tokens,
-            tools=options.read_tools(tools), auto_run=True, **sampling,
+            tools=options.read_tools(tools), auto_run=True, compact=compact,
+            think_budget=opts.get("think_budget"), **sampling,
         )  # fmt: skip
         session = Session(convo, show_thinking=opts["show_thinking"])
         reader = _Input()

@@ -98,6 +98,7 @@ def generate(
     # built (and checked) before the model loads: a bad schema or task fails at once
     request = Request.build(
         **what, max_tokens=sampling.pop("max_tokens", None), think=opts.get("think"),
+        think_budget=opts.get("think_budget"),
         **sampling, **constrained, **tooling,
     )  # fmt: skip
     with options.load_model(model, opts) as m:

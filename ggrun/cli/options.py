@@ -226,6 +226,15 @@ THINKING: dict[str, tuple[Any, Any]] = {
             show_default=False,
         ),
     ),
+    "think_budget": (
+        int | None,
+        typer.Option(
+            "--think-budget",
+            min=0,
+            help="Cap Qwen3's reasoning at this many tokens, then end the thought (as the "
+            "Qwen3 report does) and answer.",
+        ),
+    ),
     "show_thinking": (
         bool,
         typer.Option(

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from ggrun.cli import options
-from ggrun.cli.options import LOAD, ModelArg
+from ggrun.cli.options import LOAD
 
 LOOPBACK = {"localhost"}
 
@@ -26,7 +26,33 @@ def _is_loopback(host: str) -> bool:
 
 @options.with_options(LOAD)
 def serve(
-    model: ModelArg = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Models to serve: .gguf paths or aliases (the first is the default; each "
+            "loads on first use). Default: qwen3-1.7b if downloaded, else the embedded default.",
+            show_default=False,
+        ),
+    ] = None,
+    models_dir: Annotated[
+        Path | None,
+        typer.Option("--models-dir", help="Also serve every .gguf file in this folder."),
+    ] = None,
+    max_loaded: Annotated[
+        int,
+        typer.Option(
+            "--max-loaded",
+            min=1,
+            max=64,
+            help="Most models kept in memory (the least recently used idle one goes).",
+        ),
+    ] = 1,
+    keep_alive: Annotated[
+        str,
+        typer.Option(
+            "--keep-alive", help="Unload a model idle this long (5m, 30s, 0; -1: never), as ollama."
+        ),
+    ] = "5m",
     host: Annotated[
         str, typer.Option("--host", help="Address to bind (loopback by default).")
     ] = "127.0.0.1",
@@ -63,6 +89,10 @@ def serve(
         -d '{"messages":[{"role":"user","content":"hi"}]}'
     """
     from ggrun import models
+    from ggrun.errors import InvalidArgument
+    from ggrun.ollama_api import keep_alive as duration
+    from ggrun.openai_api import ApiError
+    from ggrun.pool import Pool
     from ggrun.server import check_address
     from ggrun.server import serve as run
 
@@ -75,17 +105,35 @@ def serve(
             file=sys.stderr,
         )
     check_address(host, port)
-    ref = model or models.default_model()[0]
-    with options.load_model(ref, opts, context=False) as m:  # the engine makes its own
-        slot = m.n_ctx
-        model_id = m.path.stem if not model or models.looks_like_path(model) else model
-        print(
-            f"ggrun: serving {model_id} on http://{host}:{port}/v1 "
-            f"({parallel} slots of {slot} tokens); Ctrl-C stops",
-            file=sys.stderr,
-        )
-        run(m, model_id=model_id, host=host, port=port, parallel=parallel, slot_ctx=slot,
-            api_key=api_key)  # fmt: skip
+    refs = list(model or [])
+    if models_dir is not None:
+        if not models_dir.is_dir():
+            raise InvalidArgument(f"--models-dir {models_dir}: not a folder")
+        refs += [str(p) for p in sorted(models_dir.glob("*.gguf"))]
+    if not refs:
+        refs = [models.default_model()[0]]
+    ids = {(Path(r).stem if models.looks_like_path(r) else r): r for r in refs}
+    try:
+        ka = duration(keep_alive)
+    except ApiError as e:
+        raise InvalidArgument(f"--keep-alive: {e}") from None
+    assert ka is not None
+    first = next(iter(ids))
+
+    def loader(ref: str) -> Any:
+        return options.load_model(ref, opts, context=False)
+
+    pool = Pool(ids, loader, parallel=parallel, slot_ctx=opts.get("ctx"), max_loaded=max_loaded,
+                keep_alive=ka)  # fmt: skip
+    pool.add(first, loader(ids[first]))  # the default model loads now: its errors show at once
+    slot = pool.loaded[first].engine.slot_ctx
+    more = f" (+{len(ids) - 1} more, loaded on first use)" if len(ids) > 1 else ""
+    print(
+        f"ggrun: serving {first}{more} on http://{host}:{port}/ (chat page) and /v1, /api "
+        f"({parallel} slots of {slot} tokens); Ctrl-C stops",
+        file=sys.stderr,
+    )
+    run(pool, host=host, port=port, api_key=api_key)
 
 
 def _read_key(path: Path) -> str:

@@ -1,0 +1,210 @@
+"""Speculative decoding: ggrun's lookup, auto and draft modes against plain decoding and
+against llama.cpp's own speculative tools, on the same prompts, interleaved in one run.
+
+Tasks, five prompts each: a code edit (return a ~40-line function with one variable
+renamed), an extraction (copy fields of a document as JSON), a summary of a pasted text,
+and free generation (a story: nothing to copy). For every prompt, in turn: plain
+decoding, lookup, auto and the draft model through ggrun's public API (greedy, 2 threads),
+then llama.cpp's ``llama-speculative-simple`` with ``ngram-mod`` and with the draft model,
+and ``llama-lookup``. It reports generation tok/s, the ratio to plain decoding in the same
+round, the acceptance, and whether the output equals plain decoding's.
+
+    python benchmarks/speculative.py --out spec.json     # ~1 h on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.llama_tools import tool  # noqa: E402
+from ggrun.engine import LoadConfig, Model  # noqa: E402
+
+FUNCS = [
+    ("total", "def summarize_orders(orders, tax_rate):\n"),
+    ("result", "def parse_config(lines):\n"),
+    ("count", "def histogram(words, min_len):\n"),
+    ("buffer", "def render_table(rows, widths):\n"),
+    ("queue", "def walk_graph(graph, start):\n"),
+]
+
+
+def _function(i: int) -> tuple[str, str]:
+    """A ~40-line function that uses the variable to rename often."""
+    var, head = FUNCS[i]
+    body = [head, f'    """Process the input and return {var}."""', f"    {var} = []"]
+    for k in range(12):
+        body += [
+            f"    for item_{k} in range({k + 2}):",
+            f"        if item_{k} % {k + 2} == 1:",
+            f"            {var}.append(item_{k} * {k + 3})",
+        ]
+    body += [f"    {var}.sort()", f"    return {var}"]
+    return var, "\n".join(body) + "\n"
+
+
+def _doc(i: int) -> str:
+    people = ["Ada Lovelace", "Alan Turing", "Grace Hopper", "Edsger Dijkstra", "Barbara Liskov"]
+    cities = ["London", "Manchester", "Arlington", "Nuenen", "Boston"]
+    return (
+        f"Customer record #{1000 + i}. Name: {people[i]}. City: {cities[i]}. Email: "
+        f"{people[i].split()[0].lower()}@example.org. Phone: +44 20 7946 0{i}58. Account "
+        f"opened 201{i}-0{i + 1}-1{i}. Plan: premium. Notes: {people[i]} prefers email, "
+        f"asked about invoices twice, lives in {cities[i]} near the station, and renewed "
+        "the premium plan last year without changes."
+    )
+
+
+PASSAGE = (
+    "The Python standard library's json module encodes and decodes JSON. json.dumps turns "
+    "a Python object into a string and json.loads parses a string back. Both take options: "
+    "indent pretty-prints, sort_keys orders the keys, and ensure_ascii escapes non-ASCII "
+    "characters. Invalid input raises json.JSONDecodeError, which tells the line and the "
+    "column. For files, json.dump and json.load read and write streams directly. "
+)
+
+TASKS: dict[str, list[str]] = {
+    "code edit": [
+        f"Rename the variable `{_function(i)[0]}` to `acc` in this function. Return the whole "
+        f"function and nothing else.\n\n{_function(i)[1]}"
+        for i in range(5)
+    ],
+    "extraction": [
+        "Copy these fields from the document as JSON with keys name, city, email, phone, "
+        f"opened, plan, notes (copy each value exactly):\n\n{_doc(i)}"
+        for i in range(5)
+    ],
+    "summary": [
+        f"Summarise this text in three sentences:\n\n{PASSAGE * (i + 2)}" for i in range(5)
+    ],
+    "free generation": [
+        f"Write a short story about {topic}."
+        for topic in (
+            "a lighthouse keeper",
+            "a lost robot",
+            "a winter market",
+            "a tiny dragon",
+            "a train at night",
+        )  # fmt: skip
+    ],
+}
+
+
+def ggrun_run(m: Model, prompt: str, mode: str, n: int) -> dict[str, Any]:
+    msgs = [{"role": "user", "content": prompt}]
+    r = m.chat(msgs, max_tokens=n, temperature=0, repeat_penalty=1.0, speculative=mode)
+    acc = r.accepted_tokens / r.drafted_tokens if r.drafted_tokens else None
+    return {"tps": r.generation_tps, "tokens": r.completion_tokens, "text": r.text,
+            "accept": acc, "drafted": r.drafted_tokens}  # fmt: skip
+
+
+def native(args: list[str], prompt: str, n: int, threads: int) -> dict[str, Any]:
+    """A llama.cpp speculative example on a chat-formatted prompt: its own tok/s."""
+    text = f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
+    cmd = [*args, "-p", text, "-n", str(n), "-t", str(threads), "--temp", "0", "-c", "4096"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900).stderr
+    speed = re.search(r"decoded\s+(\d+) tokens in\s+([\d.]+) seconds, speed:\s+([\d.]+) t/s", out)
+    drafted = re.search(r"n_drafted\s*=\s*(\d+)", out)
+    accept = re.search(r"n_accept\s*=\s*(\d+)", out)
+    if not speed:
+        return {"tps": None, "error": out[-500:]}
+    d = int(drafted.group(1)) if drafted else 0
+    return {"tps": float(speed.group(3)), "tokens": int(speed.group(1)),
+            "accept": int(accept.group(1)) / d if d and accept else None, "drafted": d}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="qwen2.5-coder-1.5b")
+    ap.add_argument("--draft", default="qwen2.5-coder-0.5b")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-tokens", type=int, default=320)
+    ap.add_argument("--prompts", type=int, default=5, help="prompts per task")
+    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--no-native", action="store_true")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    from tests.conftest import fetch
+
+    target, draft = fetch(args.model), fetch(args.draft)
+    cfg = LoadConfig(n_ctx=4096, n_threads=args.threads, n_threads_batch=args.threads)
+    plain_m = Model(target, cfg)
+    draft_m = Model(target, cfg, speculative="draft", draft=draft)
+    b = tool("llama-speculative-simple")
+    natives = {
+        "llama.cpp ngram-mod": [str(b), "-m", str(target), "--spec-type", "ngram-mod"],
+        "llama.cpp draft": [
+            str(b),
+            "-m",
+            str(target),
+            "-md",
+            str(draft),
+            "--spec-type",
+            "draft-simple",
+            "--spec-draft-n-max",
+            "16",
+        ],  # fmt: skip
+        "llama-lookup": [str(tool("llama-lookup")), "-m", str(target)],
+    }
+    ggrun_run(plain_m, "Say hi.", "off", 8)  # warm-up
+    rows: list[dict[str, Any]] = []
+    for task in args.tasks.split(","):
+        for i, prompt in enumerate(TASKS[task][: args.prompts]):
+            plain = ggrun_run(plain_m, prompt, "off", args.max_tokens)
+            row: dict[str, Any] = {"task": task, "prompt": i, "plain": plain}
+            for mode in ("lookup", "auto"):
+                row[mode] = ggrun_run(plain_m, prompt, mode, args.max_tokens)
+            row["draft"] = ggrun_run(draft_m, prompt, "draft", args.max_tokens)
+            for name in ("lookup", "auto", "draft"):
+                row[name]["same"] = row[name]["text"] == plain["text"]
+            if not args.no_native:
+                for name, cmd in natives.items():
+                    row[name] = native(cmd, prompt, args.max_tokens, args.threads)
+            for r in row.values():
+                if isinstance(r, dict) and r.get("tps") and plain["tps"]:
+                    r["ratio"] = r["tps"] / plain["tps"]
+                if isinstance(r, dict):
+                    r.pop("text", None)
+            rows.append(row)
+            print(json.dumps({k: (v if not isinstance(v, dict) else
+                  {kk: (round(vv, 3) if isinstance(vv, float) else vv) for kk, vv in v.items()})
+                  for k, v in row.items()}), file=sys.stderr, flush=True)  # fmt: skip
+    report(rows)
+    if args.out:
+        args.out.write_text(json.dumps({"when": time.ctime(), "args": vars(args) | {"out": None},
+                                        "rows": rows}, indent=1, default=str))  # fmt: skip
+
+
+def report(rows: list[dict[str, Any]]) -> None:
+    modes = [k for k in rows[0] if k not in ("task", "prompt")]
+    print("| task | " + " | ".join(f"{m} tok/s (x plain)" for m in modes) + " |")
+    print("|---" * (len(modes) + 1) + "|")
+    for task in dict.fromkeys(r["task"] for r in rows):
+        rs = [r for r in rows if r["task"] == task]
+        cells = []
+        for m in modes:
+            tps = [r[m]["tps"] for r in rs if r[m].get("tps")]
+            ratios = [r[m]["ratio"] for r in rs if r[m].get("ratio")]
+            acc = [r[m]["accept"] for r in rs if r[m].get("accept") is not None]
+            same = [r[m]["same"] for r in rs if "same" in r[m]]
+            cell = f"{statistics.median(tps):.1f}" if tps else "-"
+            if ratios and m != "plain":
+                cell += f" ({statistics.median(ratios):.2f}x"
+                cell += f", acc {statistics.median(acc):.0%}" if acc else ""
+                cell += f", same {sum(same)}/{len(same)}" if same else ""
+                cell += ")"
+            cells.append(cell)
+        print(f"| {task} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

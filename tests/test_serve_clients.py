@@ -1,0 +1,138 @@
+"""`ggrun serve` for the clients people use: the official ollama package, OpenAI logprobs,
+and several models behind one server (loaded on first use, swapped, unloaded)."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+import pytest
+
+ollama = pytest.importorskip("ollama")
+openai = pytest.importorskip("openai")
+
+SMOL, QWEN = "SmolLM2-135M-Instruct.Q4_1", "qwen2.5-coder-0.5b-instruct-q4_k_m"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(smol_path: Path, qwen_path: Path,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:  # fmt: skip
+    port = _free_port()
+    cmd = [sys.executable, "-m", "ggrun", "serve", str(smol_path), str(qwen_path), "--port",
+           str(port), "--parallel", "2", "--ctx", "1024", "--max-loaded", "1"]  # fmt: skip
+    env = {**os.environ, "GGRUN_HOME": str(tmp_path_factory.mktemp("home"))}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(base + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+        assert proc.poll() is None
+    yield base
+    proc.terminate()
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and b"Traceback" not in out, out.decode()
+
+
+@pytest.fixture()
+def oc(server: str) -> Any:
+    return ollama.Client(host=server)
+
+
+MSG = [{"role": "user", "content": "Name a colour."}]
+
+
+def test_ollama_chat_streaming_and_generate(oc: Any) -> None:
+    r = oc.chat(model=SMOL, messages=MSG, options={"temperature": 0, "num_predict": 12})
+    assert r.message.role == "assistant" and r.message.content and r.done
+    assert r.done_reason in ("stop", "length") and r.eval_count and r.prompt_eval_count
+    assert r.total_duration and r.eval_duration and r.load_duration is not None
+    parts = list(oc.chat(model=SMOL, messages=MSG, stream=True,
+                         options={"temperature": 0, "num_predict": 12}))  # fmt: skip
+    assert parts[-1].done and not any(p.done for p in parts[:-1])
+    assert "".join(p.message.content for p in parts) == r.message.content
+    g = oc.generate(model=SMOL, prompt="The sky is", options={"temperature": 0, "num_predict": 8})
+    assert g.response and g.done and g.eval_count == 8
+
+
+def test_ollama_format_schema_validates(oc: Any) -> None:
+    schema = {"type": "object", "properties": {"colour": {"type": "string"}},
+              "required": ["colour"]}  # fmt: skip
+    r = oc.chat(model=SMOL, messages=MSG, format=schema, options={"temperature": 0})
+    import json
+
+    jsonschema.validate(json.loads(r.message.content), schema)
+
+
+def test_ollama_list_show_ps_and_errors(oc: Any) -> None:
+    names = {m.model for m in oc.list().models}
+    assert names == {SMOL, QWEN}
+    s = oc.show(SMOL)
+    assert s.details.family == "llama" and "completion" in s.capabilities
+    assert "tools" in oc.show(QWEN).capabilities
+    ps = {m.model for m in oc.ps().models}
+    assert ps <= names and ps  # what is loaded now
+    with pytest.raises(ollama.ResponseError) as e:
+        oc.chat(model="nope", messages=MSG)
+    assert e.value.status_code == 404 and "nope" in e.value.error
+    with pytest.raises(ollama.ResponseError) as e:
+        oc.chat(model=SMOL, messages=MSG, options={"mirostat": 2})
+    assert e.value.status_code == 400 and "mirostat" in e.value.error
+
+
+def test_several_models_swap_and_unload(server: str, oc: Any) -> None:
+    for model in (SMOL, QWEN, SMOL, QWEN):  # --max-loaded 1: each request swaps them
+        r = oc.chat(model=model, messages=MSG, options={"temperature": 0, "num_predict": 4})
+        assert r.message.content
+        assert [m.model for m in oc.ps().models] == [model]
+    ids = {m["id"] for m in httpx.get(server + "/v1/models").json()["data"]}
+    assert ids == {SMOL, QWEN}
+    oc.chat(model=QWEN, messages=MSG, keep_alive=0, options={"num_predict": 2})
+    deadline = time.monotonic() + 10
+    while oc.ps().models and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not oc.ps().models  # keep_alive 0 unloaded it after the request
+
+
+def test_logprobs_whole_and_streamed(server: str) -> None:
+    c = openai.OpenAI(base_url=server + "/v1", api_key="none")
+    args = {"model": SMOL, "messages": MSG, "max_tokens": 8, "temperature": 0,
+            "logprobs": True, "top_logprobs": 5}  # fmt: skip
+    r = c.chat.completions.create(**args)
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens
+    for t in content:
+        assert t.logprob == pytest.approx(t.top_logprobs[0].logprob)  # greedy: the top one
+        assert t.token == t.top_logprobs[0].token
+        assert sum(math.exp(x.logprob) for x in t.top_logprobs) <= 1.0 + 1e-6
+    streamed = [
+        lp
+        for ev in c.chat.completions.create(**args, stream=True)
+        if ev.choices and ev.choices[0].logprobs
+        for lp in ev.choices[0].logprobs.content
+    ]
+    assert [(t.token, round(t.logprob, 5)) for t in streamed] == [
+        (t.token, round(t.logprob, 5)) for t in content
+    ]
+    comp = c.completions.create(model=SMOL, prompt="One, two,", max_tokens=4, temperature=0,
+                                logprobs=3)  # fmt: skip
+    lp = comp.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == 4 and len(lp.top_logprobs[0]) == 3
