@@ -31,6 +31,7 @@ from typing import Any
 
 from ggrun.engine import LoadConfig
 from ggrun.errors import GgrunError, InvalidArgument
+from ggrun.llama import CACHE_TYPES
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class BenchResult:
     kld_p99: float | None = None
     same_top: float | None = None  # fraction of scored tokens
     scored_tokens: int = 0
+    cache_type: str = "f16"  # the KV cache's type for these figures
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,6 +83,7 @@ class BenchConfig:
     quality: bool = True
     speed: bool = True
     device: str | None = None  # as ggrun.load: None lets the planner choose
+    cache_types: tuple[str, ...] = ("f16",)  # KV cache types to compare (each model x type)
 
 
 def load_config(
@@ -112,7 +115,9 @@ def corpus_path() -> Path:
 # ---------------------------------------------------------------- speed
 
 
-def _open(path: Path, cfg: BenchConfig, n_ctx: int, n_batch: int) -> tuple[Any, Any]:
+def _open(
+    path: Path, cfg: BenchConfig, n_ctx: int, n_batch: int, cache: str = "f16"
+) -> tuple[Any, Any]:
     """The weights and one context, loaded as the planner says (llama-bench's setup)."""
     from ggrun import hardware, llama
 
@@ -128,6 +133,9 @@ def _open(path: Path, cfg: BenchConfig, n_ctx: int, n_batch: int) -> tuple[Any, 
         n_batch=n_batch,
         n_threads=lc.n_threads or hardware.generation_threads(),
         n_threads_batch=lc.n_threads_batch or hardware.batch_threads(),
+        type_k=llama.CACHE_TYPES[cache],
+        type_v=llama.CACHE_TYPES[cache],
+        flash_attn=True if cache != "f16" else None,
     )
     try:
         return weights, llama.Context(weights, params)
@@ -144,7 +152,7 @@ def _decode(ctx: Any, batch: Any, tokens: list[int], start: int, logits_from: in
     ctx.decode(batch)
 
 
-def _speed_child(path: str, cfg: BenchConfig, conn: Any) -> None:
+def _speed_child(path: str, cfg: BenchConfig, cache: str, conn: Any) -> None:
     """Runs in a child process: load, pp and tg; sends back a dict or an error string."""
     import random
     import resource
@@ -153,7 +161,7 @@ def _speed_child(path: str, cfg: BenchConfig, conn: Any) -> None:
 
     try:
         t0 = time.perf_counter()
-        weights, ctx = _open(Path(path), cfg, cfg.pp + cfg.tg, cfg.pp)
+        weights, ctx = _open(Path(path), cfg, cfg.pp + cfg.tg, cfg.pp, cache)
         load_s = time.perf_counter() - t0
         rng = random.Random(42)
         n_vocab = weights.n_vocab
@@ -193,10 +201,10 @@ def _speed_child(path: str, cfg: BenchConfig, conn: Any) -> None:
         conn.close()
 
 
-def measure_speed(path: Path, cfg: BenchConfig) -> dict[str, Any]:
+def measure_speed(path: Path, cfg: BenchConfig, cache: str = "f16") -> dict[str, Any]:
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_speed_child, args=(str(path), cfg, child))
+    proc = ctx.Process(target=_speed_child, args=(str(path), cfg, cache, child))
     proc.start()
     child.close()
     try:
@@ -220,11 +228,11 @@ def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
 class _Scorer:
     """A model opened for perplexity: a context of ``ctx`` tokens and every logit out."""
 
-    def __init__(self, path: Path, cfg: BenchConfig) -> None:
+    def __init__(self, path: Path, cfg: BenchConfig, cache: str = "f16") -> None:
         from ggrun import llama
 
         self.path = path
-        self.weights, self.ctx = _open(path, cfg, cfg.ctx, cfg.ctx)
+        self.weights, self.ctx = _open(path, cfg, cfg.ctx, cfg.ctx, cache)
         self.n_vocab = self.weights.n_vocab
         self._batch = llama.Batch(cfg.ctx)
 
@@ -290,23 +298,28 @@ class _Quality:
     same: int = 0
 
 
+Target = tuple[Path, str]  # a model file and a KV cache type
+
+
 def measure_quality(
-    ref_path: Path, paths: list[Path], cfg: BenchConfig, progress: Progress | None = None
-) -> dict[Path, dict[str, float]]:
-    """Perplexity of each model, and KLD / same-top against the reference."""
+    ref_t: Target, targets: list[Target], cfg: BenchConfig, progress: Progress | None = None
+) -> dict[Target, dict[str, float]]:
+    """Perplexity of each model (and cache type), and KLD / same-top against the reference."""
     import numpy as np
 
     text = (cfg.text or corpus_path()).read_text(encoding="utf-8", errors="replace")
     first = cfg.ctx // 2
-    out: dict[Path, dict[str, float]] = {}
-    others = [p for p in paths if p != ref_path] or [ref_path]
-    ref = _Scorer(ref_path, cfg)
+    out: dict[Target, dict[str, float]] = {}
+    others = [t for t in targets if t != ref_t] or [ref_t]
+    ref_path = ref_t[0]
+    ref = _Scorer(ref_path, cfg, ref_t[1])
     try:
         tokens = ref.tokenize(text)
         chunks = list(chunks_of(tokens, cfg, ref.bos()))
         ref_q = _Quality()  # scored during the first candidate's pass
-        for n_pass, other in enumerate(others):
-            cand = _Scorer(other, cfg) if other != ref_path else None
+        for n_pass, target in enumerate(others):
+            other = target[0]
+            cand = _Scorer(other, cfg, target[1]) if target != ref_t else None
             try:
                 if cand is not None and cand.n_vocab != ref.n_vocab:
                     raise InvalidArgument(
@@ -316,23 +329,24 @@ def measure_quality(
                 q = _Quality()
                 for ci, chunk in enumerate(chunks):
                     if progress:
-                        progress(f"quality {other.name}: chunk {ci + 1}/{len(chunks)}")
-                    targets = np.asarray(chunk[first + 1 :])
-                    rows = np.arange(len(targets))
+                        where = f"{other.name} [{target[1]}]"
+                        progress(f"quality {where}: chunk {ci + 1}/{len(chunks)}")
+                    nexts = np.asarray(chunk[first + 1 :])
+                    rows = np.arange(len(nexts))
                     lp_ref = ref.log_probs(chunk, first)
                     if n_pass == 0:
-                        ref_q.nll -= float(lp_ref[rows, targets].sum())
-                        ref_q.count += len(targets)
+                        ref_q.nll -= float(lp_ref[rows, nexts].sum())
+                        ref_q.count += len(nexts)
                     if cand is None:
                         continue
                     lp = cand.log_probs(chunk, first)
-                    q.nll -= float(lp[rows, targets].sum())
-                    q.count += len(targets)
+                    q.nll -= float(lp[rows, nexts].sum())
+                    q.count += len(nexts)
                     q.kld.append(_kld_rows(lp_ref, lp))
                     q.same += int((lp_ref.argmax(axis=1) == lp.argmax(axis=1)).sum())
                 if cand is not None:
                     kld = np.concatenate(q.kld)
-                    out[other] = {
+                    out[target] = {
                         "ppl": math.exp(q.nll / q.count),
                         "kld_mean": float(kld.mean()),
                         "kld_p99": float(np.percentile(kld, 99)),
@@ -342,7 +356,7 @@ def measure_quality(
             finally:
                 if cand is not None:
                     cand.close()
-        out[ref_path] = {
+        out[ref_t] = {
             "ppl": math.exp(ref_q.nll / ref_q.count),
             "kld_mean": 0.0,
             "kld_p99": 0.0,
@@ -352,7 +366,7 @@ def measure_quality(
     finally:
         ref.close()
     for d in out.values():
-        d["ppl_ratio"] = d["ppl"] / out[ref_path]["ppl"]
+        d["ppl_ratio"] = d["ppl"] / out[ref_t]["ppl"]
     return out
 
 
@@ -422,8 +436,13 @@ def bench(
     infos = {p: read_gguf(p) for p in paths}
     for p in paths:  # a device this build lacks, or a model that cannot fit: fail now
         load_config(p, cfg, cfg.pp + cfg.tg, cfg.pp, infos[p])
+    unknown = [c for c in cfg.cache_types if c not in CACHE_TYPES]
+    if unknown or not cfg.cache_types:
+        raise InvalidArgument(f"cache types are {', '.join(CACHE_TYPES)}, not {unknown}")
+    targets = [(p, c) for p in paths for c in cfg.cache_types]
     results = []
-    for p, info in infos.items():
+    for p, c in targets:
+        info = infos[p]
         results.append(
             BenchResult(
                 model=p.name,
@@ -435,13 +454,14 @@ def bench(
                 threads=cfg.threads or 0,
                 pp=cfg.pp,
                 tg=cfg.tg,
+                cache_type=c,
             )
         )
     if cfg.speed:
-        for r, p in zip(results, paths, strict=True):
+        for r, (p, c) in zip(results, targets, strict=True):
             if progress:
-                progress(f"speed {p.name}")
-            s = measure_speed(p, cfg)
+                progress(f"speed {r.model}")
+            s = measure_speed(p, cfg, c)
             r.load_s, r.threads, r.peak_rss_bytes = s["load_s"], s["threads"], s["peak"]
             r.pp_tps, r.pp_tps_std = _mean_std(s["pp"])
             r.tg_tps, r.tg_tps_std = _mean_std(s["tg"])
@@ -450,11 +470,13 @@ def bench(
         ref = store.resolve(str(reference)) if reference else None
         if ref is None:
             ref = max(paths, key=lambda p: infos[p].bits_per_weight)
-        q = measure_quality(ref, [p for p in paths if p != ref] or [ref], cfg, progress)
-        for r, p in zip(results, paths, strict=True):
-            if p in q:
-                d = q[p]
-                r.reference = ref.name
+        ref_t = (ref, "f16" if "f16" in cfg.cache_types else cfg.cache_types[0])
+        q = measure_quality(ref_t, [t for t in targets if t != ref_t] or [ref_t], cfg, progress)
+        label = ref.name if ref_t[1] == "f16" else f"{ref.name} (KV {ref_t[1]})"
+        for r, t in zip(results, targets, strict=True):
+            if t in q:
+                d = q[t]
+                r.reference = label
                 r.ppl, r.ppl_ratio = d["ppl"], d["ppl_ratio"]
                 r.kld_mean, r.kld_p99, r.same_top = d["kld_mean"], d["kld_p99"], d["same_top"]
                 r.scored_tokens = int(d["scored"])
@@ -475,9 +497,9 @@ def recommend(results: Sequence[BenchResult]) -> str:
     close = [r for r in measured if r.kld_mean is None or r.kld_mean <= KLD_OK]
     best = max(close or measured, key=lambda r: r.tg_tps)
     slowest = min(measured, key=lambda r: r.tg_tps)
-    parts = [f"{best.quant}: {best.tg_tps:.1f} tok/s"]
+    parts = [f"{_label(best)}: {best.tg_tps:.1f} tok/s"]
     if best is not slowest:
-        parts[0] += f", {best.tg_tps / slowest.tg_tps:.1f}x faster than {slowest.quant}"
+        parts[0] += f", {best.tg_tps / slowest.tg_tps:.1f}x faster than {_label(slowest)}"
     if best.kld_mean is not None and ref is not None and best is not ref:
         parts.append(f"KLD {best.kld_mean:.3f}")
         parts.append(f"same top token {100 * (best.same_top or 0):.0f}%")
@@ -485,3 +507,7 @@ def recommend(results: Sequence[BenchResult]) -> str:
     if not close:
         why += f" (no model stays within KLD {KLD_OK} of the reference)"
     return ", ".join(parts) + f": {why}"
+
+
+def _label(r: BenchResult) -> str:
+    return r.quant if r.cache_type == "f16" else f"{r.quant} with a {r.cache_type} KV cache"

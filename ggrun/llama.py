@@ -366,7 +366,7 @@ def grammar_for(grammar: str, root: str, lazy: bool) -> tuple[str, str]:
     """The GBNF text and root rule to give llama.cpp."""
     if not lazy:
         return grammar, root
-    return f"{grammar}\n{LAZY_ROOT} ::= [ \\t\\n\\r]* {root}\n", LAZY_ROOT
+    return f"{grammar}\n{LAZY_ROOT} ::= [ \\t\\n\\r]{{0,8}} {root}\n", LAZY_ROOT
 
 
 def _init_grammar(weights: Weights, grammar: str, root: str) -> Any:

@@ -257,7 +257,9 @@ def call_grammar(tools: tuple[Tool, ...], choice: Choice, parallel: bool) -> str
     body = structured.schema_constraint(schema).grammar
     one = f'"{OPEN}" ggrun-ws root ggrun-ws "{CLOSE}"'
     more = f" (ggrun-ws {one})*" if parallel else ""
-    return f"{body}\n{GRAMMAR_ROOT} ::= ggrun-ws {one}{more} ggrun-ws\nggrun-ws ::= [ \\t\\n]*\n"
+    return (
+        f"{body}\n{GRAMMAR_ROOT} ::= ggrun-ws {one}{more} ggrun-ws\nggrun-ws ::= [ \\t\\n]{{0,8}}\n"
+    )
 
 
 def looks_like_call(text: str) -> bool:

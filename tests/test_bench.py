@@ -143,3 +143,14 @@ def test_bench_uses_the_plan(smol_path: Path) -> None:
     if "cuda" not in hw.backends:
         with pytest.raises(InvalidArgument, match="no cuda support"):
             benchmark.bench([smol_path], device="cuda", quality=False)
+
+
+def test_cache_types_add_their_cost(smol_path: Path) -> None:
+    from ggrun.benchmark import bench
+
+    rows = bench([smol_path], cache_types=("f16", "q8_0", "q4_0"), **FAST)
+    assert [r.cache_type for r in rows] == ["f16", "q8_0", "q4_0"]
+    f16, q8, q4 = rows
+    assert f16.kld_mean == 0.0 and f16.ppl_ratio == 1.0  # the reference: the f16 cache
+    assert 0 < q8.kld_mean < q4.kld_mean  # a coarser cache costs more
+    assert all(r.tg_tps > 0 and r.pp_tps > 0 for r in rows)

@@ -57,6 +57,14 @@ def bench(
         str | None,
         typer.Option("--device", help="cpu, cuda, metal, rocm or vulkan (default: the plan's)."),
     ] = None,
+    cache_type: Annotated[
+        str,
+        typer.Option(
+            "--cache-type",
+            help="KV cache types to compare, e.g. f16,q8_0,q4_0: each adds the speed and "
+            "the quality cost (PPL, KLD against f16) of that cache.",
+        ),
+    ] = "f16",
     no_quality: Annotated[
         bool, typer.Option("--no-quality", help="Speed only (no perplexity/KLD pass).")
     ] = False,
@@ -93,10 +101,12 @@ def bench(
     cfg = b.BenchConfig(
         threads=threads, reps=reps, pp=pp, tg=tg, ctx=ctx, chunks=chunks, text=text,
         quality=not no_quality, device=device,
+        cache_types=tuple(c.strip() for c in cache_type.split(",") if c.strip()),
     )  # fmt: skip
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    steps = len(paths) + (0 if no_quality else chunks * max(1, len(paths) - 1))
+    n = len(paths) * len(cfg.cache_types)
+    steps = n + (0 if no_quality else chunks * max(1, n - 1))
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -145,6 +155,7 @@ def _row(r: Any) -> dict[str, str]:
     return {
         "model": r.model,
         "quant": r.quant,
+        "kv": r.cache_type,
         "size": f"{r.size_bytes / 1e9:.2f} GB",
         "bpw": f"{r.bits_per_weight:.2f}",
         "load s": f"{r.load_s:.2f}",
@@ -166,7 +177,7 @@ def _table(rows: list[dict[str, str]]) -> None:
 
     table = Table(box=None)
     for col in rows[0]:
-        table.add_column(col, justify="left" if col in ("model", "quant") else "right")
+        table.add_column(col, justify="left" if col in ("model", "quant", "kv") else "right")
     for row in rows:
         table.add_row(*row.values())
     Console(width=max(160, Console().width)).print(table)
