@@ -58,6 +58,21 @@ class Chunk:
     error: str | None = None  # on the last chunk: why the output cannot be used
 
 
+# the counts and speeds a result takes from its stream's last chunk
+STATS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "thinking_time",
+    "drafted_tokens",
+    "accepted_tokens",
+    "cached_tokens",
+    "prompt_tps",
+    "generation_tps",
+    "ttft",
+)
+
+
 @dataclass
 class Result:
     """A finished generation (also one request of a batch: ``id``, and ``error`` if it failed)."""
@@ -95,20 +110,11 @@ class Result:
         return cls(
             text=text,
             finish_reason=last.finish_reason or default_finish,
-            prompt_tokens=last.prompt_tokens,
-            completion_tokens=last.completion_tokens,
-            reasoning_tokens=last.reasoning_tokens,
-            thinking_time=last.thinking_time,
-            drafted_tokens=last.drafted_tokens,
-            accepted_tokens=last.accepted_tokens,
-            cached_tokens=last.cached_tokens,
-            prompt_tps=last.prompt_tps,
-            generation_tps=last.generation_tps,
-            ttft=last.ttft,
             reasoning=reasoning.strip() or None,
             error=last.error,
             tool_calls=list(tool_calls or []),
             logprobs=list(logprobs or []),
+            **{name: getattr(last, name) for name in STATS},
         )
 
     @classmethod
