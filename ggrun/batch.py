@@ -409,7 +409,31 @@ def batch_stream(
     return (r for _, r in run_batch(model, items, parallel=parallel, **options))
 
 
-def batch(model: Model, items: Sequence[Any], *, parallel: int = 8, **options: Any) -> list[Result]:
-    """:func:`batch_stream`, collected in input order."""
-    done = dict(run_batch(model, items, parallel=parallel, **options))
+def batch(
+    model: Model | str,
+    items: Sequence[Any],
+    *,
+    parallel: int = 8,
+    ray: str | None = None,
+    workers: int | None = None,
+    **options: Any,
+) -> list[Result]:
+    """:func:`batch_stream`, collected in input order.
+
+    With ``ray`` ("auto", or a cluster's address), ``workers`` Ray actors run the batch,
+    each with ``parallel`` slots (:class:`ggrun.distributed.Job`: ``threads``, ``load``
+    and ``slot_ctx`` are its keywords too); ``model`` may then be an alias or a path that
+    every node has, which the workers load instead of this process."""
+    if workers is not None and ray is None:
+        raise InvalidArgument("workers needs ray ('auto' or a cluster's address)")
+    if ray is not None:
+        from ggrun.distributed import Job
+
+        job = Job(model, items, runner=run_batch, address=ray, workers=workers,
+                  parallel=parallel, **options)  # fmt: skip
+        done = dict(job)
+    elif isinstance(model, str):
+        raise InvalidArgument("give a loaded model (ggrun.load), or ray= to load it on workers")
+    else:
+        done = dict(run_batch(model, items, parallel=parallel, **options))
     return [done[i] for i in range(len(done))]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,6 +12,8 @@ import typer
 
 from ggrun.cli import options
 from ggrun.cli.options import LOAD, SAMPLING
+
+RAY_PANEL = "Several machines (Ray)"
 
 
 @options.with_options(LOAD, SAMPLING)
@@ -41,6 +44,28 @@ def batch(
             help="Context per sequence (default: the longest prompt plus --max-tokens).",
         ),
     ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="auto|ADDRESS",
+            help="Run on a Ray cluster: auto (the one running here or at $RAY_ADDRESS, "
+            "else a local one) or the head's HOST:PORT. Needs pip install 'ggrun\\[ray]'.",
+            rich_help_panel=RAY_PANEL,
+            show_default=False,
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Ray workers: each loads the model once and decodes --parallel sequences "
+            "with --threads threads (default: as many as the cluster's CPUs hold).",
+            rich_help_panel=RAY_PANEL,
+            show_default=False,
+        ),
+    ] = None,
     think: options.ThinkOpt = None,
     json_mode: options.JsonOpt = False,
     schema: options.SchemaOpt = None,
@@ -58,6 +83,11 @@ def batch(
     the ids already in the output, so an interrupted run loses nothing.
 
       ggrun batch qwen2.5-coder-0.5b prompts.jsonl -o results.jsonl --parallel 8
+
+    With --ray, Ray workers on several machines run the lines instead (same input,
+    same output file); MODEL must be a path every node has, or an alias.
+
+      ggrun batch qwen3-1.7b prompts.jsonl -o results.jsonl --ray auto --workers 8 -p 4 -t 4
     """
     from ggrun.errors import InvalidArgument
     from ggrun.jsonl import ResultsFile, id_key, read_requests
@@ -66,6 +96,12 @@ def batch(
 
     if sum(x not in (None, False) for x in (json_mode, schema, task)) > 1:
         raise InvalidArgument("give one of --json, --schema and --task")
+    if workers is not None and ray is None:
+        raise InvalidArgument("--workers needs --ray (auto, or a cluster's HOST:PORT)")
+    if ray is not None:
+        from ggrun.distributed import require_ray
+
+        require_ray()  # not installed: say so before anything is read or written
     common: dict[str, Any] = options.sampling_kwargs(opts)
     common.setdefault("max_tokens", 256)
     common["think"] = think
@@ -106,8 +142,20 @@ def batch(
         if not items:
             print(f"ggrun: nothing to do ({total} new requests)", file=sys.stderr)
             return
+        if ray is not None:
+            _run_ray(model, opts, items, common, ray, workers, parallel, slot_ctx, out, total,
+                     len(errors))  # fmt: skip
+            return
+        from ggrun.batch import run_batch
+
+        def on_start(n: int, ctx: int) -> None:
+            print(f"ggrun: {n} slots of {ctx} tokens each", file=sys.stderr)
+
         with options.load_model(model, opts) as m:
-            _run(m, items, common, parallel, slot_ctx, out, total, len(errors))
+            results = run_batch(
+                m, items, parallel=parallel, slot_ctx=slot_ctx, on_start=on_start, **common
+            )
+            _write(results, out, total, len(errors))
 
 
 def _record_error(rid: Any, error: str) -> dict[str, Any]:
@@ -143,26 +191,61 @@ def _record(result: Any) -> dict[str, Any]:
     return rec
 
 
-def _run(
-    m: Any,
+def _run_ray(
+    model: str,
+    opts: dict[str, Any],
     items: list[dict[str, Any]],
     common: dict[str, Any],
+    address: str,
+    workers: int | None,
     parallel: int,
     slot_ctx: int | None,
     out: Any,
     total: int,
     already: int,
 ) -> None:
+    """The same batch on Ray workers: each loads MODEL with the same options."""
+    from ggrun.batch import run_batch
+    from ggrun.distributed import Job
+
+    load = options.load_kwargs(opts)
+    threads = load.pop("n_threads")
+    load = {k: v for k, v in load.items() if v is not None}
+    load["verbose"] = bool(opts.get("verbose"))
+    job = Job(
+        model,
+        items,
+        runner=run_batch,
+        address=address,
+        workers=workers,
+        threads=threads,
+        parallel=parallel,
+        slot_ctx=slot_ctx,
+        load=load,
+        notify=lambda line: print(f"ggrun: {line}", file=sys.stderr),
+        **common,
+    )
+    with job:  # join the cluster and start the workers before the bar, with their notices
+        _write(job, out, total, already, status=job.status, where=job)
+
+
+def _write(
+    results: Iterable[tuple[int, Any]],
+    out: Any,
+    total: int,
+    already: int,
+    *,
+    status: Callable[[], str] | None = None,
+    where: Any = None,
+) -> None:
+    """Append each result as it comes (once per id), with a progress bar on stderr."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from ggrun.batch import run_batch
-
-    def on_start(n: int, ctx: int) -> None:
-        print(f"ggrun: {n} slots of {ctx} tokens each", file=sys.stderr)
+    from ggrun.jsonl import id_key
 
     t0 = time.perf_counter()
-    tokens = failed = 0
+    tokens = failed = written = 0
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -173,17 +256,24 @@ def _run(
         transient=True,
     ) as bar:
         task = bar.add_task("batch", total=total, completed=already, rate="")
-        for _, result in run_batch(
-            m, items, parallel=parallel, slot_ctx=slot_ctx, on_start=on_start, **common
-        ):
-            out.write(_record(result))
+        for _, result in results:
+            rec = _record(result)
+            if id_key(rec["id"]) in out.done:  # a result seen twice: keep the first
+                continue
+            out.write(rec)
+            written += 1
             tokens += result.completion_tokens
             failed += result.error is not None
             rate = tokens / max(time.perf_counter() - t0, 1e-9)
-            bar.update(task, advance=1, rate=f"{rate:.1f} tok/s")
+            bar.update(task, advance=1, rate=status() if status else f"{rate:.1f} tok/s")
     dt = time.perf_counter() - t0
+    on = ""
+    if where is not None:
+        lost = f", {where.lost} lost" if where.lost else ""
+        n = len(where.alive)
+        on = f" on {n} Ray worker{'s' * (n != 1)} (after {where.startup_s:.1f} s to start{lost})"
     print(
-        f"ggrun: {len(items) + already} done ({failed + already} with errors) in {dt:.1f} s, "
+        f"ggrun: {written + already} done ({failed + already} with errors) in {dt:.1f} s{on}, "
         f"{tokens} tokens generated ({tokens / max(dt, 1e-9):.1f} tok/s)",
         file=sys.stderr,
     )

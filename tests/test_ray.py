@@ -1,0 +1,267 @@
+"""``ggrun batch --ray`` on a real local Ray instance: 2 workers of 1 thread, SmolLM2.
+
+One Ray instance (2 CPUs, no dashboard) serves the module; the CLI and ``ggrun.batch``
+join it. Checked: every id exactly once and the same greedy texts as a local run, per-line
+errors, a worker killed part-way, the driver SIGKILLed and run again, workers that loaded
+different files, and each failure as one line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from ggrun.batch import batch, run_batch
+from ggrun.cli.app import app
+from ggrun.distributed import ClusterError, Job, ModelSpec, Worker, size
+from ggrun.errors import InsufficientMemory, ModelNotFound
+
+ray = pytest.importorskip("ray")
+
+N = 40
+GREEDY = ["-n", "8", "--temp", "0"]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    """A local Ray instance for the module; its address, for other processes."""
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+def _write_input(path: Path, n: int = N) -> None:
+    with path.open("w") as f:
+        for i in range(n):
+            f.write(json.dumps({"id": f"q{i}", "prompt": f"List {i} colours:"}) + "\n")
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _ids(path: Path) -> list[str]:
+    return [str(r["id"]) for r in _records(path)]
+
+
+def _ray_args(src: Path, out: Path, model: Path | str, address: str = "auto") -> list[str]:
+    return ["batch", str(model), str(src), "-o", str(out), "--ray", address, "--workers", "2",
+            "--threads", "1", "-p", "1", *GREEDY]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def lines(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """N good lines, one that fails on a worker, one that fails on the driver."""
+    src = tmp_path_factory.mktemp("ray") / "in.jsonl"
+    _write_input(src)
+    with src.open("a") as f:
+        f.write('{"id": "typo", "prompt": "hi", "temprature": 0.5}\n')
+        f.write("{not json\n")
+    return src
+
+
+@pytest.fixture(scope="module")
+def local(lines: Path, smol_path: Path) -> dict[str, dict[str, Any]]:
+    """A local ``ggrun batch --parallel 1`` run of the lines: records by id."""
+    out = lines.with_name("local.jsonl")
+    args = ["batch", str(smol_path), str(lines), "-o", str(out), "-p", "1", *GREEDY]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    return {str(x["id"]): x for x in _records(out)}
+
+
+def test_every_id_once_and_the_texts_of_a_local_run(
+    cluster: str, smol_path: Path, lines: Path, local: dict[str, Any], tmp_path: Path
+) -> None:
+    out = tmp_path / "out.jsonl"
+    r = CliRunner().invoke(app, _ray_args(lines, out, smol_path))
+    assert r.exit_code == 0, r.output
+    assert "2 workers × 1 thread, 1 slot each" in r.output
+    assert "on 2 Ray workers" in r.output
+    recs = {str(x["id"]): x for x in _records(out)}
+    assert len(recs) == len(_ids(out)) == N + 2  # every id exactly once
+    assert "unknown option(s): temprature" in recs["typo"]["error"]
+    assert "not valid JSON" in recs[str(N + 2)]["error"]
+    for key, x in local.items():  # the same greedy text, token counts and errors
+        y = recs[key]
+        assert (y["text"], y["completion_tokens"], y["error"]) == (
+            x["text"],
+            x["completion_tokens"],
+            x["error"],
+        )
+    assert sum(bool(x["text"]) for x in recs.values()) == N
+
+
+def test_a_worker_killed_part_way_loses_nothing(
+    cluster: str, smol: Any, local: dict[str, Any]
+) -> None:
+    items = [{"id": f"q{i}", "prompt": f"List {i} colours:"} for i in range(N)]
+    job = Job(smol, items, runner=run_batch, workers=2, threads=1,  # a loaded Model
+              parallel=1, max_tokens=8, temperature=0)  # fmt: skip
+    got: dict[int, Any] = {}
+    for index, result in job:
+        assert index not in got
+        got[index] = result
+        if len(got) == 1:  # one shard is done; the other worker has shards in flight
+            busiest = max(job.alive, key=lambda h: len(h.sent))
+            assert busiest.sent
+            ray.kill(busiest.actor, no_restart=True)
+    assert job.lost >= 1
+    assert sorted(got) == list(range(N))
+    assert [got[i].text for i in range(N)] == [local[f"q{i}"]["text"] for i in range(N)]
+    assert all(r.error is None and r.id == f"q{i}" for i, r in got.items())
+
+
+def test_sigkill_of_the_driver_then_a_rerun(cluster: str, smol_path: Path, tmp_path: Path) -> None:
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    _write_input(src)
+    cmd = [sys.executable, "-m", "ggrun", *_ray_args(src, out, smol_path, cluster)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.exists() and out.read_text().count("\n") >= 1:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = len(_ids(out))
+    assert 1 <= first < N
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{first} ids already" in rerun.stderr
+    assert sorted(_ids(out)) == sorted(f"q{i}" for i in range(N))  # each id exactly once
+
+
+def test_workers_that_loaded_different_files_are_refused(
+    cluster: str, smol_path: Path, tmp_path: Path
+) -> None:
+    """Each worker resolves the alias in its own GGRUN_HOME: the same file, then another."""
+    name = smol_path.name
+    same, other = tmp_path / "a", tmp_path / "b"
+    for home in (same, other):
+        (home / "models").mkdir(parents=True)
+    os.symlink(smol_path, same / "models" / name)
+    copy = other / "models" / name
+    shutil.copyfile(smol_path, copy)
+    with copy.open("r+b") as f:  # one byte of the last tensor differs: it still loads
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 1]))
+    env = [{"GGRUN_HOME": str(h), "HF_HUB_OFFLINE": "1"} for h in (same, same)]
+    ok = batch("smollm2-135m", ["Hi"] * 4, ray="auto", workers=2, threads=1, parallel=1,
+               max_tokens=2, worker_env=env)  # fmt: skip
+    assert [r.id for r in ok] == [0, 1, 2, 3] and all(r.error is None for r in ok)
+    env = [{"GGRUN_HOME": str(h), "HF_HUB_OFFLINE": "1"} for h in (same, other)]
+    bad = Job("smollm2-135m", ["Hi"] * 4, runner=run_batch, workers=2, threads=1,
+              parallel=1, max_tokens=2, worker_env=env)  # fmt: skip
+    with pytest.raises(ClusterError, match="loaded different model files") as e:
+        list(bad)
+    assert str(e.value).count("on node") == 2
+    assert bad.alive == [] and bad.tokens == 0  # refused before any line ran
+
+
+def test_a_model_missing_on_a_node_is_one_line(cluster: str, tmp_path: Path) -> None:
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    _write_input(src, 3)
+    r = CliRunner().invoke(app, _ray_args(src, out, tmp_path / "nowhere.gguf"))
+    assert r.exit_code == 1
+    line = r.output.strip().splitlines()[-1]
+    assert line.startswith("ggrun: error: on node ") and "nowhere.gguf: no such file" in line
+    assert not out.exists()
+    with pytest.raises(ModelNotFound, match="on node"):
+        list(Job(tmp_path / "nowhere.gguf", ["x"], runner=run_batch, workers=1, threads=1))
+
+
+def test_workers_that_do_not_fit_are_one_line(
+    cluster: str, smol_path: Path, tmp_path: Path
+) -> None:
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    _write_input(src, 2)
+    r = CliRunner().invoke(app, [*_ray_args(src, out, smol_path), "--workers", "3"])
+    assert r.exit_code == 1
+    assert "3 workers of 1 thread do not fit: the cluster holds 2 (CPUs per node: 2)" in r.output
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_clear_failures_without_a_cluster(
+    smol_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    _write_input(src, 2)
+    address = f"127.0.0.1:{_closed_port()}"  # a process of its own: it has joined no Ray
+    cmd = [sys.executable, "-m", "ggrun", *_ray_args(src, out, smol_path, address)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert r.stderr.strip().startswith(f"ggrun: error: no Ray cluster at {address} (")
+    assert len(r.stderr.strip().splitlines()) == 1
+    args = ["batch", str(smol_path), str(src), "-o", str(out), "--workers", "2"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 1 and "--workers needs --ray" in r.output
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    r = CliRunner().invoke(app, _ray_args(src, out, smol_path))
+    assert r.exit_code == 1
+    assert r.output.strip() == "ggrun: error: Ray is not installed; pip install 'ggrun[ray]'"
+    assert not out.exists()
+
+
+def test_sizes_that_fit_the_nodes() -> None:
+    assert size([2], 2, 1) == (2, 1)
+    assert size([8, 8], None, None) == (2, 8)  # one worker per node, all its CPUs
+    assert size([8, 8], 8, None) == (8, 2)
+    assert size([8, 8], 3, None) == (3, 4)  # the most threads that still place 3
+    assert size([8, 4], None, 4) == (3, 4)
+    with pytest.raises(ClusterError, match="do not fit"):
+        size([8, 8], 1, 12)  # a worker never spans nodes
+    with pytest.raises(ClusterError, match="no CPUs"):
+        size([0], None, None)
+
+
+def test_out_of_memory_retries_with_fewer_slots_then_reports(smol: Any) -> None:
+    """The worker's own loop, in this process: a batcher that fails as a whole runs the
+    lines left with half the slots, down to one, then reports them as errors."""
+    calls: list[int] = []
+
+    def tight(model: Any, items: Any, *, parallel: int, **kw: Any) -> Iterator[Any]:
+        calls.append(parallel)
+        it = run_batch(model, items, parallel=parallel, **kw)
+        yield next(it)  # one line ends, then the memory runs out
+        if parallel > 1:
+            raise InsufficientMemory(f"{parallel} slots need more memory than is free")
+        yield from it
+
+    worker = Worker(ModelSpec(str(smol.path)), tight)
+    worker.model = smol
+    lines = [(i, f"Count to {i}:") for i in range(6)]
+    out = worker.run(lines, 4, None, {"max_tokens": 4, "temperature": 0})
+    assert calls == [4, 2, 1]
+    assert sorted(i for i, _ in out) == list(range(6))
+    assert all(r.error is None for _, r in out)
+
+    def never(model: Any, items: Any, **kw: Any) -> Iterator[Any]:
+        raise InsufficientMemory("no memory at all")
+        yield
+
+    worker.runner = never
+    out = worker.run(lines[:2], 2, None, {"max_tokens": 4})
+    assert [(i, r.error) for i, r in out] == [(0, "no memory at all"), (1, "no memory at all")]
