@@ -110,17 +110,26 @@ def in_process_native(model: Model, rng: random.Random) -> dict[str, list[float]
     return {"pp512": [pp], "tg128": [tg]}
 
 
-def ggrun_speed(model: Model, rng: random.Random) -> dict[str, list[float]]:
-    """The public API: pp = a 512-token prompt; tg = 128 tokens through Model.stream."""
+def ggrun_speed(model: Model, rng: random.Random, presets: bool = False) -> dict[str, list[float]]:
+    """The public API: pp = a 512-token prompt; tg = 128 tokens through Model.stream, greedy
+    without penalties (llama-bench samples nothing) and, with ``presets``, with each shipped
+    sampling preset (its penalties and its sampler chain included, seed 1)."""
     res: dict[str, list[float]] = {"pp512": [], "tg128": []}
-    greedy = {"temperature": 0, "repeat_penalty": 1.0}  # llama-bench samples nothing
+    greedy = {"temperature": 0, "repeat_penalty": 1.0}
     last = list(model.stream(random_tokens(model, 512, rng), max_tokens=1, **greedy))[-1]
     res["pp512"].append(last.prompt_tps)
-    for _ in range(5):  # an early end of text would not be tg128: try other random tokens
-        gen = list(model.stream(random_tokens(model, 4, rng), max_tokens=128, **greedy))[-1]
-        if gen.completion_tokens == 128:
-            res["tg128"].append(gen.generation_tps)
-            break
+    runs: list[tuple[str, dict[str, Any]]] = [("tg128", greedy)]
+    if presets:
+        from ggrun.sampling import load_presets
+
+        runs += [(f"tg128 {name}", {"preset": name, "seed": 1}) for name in load_presets()]
+    for key, opts in runs:
+        res.setdefault(key, [])
+        for _ in range(5):  # an early end of text would not be tg128: try other random tokens
+            gen = list(model.stream(random_tokens(model, 4, rng), max_tokens=128, **opts))[-1]
+            if gen.completion_tokens == 128:
+                res[key].append(gen.generation_tps)
+                break
     return res
 
 
@@ -162,6 +171,9 @@ def main() -> None:
         help="measure ggrun (and the native loop) in a new process each round, as llama-bench "
         "itself runs, instead of one long-lived process",
     )
+    ap.add_argument(
+        "--presets", action="store_true", help="also tg128 with each shipped sampling preset"
+    )
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     path = resolve(args.model)
@@ -188,7 +200,7 @@ def main() -> None:
             ggrun_speed(model, rng)  # burn in
             in_process_native(model, rng)
             got = {"native_in_process": in_process_native(model, rng)}
-            got["ggrun"] = ggrun_speed(model, rng)
+            got["ggrun"] = ggrun_speed(model, rng, args.presets)
         print(json.dumps(got))
         return
     with Model(path, cfg) as model:
@@ -199,14 +211,15 @@ def main() -> None:
             rounds = [("llama_bench", llama_bench(path, args.threads, args.reps))]
             if args.fresh:
                 child = [sys.executable, __file__, "--child", "--model", str(path)]
-                child += ["--threads", str(args.threads)]
+                child += ["--threads", str(args.threads)] + (["--presets"] if args.presets else [])
                 out = subprocess.run(child, capture_output=True, text=True, check=True)
                 rounds += list(json.loads(out.stdout.strip().splitlines()[-1]).items())
             else:
                 rounds.append(("native_in_process", in_process_native(model, rng)))
-                rounds.append(("ggrun", ggrun_speed(model, rng)))
+                rounds.append(("ggrun", ggrun_speed(model, rng, args.presets)))
             for side, got in rounds:
                 for k, v in got.items():
+                    res[side].setdefault(k, [])
                     res[side][k] += v
         turns = [ttft(model) for _ in range(2)]
     result: dict[str, Any] = {
@@ -221,6 +234,10 @@ def main() -> None:
         ours = result[k]["ggrun"]["median"]
         result[k]["ratio_vs_llama_bench"] = ours / result[k]["llama_bench"]["median"]
         result[k]["ratio_vs_native_in_process"] = ours / result[k]["native_in_process"]["median"]
+    bench_tg = result["tg128"]["llama_bench"]["median"]
+    for k in sorted(k for k in res["ggrun"] if k.startswith("tg128 ") and res["ggrun"][k]):
+        s = summary(res["ggrun"][k])
+        result[k] = {"ggrun": s, "ratio_vs_llama_bench": s["median"] / bench_tg}
     t1 = statistics.median(t[0] for t in turns)
     t10 = statistics.median(t[-1] for t in turns)
     result["ttft"] = {
@@ -242,6 +259,10 @@ def main() -> None:
             f"{k:<7}{cells}{result[k]['ratio_vs_llama_bench']:>11.3f}"
             f"{result[k]['ratio_vs_native_in_process']:>14.3f}"
         )
+    for k in (k for k in result if k.startswith("tg128 ")):
+        g = result[k]["ggrun"]
+        print(f"{k:<28}{g['median']:>9.2f} ± {g['stdev']:<5.2f}  "
+              f"ggrun/bench {result[k]['ratio_vs_llama_bench']:.3f}")  # fmt: skip
     print(
         f"chat time to first token: turn 1 {t1 * 1000:.0f} ms, turn 10 {t10 * 1000:.0f} ms, "
         f"ratio {t10 / t1:.2f}"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,8 @@ SUMMARY_PROMPT = (
     "Summarise the conversation below in at most {words} words for the assistant who will "
     "continue it. Keep every name, number, fact, preference and decision; drop small talk."
 )
+# what a repeated call (same tool, same arguments, same message) gets back
+REPEATED_CALL = "{result}\n(You already made this call; this is its result. Answer the user now.)"
 DEFAULT_REPLY = 1024  # tokens of a reply that does not think
 MAX_SAVE_BYTES = 64 << 20
 
@@ -225,11 +227,30 @@ class Chat:
         the model calls are run and their results given back, until it answers (or
         ``max_steps`` rounds of calls)."""
         result = self._collect(self.stream(content, **kwargs))
-        for _ in range(self.max_steps if self.auto_run else 0):
-            if not result.tool_calls:
-                break
-            result = self._collect(self.stream_tool_results(self.call_tools(result.tool_calls)))
+        for _calls, _results, chunks in self.run_calls(**kwargs) if self.auto_run else ():
+            result = self._collect(chunks)
         return result
+
+    def run_calls(
+        self, confirm: Callable[[ToolCall], bool] | None = None, **kwargs: Any
+    ) -> Iterator[tuple[list[ToolCall], list[Message], Iterator[Chunk]]]:
+        """Run the calls of the last reply and let the model go on, round after round
+        until it answers or ``max_steps``: each round yields the calls, their results and
+        the model's next reply (consume it before the next round). A model that repeats
+        calls it has the results of (small models loop so) gets them again with a
+        reminder, and must then answer in words."""
+        seen: dict[str, str] = {}  # the results of this message's calls, by call
+        for _ in range(self.max_steps):
+            calls = self.last.tool_calls if self.last is not None else []
+            if not calls:
+                return
+            keys = [_call_key(c) for c in calls]
+            again = all(k in seen for k in keys)
+            results = self.call_tools(calls, confirm, seen)
+            for k, msg in zip(keys, results, strict=True):
+                seen.setdefault(k, msg.content)  # the first result, not the reminder
+            opts = {**kwargs, "tool_choice": "none"} if again else kwargs
+            yield calls, results, self.stream_tool_results(results, **opts)
 
     def _collect(self, chunks: Iterator[Chunk]) -> Result:
         for _ in chunks:
@@ -238,14 +259,20 @@ class Chat:
         return self.last
 
     def call_tools(
-        self, calls: list[ToolCall], confirm: Callable[[ToolCall], bool] | None = None
+        self,
+        calls: list[ToolCall],
+        confirm: Callable[[ToolCall], bool] | None = None,
+        seen: Mapping[str, str] | None = None,
     ) -> list[Message]:
         """Run the Python functions behind ``calls``: one ``tool`` message each. A tool
-        that raises, or that ``confirm`` declines, reports that to the model instead."""
+        that raises, or that ``confirm`` declines, reports that to the model instead. A
+        call already in ``seen`` (by name and arguments) gets that result, not a rerun."""
         out = []
         for call in calls:
             tool = next((t for t in self.tools if t.name == call.name), None)
-            if confirm is not None and not confirm(call):
+            if seen is not None and _call_key(call) in seen:
+                content = REPEATED_CALL.format(result=seen[_call_key(call)])
+            elif confirm is not None and not confirm(call):
                 content = "error: the user declined this call"
             elif tool is None or tool.fn is None:
                 content = f"error: no Python function runs the tool {call.name!r}"
@@ -295,6 +322,10 @@ class Chat:
         self.system = msgs[0].content if msgs and msgs[0].role == "system" else None
         self.history = [m for m in msgs if m.role != "system"]
         self.last = None
+
+
+def _call_key(call: ToolCall) -> str:
+    return json.dumps([call.name, call.arguments], sort_keys=True, default=str)
 
 
 def _as_history(call: ToolCall) -> dict[str, Any]:

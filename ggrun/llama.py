@@ -629,11 +629,16 @@ class Sampler:
         False (and still inactive) when the grammar rejects one of them."""
         if self._grammar is None or self.grammar_active:
             return self.grammar_active
-        for token in replay:
-            if not self._allowed(token):
-                return False
-        for token in replay:
-            self._ll.llama_sampler_accept(self._grammar, token)
+        if replay:  # fed one by one to a copy, which replaces the grammar if all pass
+            ll, original = self._ll, self._grammar
+            self._grammar = ll.llama_sampler_clone(original)
+            for token in replay:
+                if not self._allowed(token):
+                    ll.llama_sampler_free(self._grammar)
+                    self._grammar = original
+                    return False
+                ll.llama_sampler_accept(self._grammar, token)
+            ll.llama_sampler_free(original)
         self.grammar_active = True
         return True
 

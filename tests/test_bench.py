@@ -119,9 +119,9 @@ def test_cli_outputs(smol_path: Path) -> None:
     assert row["quant"] == "Q4_1" and row["tg_tps"] > 0 and 1 < row["ppl"] < 100
     r = CliRunner().invoke(app, [*args, "--markdown", "--no-quality"])
     assert r.exit_code == 0, r.output
-    assert r.stdout.startswith("| model | quant | size |") and "recommended" in r.stdout
+    assert r.stdout.startswith("| model | quant | kv | size |") and "recommended" in r.stdout
     r = CliRunner().invoke(app, [*args, "--csv", "--no-quality"])
-    assert r.stdout.splitlines()[0].startswith("model,quant,size,bpw")
+    assert r.stdout.splitlines()[0].startswith("model,quant,kv,size,bpw")
 
 
 def test_checkpoint_folder_is_converted_once(tiny_src: Path) -> None:

@@ -435,7 +435,9 @@ def test_a_non_streaming_client_that_leaves_frees_its_slot(server: str) -> None:
 
 
 def test_output_that_fails_its_checks_is_not_a_200(server: str) -> None:
-    schema = {"type": "object", "properties": {"story": {"type": "string"}}}
+    story = {"type": "string", "minLength": 40}  # no valid answer fits in 3 tokens
+    schema = {"type": "object", "properties": {"story": story}, "required": ["story"]}
     rf = {"type": "json_schema", "json_schema": {"schema": schema}}
-    r = _post(server, {"messages": MSG, "response_format": rf, "max_tokens": 3})
+    body = {"messages": MSG, "response_format": rf, "max_tokens": 3, "temperature": 1.0}
+    r = _post(server, body)
     assert r.status_code == 422 and "cut off" in r.json()["error"]["message"]

@@ -209,11 +209,22 @@ def test_auto_run_reports_a_raising_tool_and_goes_on(qwen: Any) -> None:
 
 @pytest.mark.slow
 def test_round_trip_uses_the_result(qwen15: Any) -> None:
-    chat = Chat(qwen15, tools=[get_weather], auto_run=True, temperature=0, max_tokens=120)
+    runs = []
+
+    def weather(city: str, unit: Literal["c", "f"] = "c") -> str:
+        """Current weather for a city."""
+        runs.append(city)
+        return get_weather(city, unit)
+
+    chat = Chat(qwen15, tools=[weather], auto_run=True, temperature=0, max_tokens=120)
     r = chat.send("What is the weather in Lisbon? Use the tool, then tell me.")
     roles = [m.role for m in chat.history]
     assert roles[:3] == ["user", "assistant", "tool"] and chat.history[1].tool_calls
     assert not r.tool_calls and "18" in r.text  # the final answer uses the tool's result
+    # this model repeats its call once; the function is not run again for it
+    assert runs == ["Lisbon"]
+    again = [m for m in chat.history if m.role == "tool"][1:]
+    assert all("You already made this call" in m.content for m in again)
 
 
 def test_history_round_trip_renders_in_the_template(qwen: Any) -> None:

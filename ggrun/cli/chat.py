@@ -236,18 +236,11 @@ def _run_calls(session: Session, confirm: bool) -> None:
     model go on, until it answers or the step limit."""
     from ggrun.cli.render import dim, write_stream
 
-    convo = session.chat
-    for _ in range(convo.max_steps):
-        calls = convo.last.tool_calls if convo.last is not None else []
-        if not calls:
-            return
+    for calls, results, stream in session.chat.run_calls(confirm=_ask if confirm else None):
         for c in calls:
             session.say(dim(f"→ {c.name}({json.dumps(c.arguments, ensure_ascii=False)})"))
-        ask = _ask if confirm else None
-        results = convo.call_tools(calls, confirm=ask)
         for r in results:
             session.say(dim(f"← {r.content[:2000]}"))
-        stream = convo.stream_tool_results(results)
         write_stream(stream, sys.stdout, show_thinking=session.show_thinking)
         print(flush=True)
 
@@ -267,5 +260,6 @@ def _say_thought(session: Session) -> None:
 
 
 def _ask(call: Any) -> bool:
-    answer = input(f"run {call.name}? [y/N] ").strip().lower()
+    args = json.dumps(call.arguments, ensure_ascii=False)[:2000]
+    answer = input(f"run {call.name}({args})? [y/N] ").strip().lower()
     return answer in ("y", "yes")
