@@ -278,7 +278,7 @@ class Decoder:
             st.drafted_tokens += len(drafts)
             st.accepted_tokens += accepted
             if s.spec is not None:
-                s.spec.ctl.record(len(drafts), accepted)
+                s.spec.record(len(drafts), accepted)
         if s.spec is not None:
             s.spec.extend(taken)
         n_cells = len(s.kv)

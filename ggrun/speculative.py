@@ -31,11 +31,16 @@ from ggrun.errors import InvalidArgument
 logger = logging.getLogger(__name__)
 
 MODES = ("off", "lookup", "draft", "auto")
-KS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32)  # draft lengths the controller picks from
+# Draft lengths the controller picks from: a verify decodes the guesses and the pending
+# token, and llama.cpp's CPU kernels for repacked quants work on rows in fours, so
+# 3, 7, 15 guesses (4, 8, 16 rows) cost less than 4, 8, 16 do.
+KS = (0, 1, 2, 3, 5, 7, 11, 15, 23, 31)
 MAX_DRAFT = KS[-1]
-# What verifying n tokens costs against one, before it is measured here: llama-bench on
-# 2 cores, Qwen2.5-Coder-1.5B Q4_K_M (shared/LLAMA_CPP.md); extrapolated past 16.
-PRIOR_COST = {1: 1.0, 2: 1.4, 4: 2.3, 8: 3.7, 16: 4.2, 32: 7.5}
+# What decoding n rows costs against one, before it is measured on this context:
+# Qwen2.5-Coder-1.5B Q4_K_M on 2 cores (x86, repacked weights), medians of 5, after 384
+# tokens of context (benchmarks/RESULTS.md, "verify cost").
+PRIOR_COST = {1: 1.0, 2: 1.56, 3: 2.1, 4: 1.81, 5: 2.46, 8: 3.37, 9: 3.89, 12: 4.56, 16: 4.23,
+              17: 5.26, 24: 6.43, 32: 7.9}  # fmt: skip
 AUTO_MIN_PROMPT = 64  # auto: look up only in prompts at least this long
 
 
@@ -147,12 +152,13 @@ class Lookup:
 
     The source is the latest earlier occurrence of the sequence's last n-gram. While the
     text keeps to it, the copy pointer advances with each token taken. When the text
-    departs (a renamed variable in an edit), the pointer is found again near where the
-    copy stopped (the text usually rejoins the source a few tokens later), and only then
-    anywhere, by n-gram.
+    departs after a good run (a renamed variable in an edit), the pointer is found again
+    near where the copy stopped: where the last token is, or one token on (one token put
+    for one); otherwise, and after a short run, anywhere, by n-gram.
     """
 
     WINDOW = 32  # how far past the divergence the source is searched again
+    GOOD_RUN = 8  # tokens a copy must have matched for its divergence to be an edit
 
     def __init__(self, tokens: Sequence[int], n_min: int = 2, n_max: int = 4) -> None:
         self.n_min, self.n_max = n_min, n_max
@@ -160,6 +166,7 @@ class Lookup:
         self.index: dict[tuple[int, ...], int] = {}  # n-gram -> where its continuation is
         self.ptr = -1  # where the copy source continues, while the text keeps to it
         self.anchor = -1  # where the copy stopped, the last time the text departed
+        self.run = 0  # tokens the text has kept to the copy since it was aligned
         self._add(tokens)
 
     def _add(self, tokens: Sequence[int]) -> None:
@@ -178,10 +185,12 @@ class Lookup:
             m = 0
             while m < len(tokens) and p + m < len(self.hist) and self.hist[p + m] == tokens[m]:
                 m += 1
+            self.run += m
             if m == len(tokens):
                 self.ptr = p + m
             else:
-                self.ptr, self.anchor = -1, p + m
+                self.ptr = -1
+                self.anchor = p + m if self.run >= self.GOOD_RUN else -1
         self._add(tokens)
 
     def available(self) -> int:
@@ -197,11 +206,14 @@ class Lookup:
 
     def _align(self) -> int:
         h = self.hist
-        if self.anchor >= 0:  # near where the copy stopped
-            end = min(self.anchor + self.WINDOW, len(h) - 1)
-            for q in range(self.anchor, end):
+        a, self.anchor, self.run = self.anchor, -1, 0  # each divergence is tried once
+        if a >= 0:  # near where the copy stopped
+            end = min(a + self.WINDOW, len(h) - 1)
+            for q in range(a, end):
                 if h[q] == h[-1] and q + 1 < len(h) - 1:
                     return q + 1
+            if a + 1 < len(h) - 1:
+                return a + 1  # one token for one (a renamed variable): the copy goes on
         for n in range(self.n_max, self.n_min - 1, -1):
             if len(h) >= n:
                 q = self.index.get(tuple(h[-n:]), -1)
@@ -290,6 +302,10 @@ class Speculation:
         """Tokens the sequence took this step (accepted guesses and the new one)."""
         if self.lookup is not None:
             self.lookup.extend(tokens)
+
+    def record(self, drafted: int, accepted: int) -> None:
+        """How the last guess went."""
+        self.ctl.record(drafted, accepted)
 
     def guess(self, history: list[int]) -> list[int]:
         """The guesses to verify after ``history`` (which ends with the pending token)."""

@@ -47,6 +47,17 @@ def test_lookup_continues_a_copy_and_realigns() -> None:
     assert look.available() > 0 and look.propose(2) == [3, 4]
 
 
+def test_lookup_goes_on_past_a_renamed_token() -> None:
+    source = list(range(100, 130))  # the text to edit
+    look = speculative.Lookup([*source, 1, 2, *source[:2]])
+    assert look.available() > 0 and look.propose(4) == source[2:6]
+    look.extend(source[2:12])  # a long run of the copy
+    look.extend([7])  # then one token for another: source[12] renamed
+    assert look.available() > 0 and look.propose(3) == source[13:16]
+    look.extend([8, 9])  # after a short run that departs, nothing is assumed
+    assert look.available() == 0 or look.propose(1) != source[14:15]
+
+
 def test_the_controller_stops_guessing_when_it_does_not_pay() -> None:
     ctl = speculative.Controller(speculative.CostModel())
     assert ctl.choose(32) > 0  # optimistic at first
