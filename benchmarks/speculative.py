@@ -10,6 +10,7 @@ and ``llama-lookup``. It reports generation tok/s, the ratio to plain decoding i
 round, the acceptance, and whether the output equals plain decoding's.
 
     python benchmarks/speculative.py --out spec.json     # ~1 h on 2 cores
+    python benchmarks/speculative.py --verify-cost       # what n rows cost against one
 """
 
 from __future__ import annotations
@@ -122,6 +123,36 @@ def native(args: list[str], prompt: str, n: int, threads: int) -> dict[str, Any]
             "accept": int(accept.group(1)) / d if d and accept else None, "drafted": d}  # fmt: skip
 
 
+def verify_cost(path: Path, threads: int) -> None:
+    """What decoding n rows (the pending token and n - 1 guesses) costs against one row,
+    after 384 tokens of context: medians of 5, through ggrun's llama layer."""
+    from ggrun import llama
+
+    w = llama.Weights(path)
+    params = llama.ContextParams(n_ctx=2048, n_threads=threads, n_threads_batch=threads)
+    ctx, b = llama.Context(w, params), llama.Batch(64)
+    for start in range(0, 384, 64):
+        b.clear()
+        for i in range(64):
+            b.add(100 + ((start + i) * 7) % 5000, start + i, 0, False)
+        ctx.decode(b)
+    times: dict[int, list[float]] = {}
+    for _ in range(5):
+        for n in (1, 2, 3, 4, 5, 8, 9, 12, 16, 17, 24, 32, 33):
+            b.clear()
+            for i in range(n):
+                b.add(500 + i, 384 + i, 0, True)
+            t0 = time.perf_counter()
+            ctx.decode(b)
+            times.setdefault(n, []).append(time.perf_counter() - t0)
+            ctx.drop(0, 384)
+    one = statistics.median(times[1])
+    print(f"{path.name}: one row {one * 1000:.1f} ms; n rows against one:")
+    print({n: round(statistics.median(v) / one, 2) for n, v in times.items()})
+    ctx.close()
+    w.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="qwen2.5-coder-1.5b")
@@ -132,8 +163,13 @@ def main() -> None:
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--no-native", action="store_true")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--verify-cost", action="store_true", help="only the cost of n rows")
     args = ap.parse_args()
     from tests.conftest import fetch
+
+    if args.verify_cost:
+        verify_cost(fetch(args.model), args.threads)
+        return
 
     target, draft = fetch(args.model), fetch(args.draft)
     cfg = LoadConfig(n_ctx=4096, n_threads=args.threads, n_threads_batch=args.threads)

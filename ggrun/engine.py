@@ -130,6 +130,11 @@ class Model:
             extra_buffers=self.weights_extra_buffers,
             verbose=self.config.verbose,
         )
+        if self.config.cache_type == "q4_0" and self.info.arch == "qwen2":
+            logger.warning(
+                "a q4_0 KV cache ruins Qwen2-family models (their keys have outliers: "
+                "perplexity 3.8 -> 2009 on Qwen2.5-Coder-1.5B, in llama.cpp too); use q8_0"
+            )
         self.n_ctx_train = self.weights.n_ctx_train
         self.n_ctx = self.config.n_ctx or min(self.n_ctx_train or DEFAULT_CTX, DEFAULT_CTX)
         self.n_threads = self.config.n_threads or hardware.generation_threads()

@@ -3,6 +3,7 @@ quantized KV cache and compacting long chats."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -161,3 +162,11 @@ def test_json_after_a_budgeted_thought(thinker: Any) -> None:
     except IncompleteOutput as e:
         text = e.result.text
     assert text.lstrip().startswith("{")
+
+
+def test_a_q4_0_cache_on_a_qwen2_model_is_warned_about(
+    qwen_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="ggrun"):
+        Model(qwen_path, LoadConfig(n_ctx=256, cache_type="q4_0")).close()
+    assert any("ruins Qwen2-family" in r.getMessage() for r in caplog.records)
