@@ -4,7 +4,8 @@
 one call), "multiple" (several tools, the right one must be picked) and "parallel" (two
 calls in one reply), each with the expected name and arguments. Every case runs twice
 on each model: with the grammar (ggrun's default: calls valid by construction) and with
-prompting only (the tools in the prompt, the reply parsed afterwards, as ollama does).
+prompting only (the tools in the prompt, the reply parsed afterwards, as ollama does: tagged
+calls, and JSON objects with a name and arguments, bare or in a fenced block).
 
 It reports, per model and setting: call validity (schema-valid calls / calls made),
 exact-match accuracy of names and arguments, and replies with no call at all.
@@ -261,7 +262,7 @@ def _norm(v: Any) -> Any:
 
 def matches(got: dict[str, Any], want: dict[str, Any]) -> bool:
     """Same name; every expected argument equal (strings ignoring case and spaces)."""
-    if got["name"] != want["name"]:
+    if got["name"] != want["name"] or not isinstance(got["arguments"], dict):
         return False
     args = _norm(got["arguments"])
     return all(args.get(k) == _norm(v) for k, v in want["arguments"].items())
@@ -278,6 +279,26 @@ def run_case(m: Model, question: str, tools: list[dict[str, Any]], grammar: bool
     return R.collect(m.run(job))
 
 
+def lenient_calls(text: str) -> list[dict[str, Any]]:
+    """Calls written as text without the tags, as a lenient client parses them (ollama
+    reads JSON objects with a name and arguments): a fenced block or bare JSON objects."""
+    s = text.strip()
+    if s.startswith("```"):
+        s = s.split("\n", 1)[1] if "\n" in s else ""
+        s = s.rsplit("```", 1)[0]
+    found, i, dec = [], 0, json.JSONDecoder()
+    while (j := s.find("{", i)) >= 0:
+        try:
+            obj, i = dec.raw_decode(s, j)
+        except ValueError:
+            i = j + 1
+            continue
+        items = obj if isinstance(obj, list) else [obj]
+        found += [o for o in items if isinstance(o, dict) and "name" in o]
+    return [{"name": o["name"], "arguments": o.get("arguments", o.get("parameters"))}
+            for o in found]  # fmt: skip
+
+
 def score(m: Model, grammar: bool) -> dict[str, Any]:
     made = valid = exact = no_call = 0
     by_cat: dict[str, list[int]] = {}
@@ -285,12 +306,14 @@ def score(m: Model, grammar: bool) -> dict[str, Any]:
         r = run_case(m, question, tools, grammar)
         schemas = {t.name: t.parameters for t in to_tools(tools)}
         got = [{"name": c.name, "arguments": c.arguments} for c in r.tool_calls]
+        if not grammar and not got and not r.error:
+            got = lenient_calls(r.text)  # prompting only: read what the text holds
         bad = 1 if r.error else 0  # a call that did not parse or validate
         for c in got:
             try:
                 jsonschema.validate(c["arguments"], schemas[c["name"]])
                 valid += 1
-            except (jsonschema.ValidationError, KeyError):
+            except (jsonschema.ValidationError, KeyError, TypeError):
                 bad += 1
         made += len(got) + bad
         if not got and not bad:
@@ -316,6 +339,7 @@ def main() -> None:
     ap.add_argument("--models", default="qwen2.5-coder-0.5b,qwen2.5-coder-1.5b")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--grammar", default="on,off", help="settings to run: on, off or both")
     args = ap.parse_args()
     from tests.conftest import fetch
 
@@ -323,7 +347,7 @@ def main() -> None:
     for name in args.models.split(","):
         path = Path(name) if Path(name).exists() else fetch(name)
         with Model(path, LoadConfig(n_ctx=2048, n_threads=args.threads)) as m:
-            for grammar in (True, False):
+            for grammar in [x == "on" for x in args.grammar.split(",")]:
                 t0 = time.perf_counter()
                 try:
                     s = score(m, grammar)
