@@ -179,12 +179,18 @@ def test_ctrl_c_stops_cleanly_with_code_130(smol_path: Path, tmp_path: Path) -> 
     _write_input(src, 300)  # more than can finish between the 3rd line and the signal
     cmd = [sys.executable, "-m", "ggrun", "batch", str(smol_path), str(src), "-o", str(out)]
     cmd += ["-p", "2", "-n", "24", "--temp", "0"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (out.exists() and out.read_text().count("\n") >= 3):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    env = {**os.environ, "GGRUN_HOME": str(tmp_path / "home")}
+    log = tmp_path / "stderr.txt"
+    with log.open("w") as f:  # a file, not a pipe: nothing waits on the reader
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=f)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if out.exists() and out.read_text().count("\n") >= 3:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    err = log.read_text()
     assert proc.returncode == 130, err
     assert "ggrun: interrupted" in err and "Traceback" not in err
     assert 3 <= len(_ids(out)) < 300  # every line complete
