@@ -125,6 +125,12 @@ def _write_input(path: Path, n: int) -> None:
             f.write(json.dumps({"id": f"q{i}", "prompt": f"List {i} colours:"}) + "\n")
 
 
+def _sigint_default() -> None:
+    """Ctrl-C as in a terminal, also when the test runner was started in the background
+    (a shell without job control starts background commands with SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _ids(path: Path) -> list[str]:
     lines = path.read_text().splitlines()
     return [str(json.loads(line)["id"]) for line in lines]
@@ -182,7 +188,9 @@ def test_ctrl_c_stops_cleanly_with_code_130(smol_path: Path, tmp_path: Path) -> 
     env = {**os.environ, "GGRUN_HOME": str(tmp_path / "home")}
     log = tmp_path / "stderr.txt"
     with log.open("w") as f:  # a file, not a pipe: nothing waits on the reader
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=f)
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.DEVNULL, stderr=f, preexec_fn=_sigint_default
+        )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
             if out.exists() and out.read_text().count("\n") >= 3:

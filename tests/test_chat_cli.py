@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -28,6 +29,8 @@ def spawn(model: Path, *args: str, home: Path) -> pexpect.spawn:
         encoding="utf-8",
         timeout=90,
         dimensions=(40, 200),
+        # Ctrl-C as in a terminal, also when the runner was started in the background
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     child.expect_exact(PROMPT)
     return child
