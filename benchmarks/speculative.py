@@ -4,7 +4,8 @@ against llama.cpp's own speculative tools, on the same prompts, interleaved in o
 Tasks, five prompts each: a code edit (return a ~40-line function with one variable
 renamed), an extraction (copy fields of a document as JSON), a summary of a pasted text,
 and free generation (a story: nothing to copy). For every prompt, in turn: plain
-decoding, lookup, auto and the draft model through ggrun's public API (greedy, 2 threads),
+decoding, then lookup, auto, the draft model, and auto on the model loaded with the draft
+("auto+draft"), through ggrun's public API (greedy, 2 threads; ``--modes`` picks them),
 then llama.cpp's ``llama-speculative-simple`` with ``ngram-mod`` and with the draft model,
 and ``llama-lookup``. It reports generation tok/s, the ratio to plain decoding in the same
 round, the acceptance, and whether the output equals plain decoding's.
@@ -100,6 +101,10 @@ TASKS: dict[str, list[str]] = {
 }
 
 
+# ggrun's modes: "auto+draft" is auto on a model loaded with the draft model
+MODES = ("lookup", "auto", "draft", "auto+draft")
+
+
 def ggrun_run(m: Model, prompt: str, mode: str, n: int) -> dict[str, Any]:
     msgs = [{"role": "user", "content": prompt}]
     r = m.chat(msgs, max_tokens=n, temperature=0, repeat_penalty=1.0, speculative=mode)
@@ -161,6 +166,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=320)
     ap.add_argument("--prompts", type=int, default=5, help="prompts per task")
     ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--modes", default=",".join(MODES), help="ggrun's modes to run")
     ap.add_argument("--no-native", action="store_true")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--verify-cost", action="store_true", help="only the cost of n rows")
@@ -171,6 +177,9 @@ def main() -> None:
         verify_cost(fetch(args.model), args.threads)
         return
 
+    modes = [m for m in args.modes.split(",") if m]
+    if unknown := set(modes) - set(MODES):
+        ap.error(f"unknown modes: {', '.join(sorted(unknown))}")
     target, draft = fetch(args.model), fetch(args.draft)
     cfg = LoadConfig(n_ctx=4096, n_threads=args.threads, n_threads_batch=args.threads)
     plain_m = Model(target, cfg)
@@ -197,10 +206,9 @@ def main() -> None:
         for i, prompt in enumerate(TASKS[task][: args.prompts]):
             plain = ggrun_run(plain_m, prompt, "off", args.max_tokens)
             row: dict[str, Any] = {"task": task, "prompt": i, "plain": plain}
-            for mode in ("lookup", "auto"):
-                row[mode] = ggrun_run(plain_m, prompt, mode, args.max_tokens)
-            row["draft"] = ggrun_run(draft_m, prompt, "draft", args.max_tokens)
-            for name in ("lookup", "auto", "draft"):
+            for name in modes:
+                m = draft_m if name in ("draft", "auto+draft") else plain_m
+                row[name] = ggrun_run(m, prompt, name.split("+")[0], args.max_tokens)
                 row[name]["same"] = row[name]["text"] == plain["text"]
             if not args.no_native:
                 for name, cmd in natives.items():

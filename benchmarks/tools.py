@@ -8,9 +8,17 @@ prompting only (the tools in the prompt, the reply parsed afterwards, as ollama 
 calls, and JSON objects with a name and arguments, bare or in a fenced block).
 
 It reports, per model and setting: call validity (schema-valid calls / calls made),
-exact-match accuracy of names and arguments, and replies with no call at all.
+exact-match accuracy of names and arguments, replies with no call at all, and replies cut
+off by ``max_tokens`` (200) before their call was complete (no call is returned for them).
 
     python benchmarks/tools.py --models qwen2.5-coder-0.5b,qwen2.5-coder-1.5b --out tools.json
+
+A Qwen3-1.7B-shaped file with random weights (benchmarks/RESULTS.md says how it is made)
+runs Qwen3's pipeline (its template, a thought closed by the budget, then the call grammar);
+its calls can only show validity, so it runs with ``--tool-choice required``:
+
+    python benchmarks/tools.py --models Qwen3-1.7B-shaped-Q4_K_M.gguf --grammar on \
+        --tool-choice required --think-budget 16
 """
 
 from __future__ import annotations
@@ -268,9 +276,11 @@ def matches(got: dict[str, Any], want: dict[str, Any]) -> bool:
     return all(args.get(k) == _norm(v) for k, v in want["arguments"].items())
 
 
-def run_case(m: Model, question: str, tools: list[dict[str, Any]], grammar: bool) -> Result:
+def run_case(
+    m: Model, question: str, tools: list[dict[str, Any]], grammar: bool, **kw: Any
+) -> Result:
     req = Request.build(messages=[{"role": "user", "content": question}], tools=tools,
-                        temperature=0, max_tokens=200)  # fmt: skip
+                        temperature=0, max_tokens=200, **kw)  # fmt: skip
     job = m.prepare(req)
     if not grammar:  # prompting only: the tools are in the prompt, nothing constrains
         job.grammar, job.activation = None, None
@@ -299,16 +309,18 @@ def lenient_calls(text: str) -> list[dict[str, Any]]:
             for o in found]  # fmt: skip
 
 
-def score(m: Model, grammar: bool) -> dict[str, Any]:
-    made = valid = exact = no_call = 0
+def score(m: Model, grammar: bool, **kw: Any) -> dict[str, Any]:
+    made = valid = exact = no_call = cut_off = 0
     by_cat: dict[str, list[int]] = {}
     for cat, question, tools, want in CASES:
-        r = run_case(m, question, tools, grammar)
+        r = run_case(m, question, tools, grammar, **kw)
         schemas = {t.name: t.parameters for t in to_tools(tools)}
         got = [{"name": c.name, "arguments": c.arguments} for c in r.tool_calls]
         if not grammar and not got and not r.error:
             got = lenient_calls(r.text)  # prompting only: read what the text holds
-        bad = 1 if r.error else 0  # a call that did not parse or validate
+        cut = bool(r.error) and r.finish_reason == "length"  # max_tokens ended it first
+        cut_off += cut
+        bad = 1 if r.error and not cut else 0  # a call that did not parse or validate
         for c in got:
             try:
                 jsonschema.validate(c["arguments"], schemas[c["name"]])
@@ -316,11 +328,11 @@ def score(m: Model, grammar: bool) -> dict[str, Any]:
             except (jsonschema.ValidationError, KeyError, TypeError):
                 bad += 1
         made += len(got) + bad
-        if not got and not bad:
+        if not got and not bad and not cut:
             no_call += 1
         ok = len(got) == len(want) and all(
             any(matches(g, w) for g in got) for w in want
-        ) and not bad  # fmt: skip
+        ) and not bad and not cut  # fmt: skip
         exact += ok
         by_cat.setdefault(cat, []).append(int(ok))
     return {
@@ -330,6 +342,7 @@ def score(m: Model, grammar: bool) -> dict[str, Any]:
         "exact": exact,
         "accuracy": exact / len(CASES),
         "no_call": no_call,
+        "cut_off": cut_off,
         "by_category": {k: sum(v) / len(v) for k, v in by_cat.items()},
     }
 
@@ -340,6 +353,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path)
     ap.add_argument("--grammar", default="on,off", help="settings to run: on, off or both")
+    ap.add_argument("--tool-choice", default="auto", help="auto (the benchmark) or required")
+    ap.add_argument("--think-budget", type=int, help="Qwen3: think at most N tokens first")
     args = ap.parse_args()
     from tests.conftest import fetch
 
@@ -350,17 +365,19 @@ def main() -> None:
             for grammar in [x == "on" for x in args.grammar.split(",")]:
                 t0 = time.perf_counter()
                 try:
-                    s = score(m, grammar)
+                    kw = {"tool_choice": args.tool_choice, "think_budget": args.think_budget}
+                    s = score(m, grammar, **kw)
                 except GgrunError as e:
                     s = {"error": str(e)}
-                s |= {"model": path.name, "grammar": grammar,
+                s |= {"model": path.name, "grammar": grammar, "tool_choice": args.tool_choice,
                       "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
                 rows.append(s)
                 print(json.dumps(s), file=sys.stderr, flush=True)
     print(
-        "| model | grammar | valid calls | exact match | simple | multiple | parallel | no call |"
+        "| model | grammar | valid calls | exact match | simple | multiple | parallel | no call "
+        "| cut off |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for s in rows:
         if "error" in s:
             print(f"| {s['model']} | {'on' if s['grammar'] else 'off'} | error: {s['error']} |")
@@ -369,7 +386,7 @@ def main() -> None:
         print(f"| {s['model']} | {'on' if s['grammar'] else 'off (prompting only)'} | "
               f"{s['valid']}/{s['calls']} ({s['validity']:.0%}) | {s['exact']}/{len(CASES)} "
               f"({s['accuracy']:.0%}) | {c['simple']:.0%} | {c['multiple']:.0%} | "
-              f"{c['parallel']:.0%} | {s['no_call']} |")  # fmt: skip
+              f"{c['parallel']:.0%} | {s['no_call']} | {s['cut_off']} |")  # fmt: skip
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))
 

@@ -270,8 +270,9 @@ class Chat:
         out = []
         for call in calls:
             tool = next((t for t in self.tools if t.name == call.name), None)
-            if seen is not None and _call_key(call) in seen:
-                content = REPEATED_CALL.format(result=seen[_call_key(call)])
+            before = seen.get(_call_key(call)) if seen is not None else None
+            if before is not None:
+                content = REPEATED_CALL.format(result=before)
             elif confirm is not None and not confirm(call):
                 content = "error: the user declined this call"
             elif tool is None or tool.fn is None:

@@ -47,7 +47,7 @@ class Prepared:
     grammar_root: str = "root"
     activation: str | None = None  # when the grammar starts: None (at once), "think"
     # (after the thought) or "tool" (when the model opens a tool call)
-    speculative: str = "off"  # where guesses come from: off, lookup or draft
+    speculative: str = "off"  # where guesses come from: off, lookup, draft or auto
     max_tokens: int | None = None  # the request's, or None (the room left) to think
     index: int = 0  # a batch's or a server's handle for the request
 

@@ -367,7 +367,7 @@ class Model:
         mode = request.speculative or self.speculative
         if mode == "auto":
             if self.draft is not None:
-                return "draft"
+                return "auto"  # lookup, and the draft model where it pays
             return "lookup" if n_prompt >= speculative_mod.AUTO_MIN_PROMPT else "off"
         if mode == "draft" and self.draft is None:
             raise InvalidArgument("speculative='draft' needs a draft model (--draft MODEL)")

@@ -7,14 +7,17 @@ keeps the guesses while they equal what it sampled. So the output is exactly wha
 decoding gives: with greedy decoding the same tokens, with sampling the same
 distribution (and, with the same seed, the same tokens: one draw per position either way).
 
-Guesses come from a :class:`Lookup` in the prompt and the text so far (n-grams, with a
-copy pointer that keeps following the source after each accepted draft and re-aligns
-after a change), or from a small :class:`DraftModel` of the same tokenizer.
+Guesses come from a :class:`Lookup` in the prompt and the text so far (a copy pointer
+that keeps following its source after each accepted draft and re-aligns after a change;
+where nothing is being copied, the continuations that most often followed the last
+n-gram, as llama.cpp's ``llama-lookup`` guesses), or from a small :class:`DraftModel` of
+the same tokenizer.
 
-:class:`Controller` decides how many tokens to guess: it measures, per sequence, how often
-guesses are accepted, and, per context, what verifying ``n`` tokens costs against one;
-it guesses the ``k`` that maximises tokens per unit of cost, guesses nothing when no ``k``
-pays, and probes again later.
+A :class:`Controller` per source (copy, n-grams, draft) decides how many tokens to guess:
+it measures, per sequence, how often that source's guesses are accepted, and, per
+context, what verifying ``n`` tokens costs against one; the source and length with the
+most tokens per unit of cost win, nothing is guessed when none pays, and a source left
+idle is probed again later.
 """
 
 from __future__ import annotations
@@ -41,7 +44,14 @@ MAX_DRAFT = KS[-1]
 # tokens of context (benchmarks/RESULTS.md, "verify cost").
 PRIOR_COST = {1: 1.0, 2: 1.56, 3: 2.1, 4: 1.81, 5: 2.46, 8: 3.37, 9: 3.89, 12: 4.56, 16: 4.23,
               17: 5.26, 24: 6.43, 32: 7.9}  # fmt: skip
-AUTO_MIN_PROMPT = 64  # auto: look up only in prompts at least this long
+AUTO_MIN_PROMPT = 64  # auto: look up only in prompts at least this long; and with a draft
+# model, let it guess only when it has at most this many tokens to read first (it would read
+# a long prompt again for a short reply: 0.73x on a summary of a pasted text)
+# n-gram statistics: a continuation is guessed after an n-gram when it followed it at least
+# this many times, and at least this share of the times (llama.cpp's "lax" thresholds for
+# the context's own n-grams, common/ngram-cache.cpp)
+NGRAM_MIN_COUNT = {1: 2, 2: 2, 3: 1, 4: 1}
+NGRAM_MIN_SHARE = {1: 0.66, 2: 0.5, 3: 0.5, 4: 0.5}
 
 
 @dataclass(frozen=True)
@@ -85,7 +95,13 @@ class CostModel:
 
     @property
     def one(self) -> float | None:
-        return self._t.get(1)
+        """Seconds to decode one row: measured, or else inferred from a measured batch."""
+        if 1 in self._t:
+            return self._t[1]
+        if not self._t:
+            return None
+        rows = min(self._t)  # while guessing all along, a single row is never decoded
+        return self._t[rows] / _interpolate(PRIOR_COST, rows)
 
 
 def _interpolate(table: dict[int, float], n: int) -> float:
@@ -98,23 +114,33 @@ def _interpolate(table: dict[int, float], n: int) -> float:
     return table[keys[-1]] * n / keys[-1]
 
 
+PRIOR = (3.0, 2.0)  # accepted guesses and rejections before any evidence: 0.6, enough to try
+
+
 class Controller:
     """How many tokens one sequence should guess next.
 
     The chance that a guessed token is accepted is estimated from decayed counts of
     accepted guesses and of guesses that ended in a rejection (the maximum-likelihood
     estimate for a geometric run), so a long run of good guesses is not undone by one
-    miss, and old evidence fades.
+    miss, and old evidence fades: with each guess, and towards the prior with each step
+    without one. Where even the prior does not pay (a costly draft model), a short guess
+    is still tried now and then, as often as its waste, if it fails, stays within
+    ``PROBE_LOSS`` of plain decoding's time: the estimate then learns from what happens now.
     """
 
     DECAY = 0.9
+    FADE = 0.9  # a step without guesses brings the estimate this much back to the prior
+    PROBE_LOSS = 0.02  # the most that probing may cost, as a share of plain decoding
+    PROBE_K = 3
 
     def __init__(self, costs: CostModel, draft_cost: float = 0.0) -> None:
         self.costs = costs
-        self.hits, self.misses = 3.0, 2.0  # a prior: 0.6, optimistic enough to try
+        self.hits, self.misses = PRIOR
         self.draft_cost = draft_cost  # a draft model's cost per guessed token, against one
         self.drafted = 0
         self.accepted = 0
+        self.idle = 0  # steps since the last guess
 
     @property
     def rate(self) -> float:
@@ -122,6 +148,10 @@ class Controller:
 
     def choose(self, available: int) -> int:
         """The draft length with the most tokens per unit of cost (0 when none pays)."""
+        return self.plan(available)[0]
+
+    def plan(self, available: int) -> tuple[int, float]:
+        """The best draft length and its tokens per unit of cost (plain decoding: 1)."""
         r = min(self.rate, 0.995)
         best_k, best = 0, 1.0
         for k in KS[1:]:
@@ -131,9 +161,20 @@ class Controller:
             gain = tokens / (self.costs.cost(k + 1) + k * self.draft_cost)
             if gain > best * 1.02:  # a clear gain only
                 best_k, best = k, gain
-        if best_k == 0 and available:
-            self.misses *= 0.95  # probe again later: old misses fade while idle
-        return best_k
+        if best_k or not available:
+            self.idle = 0
+            return best_k, best
+        # evidence fades towards the prior while idle: text that could not be guessed a
+        # while ago may be copied now (a value after a JSON key, a quote)
+        self.hits = self.FADE * self.hits + (1 - self.FADE) * PRIOR[0]
+        self.misses = self.FADE * self.misses + (1 - self.FADE) * PRIOR[1]
+        self.idle += 1
+        k = min(self.PROBE_K, available)
+        waste = self.costs.cost(k + 1) + k * self.draft_cost - 1  # a probe that fails
+        if self.idle * self.PROBE_LOSS < waste:
+            return 0, 1.0
+        self.idle = 0
+        return k, 1.0 + 1e-6  # a probe: any source that pays goes first
 
     def record(self, drafted: int, accepted: int) -> None:
         if not drafted:
@@ -148,13 +189,19 @@ class Controller:
 
 
 class Lookup:
-    """Guesses from the sequence's own tokens, followed like a copy.
+    """Guesses from the sequence's own tokens: followed like a copy, or by n-gram statistics.
 
-    The source is the latest earlier occurrence of the sequence's last n-gram. While the
-    text keeps to it, the copy pointer advances with each token taken. When the text
+    The copy's source is the latest earlier occurrence of the sequence's last n-gram. While
+    the text keeps to it, the copy pointer advances with each token taken. When the text
     departs after a good run (a renamed variable in an edit), the pointer is found again
     near where the copy stopped: where the last token is, or one token on (one token put
-    for one); otherwise, and after a short run, anywhere, by n-gram.
+    for one); otherwise, and after a short run, anywhere, by n-gram. Where the text has
+    gone on differently after the same n-gram before (a JSON key after ``",\n  "``), the
+    copy is not trusted for that step.
+
+    Where nothing is being copied, :meth:`ngrams` chains the continuations that most often
+    followed the last 1 to 4 tokens (the longest n-gram seen decides), as llama.cpp's
+    ``llama-lookup`` does: the ``": "`` after every key of a JSON object, a name met before.
     """
 
     WINDOW = 32  # how far past the divergence the source is searched again
@@ -164,18 +211,27 @@ class Lookup:
         self.n_min, self.n_max = n_min, n_max
         self.hist: list[int] = []
         self.index: dict[tuple[int, ...], int] = {}  # n-gram -> where its continuation is
+        self.counts: dict[tuple[int, ...], dict[int, int]] = {}  # n-gram -> what followed it
         self.ptr = -1  # where the copy source continues, while the text keeps to it
         self.anchor = -1  # where the copy stopped, the last time the text departed
         self.run = 0  # tokens the text has kept to the copy since it was aligned
         self._add(tokens)
 
     def _add(self, tokens: Sequence[int]) -> None:
-        h = self.hist
+        h, index, counts = self.hist, self.index, self.counts
         for t in tokens:
             p = len(h)
-            for n in range(self.n_min, self.n_max + 1):  # n-grams that end just before p
-                if p >= n:
-                    self.index[tuple(h[p - n : p])] = p
+            for n in range(1, self.n_max + 1):  # n-grams that end just before p
+                if p < n:
+                    break
+                key = tuple(h[p - n : p])
+                seen = counts.get(key)
+                if seen is None:
+                    counts[key] = {t: 1}
+                else:
+                    seen[t] = seen.get(t, 0) + 1
+                if n >= self.n_min:
+                    index[key] = p
             h.append(t)
 
     def extend(self, tokens: Sequence[int]) -> None:
@@ -194,15 +250,50 @@ class Lookup:
         self._add(tokens)
 
     def available(self) -> int:
-        """How many tokens a guess could hold now (0: nothing to copy from)."""
+        """How many tokens a copy could guess now (0: nothing to copy, or not trusted)."""
         if self.ptr < 0:
             self.ptr = self._align()
-        return 0 if self.ptr < 0 else min(MAX_DRAFT, len(self.hist) - self.ptr)
+        if self.ptr < 0 or self._ambiguous():
+            return 0
+        return min(MAX_DRAFT, len(self.hist) - self.ptr)
 
     def propose(self, k: int) -> list[int]:
+        """The copy's next ``k`` tokens."""
         if self.ptr < 0 or k <= 0:
             return []
         return self.hist[self.ptr : self.ptr + k]
+
+    def ngrams(self, k: int = MAX_DRAFT) -> list[int]:
+        """Up to ``k`` tokens, each the clear favourite after the n-grams before it."""
+        ctx = self.hist[-self.n_max :]
+        out: list[int] = []
+        while len(out) < k:
+            t = self._favourite(ctx)
+            if t is None:
+                break
+            out.append(t)
+            ctx = [*ctx[1:], t]
+        return out
+
+    def _favourite(self, ctx: list[int]) -> int | None:
+        for n in range(min(self.n_max, len(ctx)), 0, -1):
+            seen = self.counts.get(tuple(ctx[-n:]))
+            if seen:
+                t = max(seen, key=seen.__getitem__)
+                c = seen[t]
+                ok = c >= NGRAM_MIN_COUNT[n] and c >= NGRAM_MIN_SHARE[n] * sum(seen.values())
+                return t if ok else None
+        return None
+
+    def _ambiguous(self) -> bool:
+        """The longest n-gram seen was followed by different tokens, none in most cases."""
+        h = self.hist
+        for n in range(min(self.n_max, len(h)), 0, -1):
+            seen = self.counts.get(tuple(h[-n:]))
+            if seen:
+                total = sum(seen.values())
+                return total >= 2 and 2 * max(seen.values()) < total
+        return False
 
     def _align(self) -> int:
         h = self.hist
@@ -236,6 +327,15 @@ class DraftModel:
         self.batch.close()
         self.ctx.close()
 
+    def behind(self, history: Sequence[int]) -> int:
+        """How many of ``history``'s tokens the draft would read before its first guess."""
+        keep = 0
+        for a, b in zip(self.cached, history, strict=False):
+            if a != b:
+                break
+            keep += 1
+        return len(history) - keep
+
     def propose(self, history: list[int], k: int) -> list[int]:
         """Up to ``k`` greedy guesses after ``history`` (the target's tokens so far)."""
         if k <= 0 or len(history) + k >= self.ctx.n_ctx:
@@ -249,6 +349,7 @@ class DraftModel:
         self.cached = self.cached[:keep]
         t0 = time.perf_counter()
         todo = history[keep:]
+        small = len(todo) <= 2  # the pending token (and one more): a decode like the others
         while todo:  # catch up with what the target accepted
             n = min(len(todo), self.batch.capacity)
             self.batch.clear()
@@ -257,6 +358,8 @@ class DraftModel:
             self.ctx.decode(self.batch)
             self.cached += todo[:n]
             todo = todo[n:]
+        if not small:  # a draft left behind reads in a batch: time only its guesses
+            t0 = time.perf_counter()
         out: list[int] = []
         for _ in range(k):
             token = int(self.ctx.logits(self.batch.n - 1).argmax())
@@ -267,9 +370,11 @@ class DraftModel:
             self.batch.add(token, len(self.cached), 0, True)
             self.ctx.decode(self.batch)
             self.cached.append(token)
-        dt = (time.perf_counter() - t0) / max(k, 1)
-        s = self.seconds_per_token
-        self.seconds_per_token = dt if not s else 0.8 * s + 0.2 * dt
+        decodes = k if small else k - 1
+        if decodes:
+            dt = (time.perf_counter() - t0) / decodes
+            s = self.seconds_per_token
+            self.seconds_per_token = dt if not s else 0.8 * s + 0.2 * dt
         return out
 
 
@@ -288,15 +393,24 @@ def check_vocab(target: llama.Weights, draft: llama.Weights) -> None:
 
 
 class Speculation:
-    """One sequence's speculation: where its guesses come from, and how many to make."""
+    """One sequence's speculation: where its guesses come from, and how many to make.
+
+    ``lookup`` guesses from the copy and the n-grams, ``draft`` from the draft model, and
+    ``auto`` (with a draft model) from all three, the draft only where it has little to
+    read first (:data:`AUTO_MIN_PROMPT`). Each guess comes from the source whose controller
+    expects the most tokens per unit of cost.
+    """
 
     def __init__(
         self, mode: str, tokens: Sequence[int], costs: CostModel, draft: DraftModel | None
     ) -> None:
-        self.lookup = Lookup(tokens) if mode == "lookup" else None
-        self.draft = draft if mode == "draft" else None
+        self.lookup = Lookup(tokens) if mode in ("lookup", "auto") else None
+        self.draft = draft if mode in ("draft", "auto") else None
+        if mode == "auto" and draft is not None and draft.behind(tokens) >= AUTO_MIN_PROMPT:
+            self.draft = None
         self.costs = costs
-        self.ctl = Controller(costs)
+        self.controllers = {source: Controller(costs) for source in ("copy", "ngram", "draft")}
+        self.source = ""  # where the last guess came from
 
     def extend(self, tokens: Sequence[int]) -> None:
         """Tokens the sequence took this step (accepted guesses and the new one)."""
@@ -305,15 +419,30 @@ class Speculation:
 
     def record(self, drafted: int, accepted: int) -> None:
         """How the last guess went."""
-        self.ctl.record(drafted, accepted)
+        if self.source:
+            self.controllers[self.source].record(drafted, accepted)
 
     def guess(self, history: list[int]) -> list[int]:
         """The guesses to verify after ``history`` (which ends with the pending token)."""
+        best: tuple[float, int, str, list[int]] = (1.0, 0, "", [])
         if self.lookup is not None:
-            return self.lookup.propose(self.ctl.choose(self.lookup.available()))
+            n = self.lookup.available()
+            source, tokens = ("copy", self.lookup.propose(n)) if n else ("ngram", [])
+            if not n:
+                tokens = self.lookup.ngrams()
+            if tokens:
+                k, gain = self.controllers[source].plan(len(tokens))
+                if k and gain > best[0]:
+                    best = (gain, k, source, tokens)
         if self.draft is not None:
-            one = self.costs.one
+            ctl, one = self.controllers["draft"], self.costs.one
             if one and self.draft.seconds_per_token:
-                self.ctl.draft_cost = self.draft.seconds_per_token / one
-            return self.draft.propose(history, self.ctl.choose(MAX_DRAFT))
-        return []
+                ctl.draft_cost = self.draft.seconds_per_token / one
+            k, gain = ctl.plan(MAX_DRAFT)
+            if k and gain > best[0]:
+                best = (gain, k, "draft", [])
+        _, k, self.source, tokens = best
+        if self.source == "draft":
+            assert self.draft is not None
+            return self.draft.propose(history, k)
+        return tokens[:k]

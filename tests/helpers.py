@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -81,3 +83,12 @@ def string_spans(path: Path, key: str) -> list[tuple[int, int]]:
         (field.parts[i].__array_interface__["data"][0] - base, len(field.parts[i]))
         for i in field.data
     ]
+
+
+def wait_for_lines(proc: subprocess.Popen[Any], path: Path, n: int, timeout: float = 120) -> None:
+    """Wait until ``proc`` has written ``n`` lines to ``path`` (or ends, or time is up)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if path.exists() and path.read_text().count("\n") >= n:
+            return
+        time.sleep(0.05)

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from typer.testing import CliRunner
 from ggrun.batch import Batcher, batch, batch_stream, slot_context
 from ggrun.cli.app import app
 from ggrun.request import Request
+from tests.helpers import wait_for_lines
 
 QUESTIONS = [f"Give me one fact about the number {i}." for i in range(20)]
 
@@ -164,11 +164,7 @@ def test_sigkill_midway_then_resume(smol_path: Path, tmp_path: Path) -> None:
     cmd += ["-p", "2", "-n", "24", "--temp", "0"]
     env = {**os.environ, "GGRUN_HOME": str(tmp_path / "home")}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if out.exists() and out.read_text().count("\n") >= 5:
-            break
-        time.sleep(0.05)
+    wait_for_lines(proc, out, 5)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     first = len(_ids(out)) if out.exists() else 0
@@ -191,11 +187,7 @@ def test_ctrl_c_stops_cleanly_with_code_130(smol_path: Path, tmp_path: Path) -> 
         proc = subprocess.Popen(
             cmd, env=env, stdout=subprocess.DEVNULL, stderr=f, preexec_fn=_sigint_default
         )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if out.exists() and out.read_text().count("\n") >= 3:
-                break
-            time.sleep(0.05)
+        wait_for_lines(proc, out, 3)
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
     err = log.read_text()

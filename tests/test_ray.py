@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from ggrun.batch import batch, run_batch
 from ggrun.cli.app import app
 from ggrun.distributed import ClusterError, Job, ModelSpec, Worker, size
 from ggrun.errors import InsufficientMemory, ModelNotFound
+from tests.helpers import wait_for_lines
 
 ray = pytest.importorskip("ray")
 
@@ -132,11 +132,7 @@ def test_sigkill_of_the_driver_then_a_rerun(cluster: str, smol_path: Path, tmp_p
     _write_input(src)
     cmd = [sys.executable, "-m", "ggrun", *_ray_args(src, out, smol_path, cluster)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if out.exists() and out.read_text().count("\n") >= 1:
-            break
-        time.sleep(0.05)
+    wait_for_lines(proc, out, 1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     first = len(_ids(out))

@@ -58,18 +58,56 @@ def test_lookup_goes_on_past_a_renamed_token() -> None:
     assert look.available() == 0 or look.propose(1) != source[14:15]
 
 
+def test_lookup_guesses_what_usually_follows_where_nothing_is_copied() -> None:
+    look = speculative.Lookup([5, 9, 1, 6, 5, 9, 2, 3, 5])
+    assert look.available() == 0  # no 2-gram seen before: nothing to copy
+    assert look.ngrams() == [9]  # 9 followed 5 twice; after (5, 9) the text went two ways
+    look.extend([9, 1, 6])
+    assert look.available() > 0 and look.propose(2) == [5, 9]  # now a copy again
+
+
+def test_a_copy_is_not_trusted_where_the_text_went_on_differently_each_time() -> None:
+    look = speculative.Lookup([8, 7, 1, 8, 7, 2, 8, 7, 3, 8, 7])  # keys of a JSON object
+    assert look.available() == 0
+    assert look.ngrams() == []
+
+
+def test_the_cost_of_one_row_is_inferred_while_every_step_guesses() -> None:
+    costs = speculative.CostModel()
+    assert costs.one is None
+    costs.observe(4, 0.181)
+    one = costs.one
+    assert one is not None and abs(one - 0.1) < 0.01  # 4 rows cost 1.81 rows' time (prior)
+    costs.observe(1, 0.2)
+    assert costs.one == 0.2
+
+
 def test_the_controller_stops_guessing_when_it_does_not_pay() -> None:
     ctl = speculative.Controller(speculative.CostModel())
     assert ctl.choose(32) > 0  # optimistic at first
     for _ in range(20):
         ctl.record(4, 0)  # every guess wrong
     assert ctl.choose(32) == 0
-    for _ in range(80):
-        ctl.choose(32)  # it probes again later (after some tokens of plain decoding)
-    assert ctl.rate > 0.3
+    idle = 0
+    while not ctl.choose(32):  # steps without guesses: the evidence fades, it tries again
+        idle += 1
+    assert 3 <= idle <= 64
     for _ in range(20):
         ctl.record(8, 8)  # every guess right
     assert ctl.choose(32) >= 8
+
+
+def test_a_costly_draft_is_probed_now_and_then() -> None:
+    ctl = speculative.Controller(speculative.CostModel(), draft_cost=0.5)
+    for _ in range(20):
+        ctl.record(3, 1)
+    picks = [ctl.choose(32) for _ in range(400)]
+    probes = [k for k in picks if k]
+    # a failed probe of 3 wastes 1.81 + 1.5 - 1 plain steps: at most 2% of 400 steps
+    assert probes and set(probes) == {3} and len(probes) <= 400 * 0.02 / 2.31
+    for _ in range(20):
+        ctl.record(3, 3)  # the probes hold: every guess right
+    assert ctl.choose(32) >= 3
 
 
 @pytest.mark.parametrize("which", ["smol", "qwen"])
@@ -111,6 +149,19 @@ def test_a_draft_model_gives_the_same_tokens(qwen_path: Path) -> None:
         fast = _chat(m, PROMPTS[0], temperature=0)
         assert fast.text == plain.text
         assert fast.accepted_tokens > 0.8 * fast.drafted_tokens > 0
+
+
+def test_auto_uses_the_draft_only_where_it_has_little_to_read(qwen_path: Path) -> None:
+    with Model(qwen_path, LoadConfig(n_ctx=1024), speculative="auto", draft=qwen_path) as m:
+        assert m.draft is not None
+        long = _chat(m, PROMPTS[0], temperature=0)  # ~100 tokens the draft would read first
+        assert m.draft.cached == []  # the lookup guessed; the draft never ran
+        plain = _chat(m, PROMPTS[0], temperature=0, speculative="off")
+        assert long.text == plain.text and long.drafted_tokens > 0
+        short = _chat(m, "Count from 1 to 20.", temperature=0)
+        assert m.draft.cached  # a short prompt: the draft guessed
+        plain = _chat(m, "Count from 1 to 20.", temperature=0, speculative="off")
+        assert short.text == plain.text and short.accepted_tokens > 0
 
 
 def test_a_draft_of_another_tokenizer_is_refused(qwen_path: Path, smol_path: Path) -> None:
