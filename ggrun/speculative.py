@@ -115,6 +115,10 @@ def _interpolate(table: dict[int, float], n: int) -> float:
 
 
 PRIOR = (3.0, 2.0)  # accepted guesses and rejections before any evidence: 0.6, enough to try
+# a draft model the user asked for mostly agrees with its target (96% in the issue's
+# measure): it starts at 0.9 (under auto, at 0.6 like the lookup), and what it measured
+# does not fade while it waits (probes keep it current): it is judged on its record
+DRAFT_PRIOR = (9.0, 1.0)
 
 
 class Controller:
@@ -130,13 +134,19 @@ class Controller:
     """
 
     DECAY = 0.9
-    FADE = 0.9  # a step without guesses brings the estimate this much back to the prior
     PROBE_LOSS = 0.02  # the most that probing may cost, as a share of plain decoding
     PROBE_K = 3
 
-    def __init__(self, costs: CostModel, draft_cost: float = 0.0) -> None:
+    def __init__(
+        self,
+        costs: CostModel,
+        draft_cost: float = 0.0,
+        prior: tuple[float, float] = PRIOR,
+        fade: float = 0.9,
+    ) -> None:
         self.costs = costs
-        self.hits, self.misses = PRIOR
+        self.prior, self.fade = prior, fade
+        self.hits, self.misses = prior
         self.draft_cost = draft_cost  # a draft model's cost per guessed token, against one
         self.drafted = 0
         self.accepted = 0
@@ -166,8 +176,9 @@ class Controller:
             return best_k, best
         # evidence fades towards the prior while idle: text that could not be guessed a
         # while ago may be copied now (a value after a JSON key, a quote)
-        self.hits = self.FADE * self.hits + (1 - self.FADE) * PRIOR[0]
-        self.misses = self.FADE * self.misses + (1 - self.FADE) * PRIOR[1]
+        f = self.fade  # a step without guesses brings the estimate this much back
+        self.hits = f * self.hits + (1 - f) * self.prior[0]
+        self.misses = f * self.misses + (1 - f) * self.prior[1]
         self.idle += 1
         k = min(self.PROBE_K, available)
         waste = self.costs.cost(k + 1) + k * self.draft_cost - 1  # a probe that fails
@@ -409,7 +420,12 @@ class Speculation:
         if mode == "auto" and draft is not None and draft.behind(tokens) >= AUTO_MIN_PROMPT:
             self.draft = None
         self.costs = costs
-        self.controllers = {source: Controller(costs) for source in ("copy", "ngram", "draft")}
+        self.controllers = {
+            "copy": Controller(costs),
+            "ngram": Controller(costs),
+            # asked for, a draft starts trusted; under auto it must earn its place
+            "draft": Controller(costs, prior=DRAFT_PRIOR if mode == "draft" else PRIOR, fade=1.0),
+        }
         self.source = ""  # where the last guess came from
 
     def extend(self, tokens: Sequence[int]) -> None:
