@@ -27,7 +27,7 @@ from ggrun.errors import GgrunError
 from ggrun.request import Request
 from ggrun.sampling import SamplingConfig
 from ggrun.speculative import Speculation
-from ggrun.templates import THINK_BUDGET_MESSAGE
+from ggrun.templates import THINK_BUDGET_MESSAGE, THINK_OPEN
 from ggrun.textstream import Chunk, Result, TextStream, TokenLogprob
 from ggrun.tools import OPEN, looks_like_call
 
@@ -254,7 +254,7 @@ class Decoder:
             try:
                 raw = self._raw_logits(s, row)
                 token = s.sampler.sample(row)
-                if self._starts_a_call(s, token):
+                if self._starts_a_call(s, token) or self._skips_the_thought(s, token):
                     token = s.sampler.redraw(row)  # the call, under its grammar
             except GgrunError as e:
                 s.error = e
@@ -357,6 +357,14 @@ class Decoder:
             and s.stream.at_answer_start
             and looks_like_call(self.ctx.weights.token_text(token))
         )
+
+    def _skips_the_thought(self, s: Sequence, token: int) -> bool:
+        """Whether a reply whose grammar waits for the end of the thought answers without
+        one (a thinking model need not think): then the grammar applies from this token."""
+        if s.job.activation != "think" or s.sampler.grammar_active or not s.stream.at_answer_start:
+            return False
+        text = self.ctx.weights.token_text(token).strip()
+        return bool(text) and not THINK_OPEN.startswith(text)
 
     def _tag_tokens(self, s: Sequence) -> list[int]:
         """The last tokens that spell the ``<tool_call>`` just opened (after blanks)."""

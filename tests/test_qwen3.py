@@ -170,3 +170,21 @@ def test_a_q4_0_cache_on_a_qwen2_model_is_warned_about(
     with caplog.at_level(logging.WARNING, logger="ggrun"):
         Model(qwen_path, LoadConfig(n_ctx=256, cache_type="q4_0")).close()
     assert any("ruins Qwen2-family" in r.getMessage() for r in caplog.records)
+
+
+# ---------------------------------------------------------------- a reply without a thought
+
+
+def test_a_required_call_holds_when_the_model_answers_without_thinking(tiny_model: Path) -> None:
+    """With thinking on, a required call's grammar waits for the end of the thought; a
+    reply that starts without one (this noise never writes <think>) is constrained at once."""
+    pick = {"type": "function", "function": {"name": "pick", "parameters": {
+        "type": "object", "properties": {"color": {"enum": ["red", "blue"]}},
+        "required": ["color"]}}}  # fmt: skip
+    with Model(tiny_model, LoadConfig(n_ctx=512)) as m:
+        for seed in (1, 2, 3):
+            r = m.chat(MSGS, tools=[pick], tool_choice="required", max_tokens=120,
+                       temperature=1, seed=seed)  # fmt: skip
+            assert r.error is None, r.error
+            assert [c.name for c in r.tool_calls][:1] == ["pick"]
+            assert r.tool_calls[0].arguments["color"] in ("red", "blue")
