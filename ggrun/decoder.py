@@ -244,6 +244,8 @@ class Decoder:
     def _advance(self, s: Sequence) -> None:
         if s.prompting:
             s.prompting = False
+            if s.spec is not None:
+                s.spec.begin(s.kv)
             s.stream.prompt_done()
         else:
             s.kv += s.todo
@@ -255,7 +257,7 @@ class Decoder:
                 raw = self._raw_logits(s, row)
                 token = s.sampler.sample(row)
                 if self._starts_a_call(s, token) or self._skips_the_thought(s, token):
-                    token = s.sampler.redraw(row)  # the call, under its grammar
+                    token = s.sampler.redraw(row)  # a call, a reply with no thought: grammar
             except GgrunError as e:
                 s.error = e
                 self._finish(s, "error")

@@ -148,6 +148,7 @@ class Controller:
         self.prior, self.fade = prior, fade
         self.hits, self.misses = prior
         self.draft_cost = draft_cost  # a draft model's cost per guessed token, against one
+        self.catch_up = 0.0  # its cost per token it must read after a step without guesses
         self.drafted = 0
         self.accepted = 0
         self.idle = 0  # steps since the last guess
@@ -181,7 +182,9 @@ class Controller:
         self.misses = f * self.misses + (1 - f) * self.prior[1]
         self.idle += 1
         k = min(self.PROBE_K, available)
-        waste = self.costs.cost(k + 1) + k * self.draft_cost - 1  # a probe that fails
+        # a probe that fails; a draft model reads first what it missed while idle (on 2
+        # cores a 0.5B draft reads a token in 0.12 of the target's step: it is never probed)
+        waste = self.costs.cost(k + 1) + k * self.draft_cost - 1 + self.idle * self.catch_up
         if self.idle * self.PROBE_LOSS < waste:
             return 0, 1.0
         self.idle = 0
@@ -332,36 +335,35 @@ class DraftModel:
         self.ctx = llama.Context(weights, params)
         self.batch = llama.Batch(max(params.n_batch, MAX_DRAFT + 1))
         self.cached: list[int] = []  # tokens with cells in the draft's cache (sequence 0)
-        self.seconds_per_token = 0.0
+        self.seconds_per_token = 0.0  # a guess's decode
+        self.seconds_per_read = 0.0  # a token read in a batch, to catch up with the target
 
     def close(self) -> None:
         self.batch.close()
         self.ctx.close()
 
+    def _kept(self, tokens: Sequence[int]) -> int:
+        """How many of ``tokens``, from the start, the draft's cache holds."""
+        keep = 0
+        for a, b in zip(self.cached, tokens, strict=False):
+            if a != b:
+                break
+            keep += 1
+        return keep
+
     def behind(self, history: Sequence[int]) -> int:
         """How many of ``history``'s tokens the draft would read before its first guess."""
-        keep = 0
-        for a, b in zip(self.cached, history, strict=False):
-            if a != b:
-                break
-            keep += 1
-        return len(history) - keep
+        return len(history) - self._kept(history)
 
-    def propose(self, history: list[int], k: int) -> list[int]:
-        """Up to ``k`` greedy guesses after ``history`` (the target's tokens so far)."""
-        if k <= 0 or len(history) + k >= self.ctx.n_ctx:
-            return []
-        keep = 0
-        for a, b in zip(self.cached, history[:-1], strict=False):
-            if a != b:
-                break
-            keep += 1
+    def read(self, tokens: Sequence[int]) -> int:
+        """Bring the cache to ``tokens`` (the last one decoded again if need be, for its
+        logits); return how many tokens were decoded."""
+        keep = min(self._kept(tokens), len(tokens) - 1)
         self.ctx.drop(0, keep)
         self.cached = self.cached[:keep]
+        todo = list(tokens[keep:])
         t0 = time.perf_counter()
-        todo = history[keep:]
-        small = len(todo) <= 2  # the pending token (and one more): a decode like the others
-        while todo:  # catch up with what the target accepted
+        while todo:
             n = min(len(todo), self.batch.capacity)
             self.batch.clear()
             for i, t in enumerate(todo[:n]):
@@ -369,7 +371,22 @@ class DraftModel:
             self.ctx.decode(self.batch)
             self.cached += todo[:n]
             todo = todo[n:]
-        if not small:  # a draft left behind reads in a batch: time only its guesses
+        n = len(tokens) - keep
+        if n > 2:
+            dt = (time.perf_counter() - t0) / n
+            s = self.seconds_per_read
+            self.seconds_per_read = dt if not s else 0.8 * s + 0.2 * dt
+        return n
+
+    def propose(self, history: list[int], k: int) -> list[int]:
+        """Up to ``k`` greedy guesses after ``history`` (the target's tokens so far)."""
+        if k <= 0 or len(history) + k >= self.ctx.n_ctx:
+            return []
+        t0 = time.perf_counter()
+        # the pending token (and one more) is a decode like the guesses'; a draft left
+        # behind reads in a batch: time only its guesses then
+        small = self.read(history) <= 2
+        if not small:
             t0 = time.perf_counter()
         out: list[int] = []
         for _ in range(k):
@@ -428,6 +445,12 @@ class Speculation:
         }
         self.source = ""  # where the last guess came from
 
+    def begin(self, prompt: Sequence[int]) -> None:
+        """The prompt is read: a draft model that will guess reads it now too, with the
+        prompt's time (as llama.cpp's speculative examples do), not inside generation."""
+        if self.draft is not None and len(prompt) + 1 < self.draft.ctx.n_ctx:
+            self.draft.read(prompt)
+
     def extend(self, tokens: Sequence[int]) -> None:
         """Tokens the sequence took this step (accepted guesses and the new one)."""
         if self.lookup is not None:
@@ -454,6 +477,7 @@ class Speculation:
             ctl, one = self.controllers["draft"], self.costs.one
             if one and self.draft.seconds_per_token:
                 ctl.draft_cost = self.draft.seconds_per_token / one
+                ctl.catch_up = self.draft.seconds_per_read / one
             k, gain = ctl.plan(MAX_DRAFT)
             if k and gain > best[0]:
                 best = (gain, k, "draft", [])

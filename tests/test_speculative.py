@@ -11,7 +11,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from ggrun import speculative
+from ggrun import speculative, textstream
 from ggrun.engine import LoadConfig, Model, load
 from ggrun.errors import InsufficientMemory, InvalidArgument
 
@@ -142,13 +142,35 @@ def test_grammar_with_speculation_gives_valid_json(qwen: Any) -> None:
     assert r.data == plain.data
 
 
-def test_a_draft_model_gives_the_same_tokens(qwen_path: Path) -> None:
+def test_a_draft_model_gives_the_same_tokens(
+    qwen_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[Any] = []
+    read, done = speculative.DraftModel.read, textstream.TextStream.prompt_done
+    monkeypatch.setattr(
+        speculative.DraftModel, "read", lambda d, t: events.append(read(d, t)) or events[-1]
+    )
+    monkeypatch.setattr(
+        textstream.TextStream, "prompt_done", lambda st: events.append("prompt") or done(st)
+    )
     # the 0.5B model drafting for itself: the same tokenizer, every guess right
     with Model(qwen_path, LoadConfig(n_ctx=1024), speculative="draft", draft=qwen_path) as m:
         plain = _chat(m, PROMPTS[0], temperature=0, speculative="off")
+        events.clear()
         fast = _chat(m, PROMPTS[0], temperature=0)
         assert fast.text == plain.text
         assert fast.accepted_tokens > 0.8 * fast.drafted_tokens > 0
+    # the draft read the prompt with the prompt's time, then only the tokens of each step
+    assert events[1] == "prompt" and events[0] > 50
+    assert 0 < max(events[2:]) <= 2
+
+
+def test_a_draft_left_idle_is_not_probed_when_catching_up_costs_too_much() -> None:
+    ctl = speculative.Controller(speculative.CostModel(), draft_cost=0.5)
+    ctl.catch_up = 0.12  # reading a missed token costs 0.12 of a step: more than probing may
+    for _ in range(20):
+        ctl.record(3, 1)
+    assert not any(ctl.choose(32) for _ in range(400))
 
 
 def test_auto_uses_the_draft_only_where_it_has_little_to_read(qwen_path: Path) -> None:
