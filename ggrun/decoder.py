@@ -257,7 +257,7 @@ class Decoder:
                 raw = self._raw_logits(s, row)
                 token = s.sampler.sample(row)
                 if self._starts_a_call(s, token) or self._skips_the_thought(s, token):
-                    token = s.sampler.redraw(row)  # a call, a reply with no thought: grammar
+                    token = s.sampler.redraw(row)  # under its grammar: a call, or no thought
             except GgrunError as e:
                 s.error = e
                 self._finish(s, "error")
