@@ -168,6 +168,7 @@ def main() -> None:
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--modes", default=",".join(MODES), help="ggrun's modes to run")
     ap.add_argument("--no-native", action="store_true")
+    ap.add_argument("--natives", default="ngram-mod,draft,lookup", help="llama.cpp's tools to run")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--verify-cost", action="store_true", help="only the cost of n rows")
     args = ap.parse_args()
@@ -212,6 +213,8 @@ def main() -> None:
                 row[name]["same"] = row[name]["text"] == plain["text"]
             if not args.no_native:
                 for name, cmd in natives.items():
+                    if name.split()[-1].removeprefix("llama-") not in args.natives.split(","):
+                        continue
                     row[name] = native(cmd, prompt, args.max_tokens, args.threads)
             for r in row.values():
                 if isinstance(r, dict) and r.get("tps") and plain["tps"]:

@@ -93,6 +93,11 @@ class CostModel:
             return max(1.0, self._t[rows] / one)
         return _interpolate(PRIOR_COST, rows)
 
+    def padded(self, rows: int) -> int:
+        """The row count to verify ``rows`` at: the cheapest of the next four (llama.cpp's
+        repacked kernels compute 4 rows for less than 3; the extra rows are guesses too)."""
+        return min(range(rows, rows + 4), key=lambda r: (self.cost(r), r))
+
     @property
     def one(self) -> float | None:
         """Seconds to decode one row: measured, or else inferred from a measured batch."""
@@ -169,7 +174,8 @@ class Controller:
             if k > available:
                 break
             tokens = (1 - r ** (k + 1)) / (1 - r)  # the accepted guesses and one more
-            gain = tokens / (self.costs.cost(k + 1) + k * self.draft_cost)
+            rows = self.costs.padded(k + 1)
+            gain = tokens / (self.costs.cost(rows) + k * self.draft_cost)
             if gain > best * 1.02:  # a clear gain only
                 best_k, best = k, gain
         if best_k or not available:
@@ -277,9 +283,10 @@ class Lookup:
             return []
         return self.hist[self.ptr : self.ptr + k]
 
-    def ngrams(self, k: int = MAX_DRAFT) -> list[int]:
-        """Up to ``k`` tokens, each the clear favourite after the n-grams before it."""
-        ctx = self.hist[-self.n_max :]
+    def ngrams(self, k: int = MAX_DRAFT, after: Sequence[int] = ()) -> list[int]:
+        """Up to ``k`` tokens, each the clear favourite after the n-grams before it (after
+        the text so far, and then ``after``)."""
+        ctx = [*self.hist, *after][-self.n_max :]
         out: list[int] = []
         while len(out) < k:
             t = self._favourite(ctx)
@@ -444,6 +451,7 @@ class Speculation:
             "draft": Controller(costs, prior=DRAFT_PRIOR if mode == "draft" else PRIOR, fade=1.0),
         }
         self.source = ""  # where the last guess came from
+        self.guessed = 0  # how many tokens it guessed (before padding)
 
     def begin(self, prompt: Sequence[int]) -> None:
         """The prompt is read: a draft model that will guess reads it now too, with the
@@ -458,8 +466,9 @@ class Speculation:
 
     def record(self, drafted: int, accepted: int) -> None:
         """How the last guess went."""
-        if self.source:
-            self.controllers[self.source].record(drafted, accepted)
+        if self.source:  # judged on its own guesses: padding is not the source's
+            k = min(drafted, self.guessed)
+            self.controllers[self.source].record(k, min(accepted, k))
 
     def guess(self, history: list[int]) -> list[int]:
         """The guesses to verify after ``history`` (which ends with the pending token)."""
@@ -484,5 +493,17 @@ class Speculation:
         _, k, self.source, tokens = best
         if self.source == "draft":
             assert self.draft is not None
-            return self.draft.propose(history, k)
-        return tokens[:k]
+            tokens = self.draft.propose(history, k)
+        self.guessed = len(tokens[:k])
+        return self._pad(tokens[:k])
+
+    def _pad(self, guesses: list[int]) -> list[int]:
+        """Guesses up to the cheapest row count: what the n-grams say comes next, or else
+        the last guess again (verified like the others, so never wrong, rarely right)."""
+        if not guesses:
+            return guesses
+        extra = self.costs.padded(len(guesses) + 1) - 1 - len(guesses)
+        if extra <= 0:
+            return guesses
+        more = self.lookup.ngrams(extra, after=guesses) if self.lookup is not None else []
+        return guesses + more + [guesses[-1]] * (extra - len(more))

@@ -97,6 +97,17 @@ def test_the_controller_stops_guessing_when_it_does_not_pay() -> None:
     assert ctl.choose(32) >= 8
 
 
+def test_guesses_are_padded_to_the_cheaper_row_count() -> None:
+    costs = speculative.CostModel()
+    assert [costs.padded(n) for n in (1, 2, 3, 4)] == [1, 2, 4, 4]  # 4 rows cost less than 3
+    spec = speculative.Speculation("lookup", [1, 2, 1], costs, None)
+    spec.extend([2])  # the copy has two tokens to guess: 1, 2
+    guesses = spec.guess([1, 2, 1, 2])
+    assert guesses[:2] == [1, 2] and len(guesses) == 3 and spec.guessed == 2
+    spec.record(3, 2)  # its two guesses held, the padding did not: no miss of the copy's
+    assert spec.controllers["copy"].misses < speculative.PRIOR[1]
+
+
 def test_a_costly_draft_is_probed_now_and_then() -> None:
     ctl = speculative.Controller(speculative.CostModel(), draft_cost=0.5)
     for _ in range(20):
