@@ -106,7 +106,8 @@ class Decoder:
         self.ctx = ctx
         self.is_end = is_end
         self.draft = draft
-        self.batch = llama.Batch(max(ctx.n_batch, ctx.n_seq_max, speculative.MAX_DRAFT + 1))
+        # no more rows than the context's n_batch: llama.cpp aborts on a larger batch
+        self.batch = llama.Batch(ctx.n_batch)
         self.seqs: dict[int, Sequence] = {}
         self.tokens_generated = 0
         self.costs = speculative.CostModel()  # what verifying n tokens costs here
@@ -212,9 +213,10 @@ class Decoder:
         room = min(
             self.ctx.seq_ctx - len(s.kv) - len(s.todo) - 1,  # cells left
             s.limit - s.stream.n_generated - 1,  # tokens still wanted after the pending one
+            self.batch.capacity - len(s.todo),  # rows left in a step
         )
         if room > 0:
-            s.drafts = s.spec.guess(s.kv + s.todo)[:room]
+            s.drafts = s.spec.guess(s.kv + s.todo, room)
 
     def _fill(self, live: list[Sequence]) -> None:
         b = self.batch
@@ -224,6 +226,14 @@ class Decoder:
             if s.prompting:
                 continue
             base, first = len(s.kv), len(s.todo) - 1  # forced tokens need no logits
+            if len(s.todo) > b.room:  # forced tokens (a thought's end) beyond the rows left:
+                n = min(b.room, first)  # read some now, the last one (with logits) later
+                for i in range(n):
+                    b.add(s.todo[i], base + i, s.seq, False)
+                s.kv += s.todo[:n]
+                s.todo, s.drafts = s.todo[n:], []
+                continue
+            s.drafts = s.drafts[: b.room - len(s.todo)]
             for i, t in enumerate([*s.todo, *s.drafts]):
                 row = b.add(t, base + i, s.seq, i >= first)
                 if i >= first:
@@ -273,14 +283,15 @@ class Decoder:
             if self._over_budget(s):
                 taken += self._end_thought(s)
             break
-        if drafts:
-            self.drafted += len(drafts)
-            self.accepted += accepted
+        if drafts and s.spec is not None:  # counted on real guesses, not their padding
+            guessed = min(len(drafts), s.spec.guessed)
+            held = min(accepted, guessed)
+            self.drafted += guessed
+            self.accepted += held
             st = s.stream.stats
-            st.drafted_tokens += len(drafts)
-            st.accepted_tokens += accepted
-            if s.spec is not None:
-                s.spec.record(len(drafts), accepted)
+            st.drafted_tokens += guessed
+            st.accepted_tokens += held
+            s.spec.record(guessed, held)
         if s.spec is not None:
             s.spec.extend(taken)
         n_cells = len(s.kv)

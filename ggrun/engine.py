@@ -212,7 +212,8 @@ class Model:
         cache = llama.CACHE_TYPES[self.config.cache_type]
         return llama.ContextParams(
             n_ctx=n_ctx,
-            n_batch=min(self.config.n_batch, n_ctx),
+            # every sequence's token fits in one step: a batch is never over n_batch
+            n_batch=min(max(self.config.n_batch, n_seq_max), n_ctx),
             n_seq_max=n_seq_max,
             n_threads=self.n_threads,
             n_threads_batch=self.n_threads_batch,

@@ -333,6 +333,8 @@ class Batch:
     def add(self, token: int, pos: int, seq: int, logits: bool) -> int:
         """Append a token; return its row (where its logits will be, if asked)."""
         b, n = self._b, self.n
+        if n >= self.capacity:  # llama_batch's arrays end here
+            raise GgrunError(f"a batch holds {self.capacity} tokens at most")
         b.token[n] = token
         b.pos[n] = pos
         b.n_seq_id[n] = 1

@@ -82,16 +82,25 @@ class CostModel:
 
     def __init__(self) -> None:
         self._t: dict[int, float] = {}  # EMA of seconds per decode, by rows
+        self._costs: list[float] = []  # cost by rows (index 0 unused), until the next measure
 
     def observe(self, rows: int, seconds: float) -> None:
         old = self._t.get(rows)
         self._t[rows] = seconds if old is None else 0.8 * old + 0.2 * seconds
+        self._costs = []
 
     def cost(self, rows: int) -> float:
+        if not self._costs:
+            self._costs = [self._cost(r) for r in range(MAX_DRAFT + 5)]
+        if rows < len(self._costs):
+            return self._costs[rows]
+        return self._cost(rows)
+
+    def _cost(self, rows: int) -> float:
         one = self._t.get(1)
         if one and rows in self._t:
             return max(1.0, self._t[rows] / one)
-        return _interpolate(PRIOR_COST, rows)
+        return _interpolate(PRIOR_COST, max(rows, 1))
 
     def padded(self, rows: int) -> int:
         """The row count to verify ``rows`` at: the cheapest of the next four (llama.cpp's
@@ -166,8 +175,10 @@ class Controller:
         """The draft length with the most tokens per unit of cost (0 when none pays)."""
         return self.plan(available)[0]
 
-    def plan(self, available: int) -> tuple[int, float]:
-        """The best draft length and its tokens per unit of cost (plain decoding: 1)."""
+    def plan(self, available: int, lag: int = 0) -> tuple[int, float]:
+        """The best draft length and its tokens per unit of cost (plain decoding: 1);
+        ``lag``: tokens a draft model must read before it guesses."""
+        read = self.catch_up * max(0, lag - 2)  # a token or two read is part of a guess
         r = min(self.rate, 0.995)
         best_k, best = 0, 1.0
         for k in KS[1:]:
@@ -175,7 +186,7 @@ class Controller:
                 break
             tokens = (1 - r ** (k + 1)) / (1 - r)  # the accepted guesses and one more
             rows = self.costs.padded(k + 1)
-            gain = tokens / (self.costs.cost(rows) + k * self.draft_cost)
+            gain = tokens / (self.costs.cost(rows) + k * self.draft_cost + read)
             if gain > best * 1.02:  # a clear gain only
                 best_k, best = k, gain
         if best_k or not available:
@@ -190,7 +201,7 @@ class Controller:
         k = min(self.PROBE_K, available)
         # a probe that fails; a draft model reads first what it missed while idle (on 2
         # cores a 0.5B draft reads a token in 0.12 of the target's step: it is never probed)
-        waste = self.costs.cost(k + 1) + k * self.draft_cost - 1 + self.idle * self.catch_up
+        waste = self.costs.cost(self.costs.padded(k + 1)) + k * self.draft_cost - 1 + read
         if self.idle * self.PROBE_LOSS < waste:
             return 0, 1.0
         self.idle = 0
@@ -286,7 +297,7 @@ class Lookup:
     def ngrams(self, k: int = MAX_DRAFT, after: Sequence[int] = ()) -> list[int]:
         """Up to ``k`` tokens, each the clear favourite after the n-grams before it (after
         the text so far, and then ``after``)."""
-        ctx = [*self.hist, *after][-self.n_max :]
+        ctx = [*self.hist[-self.n_max :], *after][-self.n_max :]
         out: list[int] = []
         while len(out) < k:
             t = self._favourite(ctx)
@@ -340,7 +351,7 @@ class DraftModel:
     def __init__(self, weights: llama.Weights, params: llama.ContextParams) -> None:
         self.weights = weights
         self.ctx = llama.Context(weights, params)
-        self.batch = llama.Batch(max(params.n_batch, MAX_DRAFT + 1))
+        self.batch = llama.Batch(self.ctx.n_batch)  # llama.cpp aborts on a larger batch
         self.cached: list[int] = []  # tokens with cells in the draft's cache (sequence 0)
         self.seconds_per_token = 0.0  # a guess's decode
         self.seconds_per_read = 0.0  # a token read in a batch, to catch up with the target
@@ -351,12 +362,16 @@ class DraftModel:
 
     def _kept(self, tokens: Sequence[int]) -> int:
         """How many of ``tokens``, from the start, the draft's cache holds."""
-        keep = 0
-        for a, b in zip(self.cached, tokens, strict=False):
-            if a != b:
-                break
-            keep += 1
-        return keep
+        lo, hi = 0, min(len(self.cached), len(tokens))
+        if self.cached[:hi] == list(tokens[:hi]):
+            return hi
+        while lo < hi:  # a binary search on slices: comparisons in C
+            mid = (lo + hi + 1) // 2
+            if self.cached[:mid] == list(tokens[:mid]):
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
 
     def behind(self, history: Sequence[int]) -> int:
         """How many of ``history``'s tokens the draft would read before its first guess."""
@@ -366,8 +381,8 @@ class DraftModel:
         """Bring the cache to ``tokens`` (the last one decoded again if need be, for its
         logits); return how many tokens were decoded."""
         keep = min(self._kept(tokens), len(tokens) - 1)
+        self.cached = self.cached[:keep]  # first: an interrupt leaves no cell it lists gone
         self.ctx.drop(0, keep)
-        self.cached = self.cached[:keep]
         todo = list(tokens[keep:])
         t0 = time.perf_counter()
         while todo:
@@ -465,19 +480,20 @@ class Speculation:
             self.lookup.extend(tokens)
 
     def record(self, drafted: int, accepted: int) -> None:
-        """How the last guess went."""
-        if self.source:  # judged on its own guesses: padding is not the source's
-            k = min(drafted, self.guessed)
-            self.controllers[self.source].record(k, min(accepted, k))
+        """How the last guess went: of its :attr:`guessed` tokens (not the padding)."""
+        if self.source:
+            self.controllers[self.source].record(drafted, accepted)
 
-    def guess(self, history: list[int]) -> list[int]:
-        """The guesses to verify after ``history`` (which ends with the pending token)."""
+    def guess(self, history: list[int], room: int = MAX_DRAFT) -> list[int]:
+        """At most ``room`` guesses to verify after ``history`` (which ends with the
+        pending token)."""
+        room = min(room, MAX_DRAFT)
         best: tuple[float, int, str, list[int]] = (1.0, 0, "", [])
         if self.lookup is not None:
-            n = self.lookup.available()
+            n = min(self.lookup.available(), room)
             source, tokens = ("copy", self.lookup.propose(n)) if n else ("ngram", [])
             if not n:
-                tokens = self.lookup.ngrams()
+                tokens = self.lookup.ngrams(room)
             if tokens:
                 k, gain = self.controllers[source].plan(len(tokens))
                 if k and gain > best[0]:
@@ -487,7 +503,7 @@ class Speculation:
             if one and self.draft.seconds_per_token:
                 ctl.draft_cost = self.draft.seconds_per_token / one
                 ctl.catch_up = self.draft.seconds_per_read / one
-            k, gain = ctl.plan(MAX_DRAFT)
+            k, gain = ctl.plan(room, self.draft.behind(history))
             if k and gain > best[0]:
                 best = (gain, k, "draft", [])
         _, k, self.source, tokens = best
@@ -495,14 +511,14 @@ class Speculation:
             assert self.draft is not None
             tokens = self.draft.propose(history, k)
         self.guessed = len(tokens[:k])
-        return self._pad(tokens[:k])
+        return self._pad(tokens[:k], room)
 
-    def _pad(self, guesses: list[int]) -> list[int]:
+    def _pad(self, guesses: list[int], room: int) -> list[int]:
         """Guesses up to the cheapest row count: what the n-grams say comes next, or else
         the last guess again (verified like the others, so never wrong, rarely right)."""
         if not guesses:
             return guesses
-        extra = self.costs.padded(len(guesses) + 1) - 1 - len(guesses)
+        extra = min(self.costs.padded(len(guesses) + 1) - 1, room) - len(guesses)
         if extra <= 0:
             return guesses
         more = self.lookup.ngrams(extra, after=guesses) if self.lookup is not None else []

@@ -49,6 +49,19 @@ def test_the_budget_caps_the_thought(thinker: Any, budget: int) -> None:
     assert "</think>" not in r.text and r.text.strip()  # noise, but an answer
 
 
+def test_a_thought_closed_in_a_small_batch(thinker: Any) -> None:
+    """The budget's closing text is longer than a batch of 8 rows: it is read in parts
+    (llama.cpp aborts on a batch over n_batch), with the same reply as in one."""
+    whole = thinker.chat(MSGS, think_budget=8, max_tokens=60, temperature=0)
+    with Model(thinker.path, LoadConfig(n_ctx=512, n_batch=8)) as m:
+        assert _forced(m) > 8
+        small = m.chat(MSGS, think_budget=8, max_tokens=60, temperature=0)
+        (b,) = batch(m, [MSGS, MSGS, MSGS], parallel=3, think_budget=8, max_tokens=60,
+                     temperature=0)[:1]  # fmt: skip
+    assert small.reasoning == whole.reasoning and small.text == whole.text
+    assert b.error is None and b.text == whole.text
+
+
 def test_the_budget_streams_and_batches_alike(thinker: Any) -> None:
     chunks = list(thinker.chat_stream(MSGS, think_budget=8, max_tokens=40, temperature=0))
     streamed = "".join(c.reasoning for c in chunks)
