@@ -85,8 +85,7 @@ class CostModel:
         self._costs: list[float] = []  # cost by rows (index 0 unused), until the next measure
 
     def observe(self, rows: int, seconds: float) -> None:
-        old = self._t.get(rows)
-        self._t[rows] = seconds if old is None else 0.8 * old + 0.2 * seconds
+        self._t[rows] = _ema(self._t.get(rows), seconds)
         self._costs = []
 
     def cost(self, rows: int) -> float:
@@ -116,6 +115,11 @@ class CostModel:
             return None
         rows = min(self._t)  # while guessing all along, a single row is never decoded
         return self._t[rows] / _interpolate(PRIOR_COST, rows)
+
+
+def _ema(old: float | None, new: float) -> float:
+    """A timing's moving average: the new measure weighs a fifth (the first, all)."""
+    return new if not old else 0.8 * old + 0.2 * new
 
 
 def _interpolate(table: dict[int, float], n: int) -> float:
@@ -395,9 +399,7 @@ class DraftModel:
             todo = todo[n:]
         n = len(tokens) - keep
         if n > 2:
-            dt = (time.perf_counter() - t0) / n
-            s = self.seconds_per_read
-            self.seconds_per_read = dt if not s else 0.8 * s + 0.2 * dt
+            self.seconds_per_read = _ema(self.seconds_per_read, (time.perf_counter() - t0) / n)
         return n
 
     def propose(self, history: list[int], k: int) -> list[int]:
@@ -423,8 +425,7 @@ class DraftModel:
         decodes = k if small else k - 1
         if decodes:
             dt = (time.perf_counter() - t0) / decodes
-            s = self.seconds_per_token
-            self.seconds_per_token = dt if not s else 0.8 * s + 0.2 * dt
+            self.seconds_per_token = _ema(self.seconds_per_token, dt)
         return out
 
 
