@@ -7,8 +7,10 @@ and free generation (a story: nothing to copy). For every prompt, in turn: plain
 decoding, then lookup, auto, the draft model, and auto on the model loaded with the draft
 ("auto+draft"), through ggrun's public API (greedy, 2 threads; ``--modes`` picks them),
 then llama.cpp's ``llama-speculative-simple`` with ``ngram-mod`` and with the draft model,
-and ``llama-lookup``. It reports generation tok/s, the ratio to plain decoding in the same
-round, the acceptance, and whether the output equals plain decoding's.
+and ``llama-lookup``. A model remembers its replies to the task's earlier prompts
+(``--memory warm``, as in a batch job over these documents; never the reply to the prompt
+being run) or nothing (``--memory cold``). It reports generation tok/s, the ratio to plain
+decoding in the same round, the acceptance, and whether the output equals plain decoding's.
 
     python benchmarks/speculative.py --out spec.json     # ~1 h on 2 cores
     python benchmarks/speculative.py --verify-cost       # what n rows cost against one
@@ -113,6 +115,13 @@ def ggrun_run(m: Model, prompt: str, mode: str, n: int) -> dict[str, Any]:
             "accept": acc, "drafted": r.drafted_tokens}  # fmt: skip
 
 
+def remember(m: Model, replies: list[list[int]]) -> None:
+    """The model's memory of its earlier replies (the n-gram guesses use it) set to these."""
+    m.memory.clear()
+    for r in replies:
+        m.memory.learn(r)
+
+
 def native(args: list[str], prompt: str, n: int, threads: int) -> dict[str, Any]:
     """A llama.cpp speculative example on a chat-formatted prompt: its own tok/s."""
     text = f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
@@ -169,6 +178,13 @@ def main() -> None:
     ap.add_argument("--modes", default=",".join(MODES), help="ggrun's modes to run")
     ap.add_argument("--no-native", action="store_true")
     ap.add_argument("--natives", default="ngram-mod,draft,lookup", help="llama.cpp's tools to run")
+    ap.add_argument(
+        "--memory",
+        choices=("warm", "cold"),
+        default="warm",
+        help="warm: each run's model remembers its replies to the task's earlier prompts (as "
+        "in a batch job over these documents; never this prompt's); cold: it remembers nothing",
+    )
     ap.add_argument("--out", type=Path)
     ap.add_argument("--verify-cost", action="store_true", help="only the cost of n rows")
     args = ap.parse_args()
@@ -204,11 +220,14 @@ def main() -> None:
     ggrun_run(plain_m, "Say hi.", "off", 8)  # warm-up
     rows: list[dict[str, Any]] = []
     for task in args.tasks.split(","):
+        earlier: list[list[int]] = []  # the plain replies to the task's earlier prompts
         for i, prompt in enumerate(TASKS[task][: args.prompts]):
             plain = ggrun_run(plain_m, prompt, "off", args.max_tokens)
+            reply = list(plain_m.memory.replies[-1])
             row: dict[str, Any] = {"task": task, "prompt": i, "plain": plain}
             for name in modes:
                 m = draft_m if name in ("draft", "auto+draft") else plain_m
+                remember(m, earlier)
                 row[name] = ggrun_run(m, prompt, name.split("+")[0], args.max_tokens)
                 row[name]["same"] = row[name]["text"] == plain["text"]
             if not args.no_native:
@@ -222,6 +241,8 @@ def main() -> None:
                 if isinstance(r, dict):
                     r.pop("text", None)
             rows.append(row)
+            if args.memory == "warm":
+                earlier.append(reply)
             print(json.dumps({k: (v if not isinstance(v, dict) else
                   {kk: (round(vv, 3) if isinstance(vv, float) else vv) for kk, vv in v.items()})
                   for k, v in row.items()}), file=sys.stderr, flush=True)  # fmt: skip

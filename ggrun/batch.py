@@ -64,7 +64,7 @@ class Batcher:
         self._check_memory()
         params = model.context_params(parallel * slot_ctx, n_seq_max=parallel)
         self._ctx = llama.Context(model.weights, params)
-        self._decoder = Decoder(self._ctx, model.is_end)
+        self._decoder = Decoder(self._ctx, model.is_end, memory=model.memory)
         self._free = list(range(parallel - 1, -1, -1))
         self._index: dict[int, Seq] = {}  # request index -> its running sequence
         logger.info("batch context: %d slots of %d tokens", parallel, slot_ctx)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,7 +69,7 @@ class Sequence:
     drafts: list[int] = field(default_factory=list)  # guesses after ``todo`` to verify
     prompting: bool = True
     rows: list[int] = field(default_factory=list)  # this step's batch rows with logits
-    recent: deque[int] = field(default_factory=lambda: deque(maxlen=16))  # last tokens fed
+    sampled: list[int] = field(default_factory=list)  # the reply's tokens (no end token)
     out: list[Chunk] = field(default_factory=list)  # chunks not yet taken by a reader
     last: Chunk | None = None  # the final chunk, once finished
     error: GgrunError | None = None
@@ -102,10 +101,12 @@ class Decoder:
         ctx: llama.Context,
         is_end: Callable[[int], bool],
         draft: speculative.DraftModel | None = None,
+        memory: speculative.Memory | None = None,
     ) -> None:
         self.ctx = ctx
         self.is_end = is_end
         self.draft = draft
+        self.memory = memory  # the model's earlier replies, for the n-gram guesses
         # no more rows than the context's n_batch: llama.cpp aborts on a larger batch
         self.batch = llama.Batch(ctx.n_batch)
         self.seqs: dict[int, Sequence] = {}
@@ -158,7 +159,7 @@ class Decoder:
             self._end_thought(s)
         if job.speculative != "off":
             mode = job.speculative if self.draft is not None else "lookup"  # no draft here
-            s.spec = speculative.Speculation(mode, job.tokens, self.costs, self.draft)
+            s.spec = speculative.Speculation(mode, job.tokens, self.costs, self.draft, self.memory)
         self.seqs[seq] = s
         if limit <= 0:
             self._finish(s, "length")
@@ -168,6 +169,8 @@ class Decoder:
         """Free a sequence's slot; return the tokens its cells hold (dropped unless ``keep``)."""
         s.sampler.close()
         self.seqs.pop(s.seq, None)
+        if self.memory is not None and s.finished:
+            self.memory.learn(s.sampled)
         if not keep:
             self.ctx.drop(s.seq, 0)
             return []
@@ -328,7 +331,7 @@ class Decoder:
             return True
         self.tokens_generated += 1
         was_thinking, was_calling = s.stream.thinking, s.stream.in_tool_call
-        s.recent.append(token)
+        s.sampled.append(token)
         chunk, hit = s.stream.feed(token, logprob)
         if chunk is not None:
             s.out.append(chunk)
@@ -381,7 +384,7 @@ class Decoder:
 
     def _tag_tokens(self, s: Sequence) -> list[int]:
         """The last tokens that spell the ``<tool_call>`` just opened (after blanks)."""
-        tokens = list(s.recent)
+        tokens = s.sampled[-16:]
         for k in range(1, len(tokens) + 1):
             text = self.ctx.weights.detokenize(tokens[-k:])
             at = text.find(OPEN)

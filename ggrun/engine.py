@@ -144,6 +144,8 @@ class Model:
         self._ctx: llama.Context | None = None
         self._decoder: Decoder | None = None
         self._kv: list[int] = []  # tokens whose cells the context holds (sequence 0)
+        # its recent replies, for the n-gram guesses of later requests (speculative decoding)
+        self.memory = speculative_mod.Memory()
         self.draft: speculative_mod.DraftModel | None = None
         try:
             if draft is not None:
@@ -227,7 +229,7 @@ class Model:
         self.weights.check_open()
         if self._decoder is None:
             self._ctx = llama.Context(self.weights, self.context_params(self.n_ctx))
-            self._decoder = Decoder(self._ctx, self.is_end, draft=self.draft)
+            self._decoder = Decoder(self._ctx, self.is_end, draft=self.draft, memory=self.memory)
         return self._decoder
 
     # -- tokens -----------------------------------------------------------------

@@ -23,8 +23,10 @@ idle is probed again later.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -223,6 +225,83 @@ class Controller:
 # ---------------------------------------------------------------- drafters
 
 
+def _grams(tokens: Sequence[int], start: int, n_max: int) -> Iterator[tuple[int, tuple[int, ...]]]:
+    """For each position ``p`` from ``start``: the n-grams (1 to ``n_max`` tokens) that end
+    just before it, whose continuation is ``tokens[p]``."""
+    for p in range(max(start, 1), len(tokens)):
+        for n in range(1, min(n_max, p) + 1):
+            yield p, tuple(tokens[p - n : p])
+
+
+def _count(
+    counts: dict[tuple[int, ...], dict[int, int]], key: tuple[int, ...], t: int, d: int
+) -> None:
+    seen = counts.setdefault(key, {})
+    c = seen.get(t, 0) + d
+    if c > 0:
+        seen[t] = c
+    else:  # forgotten: no empty entries left behind
+        seen.pop(t, None)
+        if not seen:
+            del counts[key]
+
+
+class Memory:
+    """What a model wrote in its recent replies, as n-gram counts: the n-gram guesses of
+    later requests use them (as llama.cpp's ``llama-lookup`` does with its dynamic cache).
+
+    A batch extracting the same fields from many documents writes the same keys, in the
+    same order, after the same kinds of value: no document holds ``"city": "`` or the key
+    after an e-mail address, but the earlier replies do. At most :attr:`LIMIT` tokens of
+    replies are kept, the oldest forgotten first. Replies are learned by the model's
+    decoders (one model's requests share its memory) from any thread.
+    """
+
+    LIMIT = 4096  # tokens of replies remembered (a few MB)
+
+    def __init__(self, n_max: int = 4) -> None:
+        self.n_max = n_max
+        self.counts: dict[tuple[int, ...], dict[int, int]] = {}
+        self.replies: deque[list[int]] = deque()
+        self.size = 0  # tokens remembered
+        self._lock = threading.Lock()
+
+    def learn(self, tokens: Sequence[int]) -> None:
+        """Remember a reply (its generated tokens)."""
+        reply = list(tokens[-self.LIMIT :])
+        if len(reply) < 2:
+            return
+        with self._lock:
+            self._tally(reply, 1)
+            self.replies.append(reply)
+            self.size += len(reply)
+            while self.size > self.LIMIT:
+                old = self.replies.popleft()
+                self._tally(old, -1)
+                self.size -= len(old)
+
+    def clear(self) -> None:
+        with self._lock:
+            self.counts.clear()
+            self.replies.clear()
+            self.size = 0
+
+    def merged(self, key: tuple[int, ...], own: dict[int, int] | None) -> dict[int, int] | None:
+        """What followed ``key`` here, added to ``own`` (a sequence's own counts)."""
+        with self._lock:
+            seen = self.counts.get(key)
+            if not seen:
+                return own
+            out = dict(own or {})
+            for t, c in seen.items():
+                out[t] = out.get(t, 0) + c
+        return out
+
+    def _tally(self, reply: list[int], d: int) -> None:
+        for p, key in _grams(reply, 0, self.n_max):
+            _count(self.counts, key, reply[p], d)
+
+
 class Lookup:
     """Guesses from the sequence's own tokens: followed like a copy, or by n-gram statistics.
 
@@ -242,8 +321,15 @@ class Lookup:
     WINDOW = 32  # how far past the divergence the source is searched again
     GOOD_RUN = 8  # tokens a copy must have matched for its divergence to be an edit
 
-    def __init__(self, tokens: Sequence[int], n_min: int = 2, n_max: int = 4) -> None:
+    def __init__(
+        self,
+        tokens: Sequence[int],
+        n_min: int = 2,
+        n_max: int = 4,
+        memory: Memory | None = None,
+    ) -> None:
         self.n_min, self.n_max = n_min, n_max
+        self.memory = memory  # what the model wrote in earlier replies
         self.hist: list[int] = []
         self.index: dict[tuple[int, ...], int] = {}  # n-gram -> where its continuation is
         self.counts: dict[tuple[int, ...], dict[int, int]] = {}  # n-gram -> what followed it
@@ -253,21 +339,12 @@ class Lookup:
         self._add(tokens)
 
     def _add(self, tokens: Sequence[int]) -> None:
-        h, index, counts = self.hist, self.index, self.counts
-        for t in tokens:
-            p = len(h)
-            for n in range(1, self.n_max + 1):  # n-grams that end just before p
-                if p < n:
-                    break
-                key = tuple(h[p - n : p])
-                seen = counts.get(key)
-                if seen is None:
-                    counts[key] = {t: 1}
-                else:
-                    seen[t] = seen.get(t, 0) + 1
-                if n >= self.n_min:
-                    index[key] = p
-            h.append(t)
+        start = len(self.hist)
+        self.hist.extend(tokens)
+        for p, key in _grams(self.hist, start, self.n_max):
+            _count(self.counts, key, self.hist[p], 1)
+            if len(key) >= self.n_min:
+                self.index[key] = p
 
     def extend(self, tokens: Sequence[int]) -> None:
         """The tokens the sequence took: the pointer follows them, or loses the copy."""
@@ -313,7 +390,10 @@ class Lookup:
 
     def _favourite(self, ctx: list[int]) -> int | None:
         for n in range(min(self.n_max, len(ctx)), 0, -1):
-            seen = self.counts.get(tuple(ctx[-n:]))
+            key = tuple(ctx[-n:])
+            seen = self.counts.get(key)
+            if self.memory is not None:
+                seen = self.memory.merged(key, seen)
             if seen:
                 t = max(seen, key=seen.__getitem__)
                 c = seen[t]
@@ -453,9 +533,14 @@ class Speculation:
     """
 
     def __init__(
-        self, mode: str, tokens: Sequence[int], costs: CostModel, draft: DraftModel | None
+        self,
+        mode: str,
+        tokens: Sequence[int],
+        costs: CostModel,
+        draft: DraftModel | None,
+        memory: Memory | None = None,
     ) -> None:
-        self.lookup = Lookup(tokens) if mode in ("lookup", "auto") else None
+        self.lookup = Lookup(tokens, memory=memory) if mode in ("lookup", "auto") else None
         self.draft = draft if mode in ("draft", "auto") else None
         if mode == "auto" and draft is not None and draft.behind(tokens) >= AUTO_MIN_PROMPT:
             self.draft = None

@@ -12,6 +12,7 @@ import jsonschema
 import pytest
 
 from ggrun import speculative, textstream
+from ggrun.batch import batch
 from ggrun.engine import LoadConfig, Model, load
 from ggrun.errors import InsufficientMemory, InvalidArgument
 
@@ -70,6 +71,50 @@ def test_a_copy_is_not_trusted_where_the_text_went_on_differently_each_time() ->
     look = speculative.Lookup([8, 7, 1, 8, 7, 2, 8, 7, 3, 8, 7])  # keys of a JSON object
     assert look.available() == 0
     assert look.ngrams() == []
+
+
+def test_earlier_replies_teach_the_ngrams() -> None:
+    """The keys of a JSON object are nowhere in a new document, but earlier replies wrote
+    them: after (8, 7) came 1, 2 each time."""
+    memory = speculative.Memory()
+    assert speculative.Lookup([5, 8, 7], memory=memory).ngrams() == []
+    memory.learn([8, 7, 1, 2, 9])
+    memory.learn([3, 8, 7, 1, 2, 9])
+    look = speculative.Lookup([5, 8, 7], memory=memory)
+    assert look.ngrams(3) == [1, 2, 9]
+    assert look.available() == 0  # the memory feeds the n-grams, never the copy
+
+
+def test_memory_forgets_the_oldest_replies_and_leaves_nothing_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(speculative.Memory, "LIMIT", 10)
+    memory, fresh = speculative.Memory(), speculative.Memory()
+    replies = [[1, 2, 3, 4], [5, 6, 7, 1, 2], [1, 2, 4, 8], [9, 9, 9]]
+    for r in replies:
+        memory.learn(r)
+    assert memory.size <= 10 and list(memory.replies) == replies[2:]
+    for r in replies[2:]:
+        fresh.learn(r)
+    assert memory.counts == fresh.counts  # forgotten counts are gone, not zero
+    memory.learn(list(range(100)))  # one long reply: its last LIMIT tokens
+    assert memory.size == 10 and memory.replies[-1] == list(range(90, 100))
+    memory.clear()
+    assert not memory.counts and not memory.replies
+
+
+def test_a_model_remembers_its_replies_for_later_requests(smol: Any) -> None:
+    smol.memory.clear()
+    first = _chat(smol, PROMPTS[4], temperature=0, speculative="off")
+    assert smol.detokenize(smol.memory.replies[-1]) == first.text
+    again = _chat(smol, PROMPTS[4], temperature=0, speculative="lookup")
+    assert again.text == first.text
+    assert again.accepted_tokens > 0
+    assert len(smol.memory.replies) == 2
+    done = batch(smol, [[{"role": "user", "content": t}] for t in PROMPTS[:2]], parallel=2,
+                 max_tokens=8, temperature=0)  # fmt: skip
+    learned = [smol.detokenize(r) for r in list(smol.memory.replies)[2:]]
+    assert sorted(learned) == sorted(r.text for r in done)  # a batch's replies teach it too
 
 
 def test_the_cost_of_one_row_is_inferred_while_every_step_guesses() -> None:
@@ -134,6 +179,10 @@ def test_greedy_lookup_gives_the_same_tokens(which: str, request: Any) -> None:
     drafted = accepted = 0
     for text in PROMPTS:
         plain = _chat(model, text, temperature=0, speculative="off")
+        # guesses from the prompt and the reply so far: the model's memory of the plain
+        # reply would guess every token of a poem too, verified in batches where a near-tie
+        # may flip (ggrun/decoder.py; the memory's own test is on a copying prompt)
+        model.memory.clear()
         fast = _chat(model, text, temperature=0, speculative="lookup")
         assert fast.text == plain.text, text
         assert fast.completion_tokens == plain.completion_tokens
