@@ -80,14 +80,26 @@ def mode_of(value: Any) -> str:
 
 
 class CostModel:
-    """What decoding ``n`` rows costs against one row, as measured on this context."""
+    """What decoding ``n`` rows costs against one row, as measured on this context.
+
+    Each measure of ``n`` rows is taken against the one-row time of the moment (a moving
+    average that steps without guesses keep current), and the ratios are averaged, starting
+    from the prior: a laptop's or a shared host's speed drifts by a third within minutes,
+    and two averages of raw times taken at different moments (a 4-row batch in a slow
+    minute, single rows in a fast one) made guessing look unprofitable for whole replies.
+    """
 
     def __init__(self) -> None:
-        self._t: dict[int, float] = {}  # EMA of seconds per decode, by rows
+        self._t: dict[int, float] = {}  # moving average of seconds per decode, by rows
+        self._r: dict[int, float] = {}  # moving average of the cost against one, by rows
         self._costs: list[float] = []  # cost by rows (index 0 unused), until the next measure
 
     def observe(self, rows: int, seconds: float) -> None:
         self._t[rows] = _ema(self._t.get(rows), seconds)
+        one = self._t.get(1)
+        if rows > 1 and one:
+            start = self._r.get(rows, _interpolate(PRIOR_COST, rows))
+            self._r[rows] = _ema(start, seconds / one)
         self._costs = []
 
     def cost(self, rows: int) -> float:
@@ -98,9 +110,8 @@ class CostModel:
         return self._cost(rows)
 
     def _cost(self, rows: int) -> float:
-        one = self._t.get(1)
-        if one and rows in self._t:
-            return max(1.0, self._t[rows] / one)
+        if rows in self._r:
+            return max(1.0, self._r[rows])
         return _interpolate(PRIOR_COST, max(rows, 1))
 
     def padded(self, rows: int) -> int:
@@ -120,8 +131,11 @@ class CostModel:
 
 
 def _ema(old: float | None, new: float) -> float:
-    """A timing's moving average: the new measure weighs a fifth (the first, all)."""
-    return new if not old else 0.8 * old + 0.2 * new
+    """A timing's moving average: the new measure weighs a fifth (the first, all), and
+    counts as at most a quarter over the average: a shared machine's timings have a long
+    tail (on 2 cores here, one row: median 111 ms, 1 in 20 over 177, the worst 369) that
+    would otherwise move the average for steps after."""
+    return new if not old else 0.8 * old + 0.2 * min(new, 1.25 * old)
 
 
 def _interpolate(table: dict[int, float], n: int) -> float:

@@ -127,6 +127,19 @@ def test_the_cost_of_one_row_is_inferred_while_every_step_guesses() -> None:
     assert costs.one == 0.2
 
 
+def test_the_cost_of_rows_is_taken_against_one_row_of_the_moment() -> None:
+    """A slow minute, then a fast one, then one decode in the long tail: 4 rows still
+    cost 1.8 rows' time (averages of raw times from different minutes said 3.4)."""
+    costs = speculative.CostModel()
+    for _ in range(10):
+        costs.observe(1, 0.15)
+        costs.observe(4, 0.27)
+    for _ in range(10):
+        costs.observe(1, 0.10)
+    costs.observe(4, 0.6)
+    assert 1.7 < costs.cost(4) < 2.0
+
+
 def test_the_controller_stops_guessing_when_it_does_not_pay() -> None:
     ctl = speculative.Controller(speculative.CostModel())
     assert ctl.choose(32) > 0  # optimistic at first
