@@ -115,6 +115,17 @@ def ggrun_run(m: Model, prompt: str, mode: str, n: int) -> dict[str, Any]:
             "accept": acc, "drafted": r.drafted_tokens}  # fmt: skip
 
 
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first run, with the median tok/s of all (each one listed) and "same" for all."""
+    out = dict(runs[0])
+    speeds = [r["tps"] for r in runs if r.get("tps")]
+    out["tps"] = statistics.median(speeds) if speeds else None
+    out["tps_all"] = speeds
+    if "same" in out:
+        out["same"] = all(r["same"] for r in runs)
+    return out
+
+
 def remember(m: Model, replies: list[list[int]]) -> None:
     """The model's memory of its earlier replies (the n-gram guesses use it) set to these."""
     m.memory.clear()
@@ -185,6 +196,7 @@ def main() -> None:
         help="warm: each run's model remembers its replies to the task's earlier prompts (as "
         "in a batch job over these documents; never this prompt's); cold: it remembers nothing",
     )
+    ap.add_argument("--reps", type=int, default=1, help="runs of each side per prompt")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--verify-cost", action="store_true", help="only the cost of n rows")
     args = ap.parse_args()
@@ -222,19 +234,25 @@ def main() -> None:
     for task in args.tasks.split(","):
         earlier: list[list[int]] = []  # the plain replies to the task's earlier prompts
         for i, prompt in enumerate(TASKS[task][: args.prompts]):
-            plain = ggrun_run(plain_m, prompt, "off", args.max_tokens)
-            reply = list(plain_m.memory.replies[-1])
-            row: dict[str, Any] = {"task": task, "prompt": i, "plain": plain}
-            for name in modes:
-                m = draft_m if name in ("draft", "auto+draft") else plain_m
-                remember(m, earlier)
-                row[name] = ggrun_run(m, prompt, name.split("+")[0], args.max_tokens)
-                row[name]["same"] = row[name]["text"] == plain["text"]
-            if not args.no_native:
-                for name, cmd in natives.items():
-                    if name.split()[-1].removeprefix("llama-") not in args.natives.split(","):
-                        continue
-                    row[name] = native(cmd, prompt, args.max_tokens, args.threads)
+            runs: dict[str, list[dict[str, Any]]] = {}
+            for _ in range(args.reps):  # the sides interleaved: the host drifts
+                plain = ggrun_run(plain_m, prompt, "off", args.max_tokens)
+                reply = list(plain_m.memory.replies[-1])
+                runs.setdefault("plain", []).append(plain)
+                for name in modes:
+                    m = draft_m if name in ("draft", "auto+draft") else plain_m
+                    remember(m, earlier)
+                    r = ggrun_run(m, prompt, name.split("+")[0], args.max_tokens)
+                    r["same"] = r["text"] == plain["text"]
+                    runs.setdefault(name, []).append(r)
+                if not args.no_native:
+                    for name, cmd in natives.items():
+                        if name.split()[-1].removeprefix("llama-") in args.natives.split(","):
+                            r = native(cmd, prompt, args.max_tokens, args.threads)
+                            runs.setdefault(name, []).append(r)
+            row: dict[str, Any] = {"task": task, "prompt": i}
+            row |= {name: _median_run(rs) for name, rs in runs.items()}
+            plain = row["plain"]
             for r in row.values():
                 if isinstance(r, dict) and r.get("tps") and plain["tps"]:
                     r["ratio"] = r["tps"] / plain["tps"]

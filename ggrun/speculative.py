@@ -83,23 +83,33 @@ class CostModel:
     """What decoding ``n`` rows costs against one row, as measured on this context.
 
     Each measure of ``n`` rows is taken against the one-row time of the moment (a moving
-    average that steps without guesses keep current), and the ratios are averaged, starting
-    from the prior: a laptop's or a shared host's speed drifts by a third within minutes,
-    and two averages of raw times taken at different moments (a 4-row batch in a slow
-    minute, single rows in a fast one) made guessing look unprofitable for whole replies.
+    average of single rows decoded in the last :attr:`PAIRED` seconds: steps without
+    guesses keep it current), and the ratios are averaged, starting from the prior. A
+    laptop's or a shared host's speed drifts by a third within minutes: averages of raw
+    times from different moments (a 4-row batch in a slow minute, single rows in a fast one)
+    priced guesses too high, and since only guessing measures their price again, whole
+    replies went without a guess.
     """
+
+    PAIRED = 1.0  # seconds: a single row measured longer ago does not price a batch
 
     def __init__(self) -> None:
         self._t: dict[int, float] = {}  # moving average of seconds per decode, by rows
         self._r: dict[int, float] = {}  # moving average of the cost against one, by rows
         self._costs: list[float] = []  # cost by rows (index 0 unused), until the next measure
+        self._one_at = float("-inf")  # when a single row was last measured
 
     def observe(self, rows: int, seconds: float) -> None:
+        now = time.monotonic()
+        recent = now - self._one_at <= self.PAIRED
+        if rows == 1:
+            self._one_at = now
+            if not recent:  # a new moment: its own average
+                self._t.pop(1, None)
         self._t[rows] = _ema(self._t.get(rows), seconds)
-        one = self._t.get(1)
-        if rows > 1 and one:
+        if rows > 1 and recent:
             start = self._r.get(rows, _interpolate(PRIOR_COST, rows))
-            self._r[rows] = _ema(start, seconds / one)
+            self._r[rows] = _ema(start, seconds / self._t[1])
         self._costs = []
 
     def cost(self, rows: int) -> float:

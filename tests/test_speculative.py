@@ -140,6 +140,22 @@ def test_the_cost_of_rows_is_taken_against_one_row_of_the_moment() -> None:
     assert 1.7 < costs.cost(4) < 2.0
 
 
+def test_a_batch_is_priced_only_against_a_recent_single_row(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [100.0]
+    monkeypatch.setattr(speculative.time, "monotonic", lambda: clock[0])
+    costs = speculative.CostModel()
+    costs.observe(1, 0.10)
+    clock[0] += 30  # a minute later, on a slower host, every step guesses
+    for _ in range(20):
+        costs.observe(4, 0.40)
+    assert costs.cost(4) == pytest.approx(1.81)  # the prior: nothing to compare with
+    costs.observe(1, 0.22)
+    costs.observe(4, 0.40)
+    assert costs.cost(4) < 1.9
+
+
 def test_the_controller_stops_guessing_when_it_does_not_pay() -> None:
     ctl = speculative.Controller(speculative.CostModel())
     assert ctl.choose(32) > 0  # optimistic at first
