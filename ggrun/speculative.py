@@ -10,7 +10,8 @@ distribution (and, with the same seed, the same tokens: one draw per position ei
 Guesses come from a :class:`Lookup` in the prompt and the text so far (a copy pointer
 that keeps following its source after each accepted draft and re-aligns after a change;
 where nothing is being copied, the continuations that most often followed the last
-n-gram, as llama.cpp's ``llama-lookup`` guesses), or from a small :class:`DraftModel` of
+n-gram, there and in the model's recent replies, its :class:`Memory`, as llama.cpp's
+``llama-lookup`` guesses with its dynamic cache), or from a small :class:`DraftModel` of
 the same tokenizer.
 
 A :class:`Controller` per source (copy, n-grams, draft) decides how many tokens to guess:
