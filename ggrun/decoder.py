@@ -354,7 +354,7 @@ class Decoder:
         """Close a thought that reached its budget the way Qwen3's report does: the
         budget message and ``</think>``, forced after the pending token (they count as
         reasoning), then the model answers."""
-        forced = self.ctx.weights.tokenize(THINK_BUDGET_MESSAGE)
+        forced = self.ctx.weights.tokenize(THINK_BUDGET_MESSAGE, parse_special=True)
         taken = []
         for token in forced:
             s.sampler.accept(token)

@@ -233,8 +233,10 @@ class Model:
         return self._decoder
 
     # -- tokens -----------------------------------------------------------------
-    def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
-        return self.weights.tokenize(text, add_special=add_special)
+    def tokenize(self, text: str, *, add_special: bool = False, special: bool = False) -> list[int]:
+        """Token ids of ``text``, as text: ``<|im_start|>`` is its characters' tokens.
+        ``special=True`` parses control tokens' text into those tokens (markup only)."""
+        return self.weights.tokenize(text, add_special=add_special, parse_special=special)
 
     def token_bytes(self, token: int) -> bytes:
         return self.weights.token_bytes(token)
@@ -254,15 +256,23 @@ class Model:
     def is_end(self, token: int) -> bool:
         return token in self._eog or self.weights.is_eog(token)
 
-    def tokenize_prompt(self, prompt: str) -> list[int]:
-        """Tokenize a full prompt, adding BOS only when the model wants it and it is absent."""
-        tokens = self.tokenize(prompt, add_special=False)
+    def tokenize_prompt(self, prompt: str | templates.Prompt, *, special: bool = True) -> list[int]:
+        """Tokenize a full prompt, adding BOS only when the model wants it and it is absent.
+
+        A rendered :class:`~ggrun.templates.Prompt` gets control tokens only where the
+        template wrote them; a string is markup (``special``) or text."""
+        tokens = self._tokens(prompt, special)
         w = self.weights
         if w.add_bos and (not tokens or tokens[0] != w.bos):
             tokens.insert(0, w.bos)
         return tokens
 
-    def count_tokens(self, text: str) -> int:
+    def _tokens(self, prompt: str | templates.Prompt, special: bool) -> list[int]:
+        if isinstance(prompt, templates.Prompt):
+            return self.weights.tokenize_marked(prompt.text, prompt.literal)
+        return self.weights.tokenize(prompt, parse_special=special)
+
+    def count_tokens(self, text: str | templates.Prompt) -> int:
         return len(self.tokenize_prompt(text))
 
     # -- prompts ------------------------------------------------------------------
@@ -278,6 +288,20 @@ class Model:
 
         ``tools`` go to the template's own tool section; a template without one gets
         Qwen's tool instructions in the system message instead."""
+        return self.render_chat(
+            messages, think=think, add_generation_prompt=add_generation_prompt, tools=tools
+        ).text
+
+    def render_chat(
+        self,
+        messages: Sequence[Any],
+        *,
+        think: bool | None = None,
+        add_generation_prompt: bool = True,
+        tools: Sequence[Tool] = (),
+    ) -> templates.Prompt:
+        """:meth:`format_chat`'s prompt, with the spans where a message spells a control
+        token's text: those are tokenized as text (text is data, never control)."""
         from ggrun.request import messages as checked
 
         w = self.weights
@@ -289,9 +313,10 @@ class Model:
                 msgs[0] = dataclasses.replace(msgs[0], content=f"{msgs[0].content}\n\n{note}")
             else:
                 msgs.insert(0, templates.Message("system", note))
-        return templates.render(
+        return templates.render_prompt(
             template,
             msgs,
+            controls=[c[0] for c in w.control_tokens()],
             add_generation_prompt=add_generation_prompt,
             think=think,
             bos_token=w.token_text(w.bos) if w.has_bos else "",
@@ -309,13 +334,15 @@ class Model:
         """Whether replies may think: the template knows ``<think>`` and it is not off."""
         return think is not False and templates.THINK_OPEN in (self.info.chat_template or "")
 
-    def may_think(self, prompt: str, think: bool | None) -> bool:
+    def may_think(self, prompt: str | templates.Prompt, think: bool | None) -> bool:
         """Whether the reply to ``prompt`` may start with a ``<think>`` block."""
         template = self.info.chat_template or ""
         if think is False or templates.THINK_OPEN not in template:
             return False
-        tail = prompt[prompt.rfind("<|im_start|>") :] if "<|im_start|>" in prompt else prompt
-        return templates.THINK_CLOSE not in tail or templates.starts_in_thinking(prompt)
+        if not isinstance(prompt, templates.Prompt):
+            prompt = templates.Prompt(prompt)
+        tail = prompt.text[max(prompt.rfind_markup("<|im_start|>"), 0) :]
+        return templates.THINK_CLOSE not in tail or templates.starts_in_thinking(prompt.text)
 
     def prepare(self, request: Request, *, reuse_cache: bool = False) -> Prepared:
         """Render, tokenize and resolve ``request`` for this model; raise if it cannot run.
@@ -327,9 +354,13 @@ class Model:
         chat = request.messages is not None
         tools = request.offered_tools
         if request.messages is not None:
-            prompt: str | tuple[int, ...] = self.format_chat(
+            prompt: templates.Prompt | tuple[int, ...] = self.render_chat(
                 request.messages, think=request.think, tools=tools
             )
+        elif isinstance(request.prompt, str):
+            # a raw prompt: its writer wrote the markup, unless it is text (a batch line)
+            whole = (0, len(request.prompt))
+            prompt = templates.Prompt(request.prompt, () if request.parse_special else (whole,))
         else:
             assert request.prompt is not None
             prompt = request.prompt
@@ -343,10 +374,13 @@ class Model:
             raise InvalidArgument("the prompt is empty")
         think = request.think if chat else None
         cfg = self.sampling_for(think=think, preset=request.preset, **request.overrides)
-        text = prompt if isinstance(prompt, str) else ""
+        text_prompt = prompt if isinstance(prompt, templates.Prompt) else templates.Prompt("")
+        text = text_prompt.text
         job = Prepared(request, tokens, cfg, chat=chat, max_tokens=request.max_tokens)
         job.starts_thinking = chat and templates.starts_in_thinking(text)
-        thinks = chat and self.may_think(text, request.think)
+        thinks = (
+            chat and isinstance(prompt, templates.Prompt) and self.may_think(prompt, request.think)
+        )
         if thinks and request.default_max:
             job.max_tokens = None  # room to think: as many as the context holds
         c = request.constraint
@@ -376,12 +410,12 @@ class Model:
             raise InvalidArgument("speculative='draft' needs a draft model (--draft MODEL)")
         return mode
 
-    def _tokens_for(self, prompt: str) -> list[int]:
+    def _tokens_for(self, prompt: templates.Prompt) -> list[int]:
         held = self._kv
         if held:
             text = self.detokenize(held)
-            if prompt.startswith(text) and len(prompt) > len(text):
-                return [*held, *self.tokenize(prompt[len(text) :])]
+            if prompt.text.startswith(text) and len(prompt.text) > len(text):
+                return [*held, *self._tokens(prompt.tail(len(text)), True)]
         return self.tokenize_prompt(prompt)
 
     # -- generation -----------------------------------------------------------------

@@ -72,6 +72,11 @@ def captured_llama_log() -> Iterator[list[str]]:
             previous.extend(mine)
 
 
+# llama.h's llama_token_attr bits
+_ATTR_UNKNOWN, _ATTR_CONTROL, _ATTR_LSTRIP, _ATTR_RSTRIP = 1 << 0, 1 << 3, 1 << 7, 1 << 8
+_SPACES = " \t\n\v\f\r"  # C's isspace
+
+
 def _ll() -> Any:
     import llama_cpp
 
@@ -120,6 +125,7 @@ class Weights:
         self.has_bos = 0 <= self.bos < self.n_vocab
         self.add_bos = bool(ll.llama_vocab_get_add_bos(self._vocab)) and self.has_bos
         self._pieces: dict[int, bytes] = {}
+        self._controls: list[tuple[str, int, int]] | None = None
 
     # -- lifetime
     def close(self) -> None:
@@ -144,9 +150,11 @@ class Weights:
 
     # -- tokens
     def tokenize(
-        self, text: str, *, add_special: bool = False, parse_special: bool = True
+        self, text: str, *, add_special: bool = False, parse_special: bool = False
     ) -> list[int]:
-        """Token ids of ``text``; special-token text (``<|im_start|>``) is parsed by default."""
+        """Token ids of ``text``; with ``parse_special``, a control token's text
+        (``<|im_start|>``) becomes that token (only for markup: a template's, a raw
+        prompt's)."""
         self.check_open()
         ll = self._ll
         raw = text.encode("utf-8", errors="surrogatepass")
@@ -160,6 +168,73 @@ class Weights:
         if n < 0:
             raise GgrunError("llama.cpp failed to tokenize the text")
         return list(buf[:n])
+
+    def control_tokens(self) -> list[tuple[str, int, int]]:
+        """``(text, id, attributes)`` of each token that only special parsing makes
+        (llama.cpp's control and unknown tokens), longest text first, as llama.cpp
+        splits a text on them; read once."""
+        if self._controls is None:
+            self.check_open()
+            ll, found = self._ll, []
+            for t in range(self.n_vocab):
+                attr = int(ll.llama_vocab_get_attr(self._vocab, t))
+                if attr & (_ATTR_CONTROL | _ATTR_UNKNOWN) and (text := self.token_text(t)):
+                    found.append((text, t, attr))
+            found.sort(key=lambda f: len(f[0]), reverse=True)
+            self._controls = found
+        return self._controls
+
+    def tokenize_marked(self, text: str, literal: Sequence[tuple[int, int]]) -> list[int]:
+        """As ``tokenize(text)`` with special parsing, except that a control token's text
+        overlapping a ``literal`` span stays text.
+
+        llama.cpp's own split, done here: the text is cut at each control token (longest
+        first, with its lstrip/rstrip attributes) and each piece between is tokenized
+        without special parsing (user-defined tokens are still split out, as llama.cpp
+        does)."""
+        if not literal:
+            return self.tokenize(text, parse_special=True)
+        spans = sorted(literal)
+
+        def in_literal(a: int, b: int) -> bool:
+            return any(s < b and a < e for s, e in spans)
+
+        pieces: list[int | tuple[int, int]] = [(0, len(text))]
+        for token, tid, attr in self.control_tokens():
+            if token not in text:
+                continue
+            out: list[int | tuple[int, int]] = []
+            for piece in pieces:
+                if isinstance(piece, int):
+                    out.append(piece)
+                    continue
+                pos, end = piece
+                i = text.find(token, pos, end)
+                while i >= 0:
+                    j = i + len(token)
+                    if in_literal(i, j):
+                        i = text.find(token, i + 1, end)
+                        continue
+                    left = i
+                    while attr & _ATTR_LSTRIP and left > pos and text[left - 1] in _SPACES:
+                        left -= 1
+                    if left > pos:
+                        out.append((pos, left))
+                    out.append(tid)
+                    while attr & _ATTR_RSTRIP and j < end and text[j] in _SPACES:
+                        j += 1
+                    pos = j
+                    i = text.find(token, pos, end)
+                if pos < end:
+                    out.append((pos, end))
+            pieces = out
+        tokens: list[int] = []
+        for piece in pieces:
+            if isinstance(piece, int):
+                tokens.append(piece)
+            else:
+                tokens += self.tokenize(text[piece[0] : piece[1]], parse_special=False)
+        return tokens
 
     def token_bytes(self, token: int) -> bytes:
         """The bytes a token stands for (special tokens as their text); cached."""
@@ -190,7 +265,7 @@ class Weights:
 
     def single_token(self, text: str) -> int | None:
         """The id of ``text`` when the vocabulary holds it as one token."""
-        toks = self.tokenize(text)
+        toks = self.tokenize(text, parse_special=True)
         return toks[0] if len(toks) == 1 else None
 
 

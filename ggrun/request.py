@@ -10,7 +10,8 @@ Fields: the ``prompt`` (raw completion, text or token ids) or the ``messages`` (
 reply); sampling overrides and a ``preset``; ``max_tokens`` (``None``: as many as the
 context holds); ``stop`` strings; ``think`` (Qwen3's switch); one structured-output
 ``constraint`` (from ``json``, ``schema``, ``grammar``, ``format``/``columns`` or a
-few-shot ``task``); an ``id`` that results carry back.
+few-shot ``task``); an ``id`` that results carry back; ``parse_special`` (whether a raw
+prompt's control-token text is markup: True, except for batch lines).
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ class Request:
     default_max: bool = False  # max_tokens was not given: a thinking reply gets the room left
     logprobs: int | None = None  # log probabilities of the answer's tokens, and this many
     # alternatives for each (0-20); None: none
+    parse_special: bool = True  # a raw prompt's control-token text (<|im_start|>) makes
+    # control tokens: its writer wrote the markup. False for text from outside (a batch
+    # line). Messages never parse: only their template makes control tokens.
 
     @property
     def is_chat(self) -> bool:
@@ -84,6 +88,7 @@ class Request:
             "speculative": self.speculative,
             "think_budget": self.think_budget,
             "logprobs": self.logprobs,
+            **({} if self.parse_special else {"parse_special": False}),
             **self.overrides,
         }
         if self.constraint is not None:
@@ -300,6 +305,7 @@ def _build(opts: dict[str, Any]) -> Request:
         logprobs=None
         if (lp := opts.pop("logprobs", None)) is None
         else _int("logprobs", lp, 0, 20),
+        parse_special=_bool_or_none("parse_special", opts.pop("parse_special", True)) is not False,
     )
     if tools and req.messages is None:
         raise InvalidArgument("tools need messages (a chat), not a raw prompt")

@@ -8,6 +8,11 @@ compiling and on rendering, and an output-size limit. A template that breaks any
 that, or fails to compile or render, raises :class:`~ggrun.errors.TemplateError`.
 Without a template, ggrun uses ChatML.
 
+Text is data: :func:`render_prompt` renders with every control token's text that a
+message, a tool result or a tool definition holds swapped for a marker no one can guess,
+and puts the text back as a *literal* span of the :class:`Prompt`; the llama layer
+tokenizes those spans as text, so only the template's own markup makes control tokens.
+
 Thinking: ``think=True/False`` is passed to the template as ``enable_thinking`` (Qwen3's
 switch), never as a prompt trick; :class:`ggrun.textstream.ThinkSplitter` separates
 ``<think>…</think>`` from the answer.
@@ -15,8 +20,11 @@ switch), never as a prompt trick; :class:`ggrun.textstream.ThinkSplitter` separa
 
 from __future__ import annotations
 
+import re
+import secrets
 import sys
 import time
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -139,7 +147,7 @@ def _compile(source: str) -> Any:
 
 def render(
     template: str | None,
-    messages: Sequence[Message],
+    messages: Sequence[Message | dict[str, Any]],
     *,
     add_generation_prompt: bool = True,
     think: bool | None = None,
@@ -154,7 +162,7 @@ def render(
 
     tmpl = _compile(template or CHATML)
     variables: dict[str, Any] = {
-        "messages": [m.as_dict() for m in messages],
+        "messages": [m if isinstance(m, dict) else m.as_dict() for m in messages],
         "add_generation_prompt": add_generation_prompt,
         "bos_token": bos_token,
         "eos_token": eos_token,
@@ -197,6 +205,101 @@ def render(
     finally:
         sys.settrace(old)
     return "".join(parts)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A rendered chat prompt: its text, and the spans of it that came from messages and
+    spell a control token's text (``<|im_start|>`` typed by a user). Those are text, never
+    control tokens; everything else is the template's markup, parsed as the model's own."""
+
+    text: str
+    literal: tuple[tuple[int, int], ...] = ()  # (start, end), sorted, not overlapping
+
+    def __str__(self) -> str:
+        return self.text
+
+    def is_literal(self, start: int, end: int) -> bool:
+        """Whether ``text[start:end]`` overlaps a literal span."""
+        i = bisect_right(self.literal, (start, len(self.text) + 1)) - 1
+        if i >= 0 and self.literal[i][1] > start:
+            return True
+        return i + 1 < len(self.literal) and self.literal[i + 1][0] < end
+
+    def rfind_markup(self, marker: str) -> int:
+        """The last place the template itself wrote ``marker`` (-1: nowhere)."""
+        end = len(self.text)
+        while (i := self.text.rfind(marker, 0, end)) >= 0:
+            if not self.is_literal(i, i + len(marker)):
+                return i
+            end = i + len(marker) - 1
+        return -1
+
+    def tail(self, start: int) -> Prompt:
+        """The prompt from ``start`` on (its literal spans shifted, a cut one kept)."""
+        spans = tuple((max(a, start) - start, b - start) for a, b in self.literal if b > start)
+        return Prompt(self.text[start:], spans)
+
+
+def render_prompt(
+    template: str | None,
+    messages: Sequence[Message],
+    *,
+    controls: Sequence[str] = (),
+    tools: Sequence[dict[str, Any]] = (),
+    **options: Any,
+) -> Prompt:
+    """Render as :func:`render` does; a ``controls`` text (a control token's) that comes
+    from ``messages`` or ``tools`` becomes a literal span of the prompt, never markup."""
+    texts = sorted({c for c in controls if c}, key=len, reverse=True)
+    dicts = [m.as_dict() for m in messages]
+    if not texts:
+        return Prompt(render(template, dicts, tools=tools, **options))
+    found = re.compile("|".join(map(re.escape, texts)))
+    nonce = secrets.token_hex(8)
+    index = {t: i for i, t in enumerate(texts)}
+    hits = 0
+
+    def marker(m: re.Match[str]) -> str:
+        nonlocal hits
+        hits += 1
+        return f"GGRUNLIT{nonce}N{index[m.group()]}Z"
+
+    def mark(v: Any) -> Any:
+        if isinstance(v, str):
+            return found.sub(marker, v)
+        if isinstance(v, dict):
+            return {mark(k): mark(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [mark(x) for x in v]
+        return v
+
+    try:
+        dicts, marked_tools = mark(dicts), [mark(dict(t)) for t in tools]
+    except RecursionError:
+        raise TemplateError("a message or tool nests too deeply to render") from None
+    rendered = render(template, dicts, tools=marked_tools, **options)
+    if not hits:
+        return Prompt(rendered)
+    pattern = re.compile(f"GGRUNLIT{nonce}N(\\d+)Z", re.IGNORECASE)
+    parts: list[str] = []
+    spans: list[tuple[int, int]] = []
+    pos = size = 0
+    for m in pattern.finditer(rendered):
+        parts.append(rendered[pos : m.start()])
+        size += m.start() - pos
+        k = int(m.group(1))
+        if k >= len(texts):
+            raise TemplateError("the chat template changed a message's text past recognition")
+        parts.append(texts[k])
+        spans.append((size, size + len(texts[k])))
+        size += len(texts[k])
+        pos = m.end()
+    parts.append(rendered[pos:])
+    text = "".join(parts)
+    if nonce in text.lower():
+        raise TemplateError("the chat template cut a message's text apart; refusing it")
+    return Prompt(text, tuple(spans))
 
 
 def starts_in_thinking(prompt: str) -> bool:

@@ -131,6 +131,7 @@ def batch(
             continue
         if "text" in item:  # a task's input (or a plain prompt)
             item["prompt"] = item.pop("text")
+        item["parse_special"] = False  # a line's prompt is text, never markup
         items.append(item)
     skipped = len(out.done)
     total = len(items) + len(errors)
