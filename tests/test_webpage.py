@@ -174,14 +174,38 @@ def _wait_done(page: Page, timeout: float = 120_000) -> None:
     page.wait_for_selector(".msg.assistant[aria-busy='false']", timeout=timeout)
 
 
-def _store(page: Page, chat: dict[str, Any]) -> None:
-    """Put one conversation into the page's localStorage and reload."""
+def _store(page: Page, *chats: dict[str, Any]) -> None:
+    """Put conversations into the page's localStorage (the first one open) and reload."""
     page.evaluate(
-        """c => { localStorage.setItem('ggrun.chats', JSON.stringify([c]));
-                  localStorage.setItem('ggrun.current', JSON.stringify(c.id)); }""",
-        chat,
+        """cs => { localStorage.setItem('ggrun.chats', JSON.stringify(cs));
+                   localStorage.setItem('ggrun.current', JSON.stringify(cs[0].id)); }""",
+        list(chats),
     )
     page.reload()
+
+
+def _errors(page: Page) -> list[str]:
+    """Uncaught exceptions and console errors of ``page`` from now on."""
+    seen: list[str] = []
+    page.on("pageerror", lambda e: seen.append(f"pageerror: {e}"))
+    page.on("console", lambda m: seen.append(m.text) if m.type == "error" else None)
+    return seen
+
+
+def _depth(page: Page, selector: str) -> int:
+    """How deep elements nest under ``selector``."""
+    return int(
+        page.eval_on_selector(
+            selector,
+            """root => { let most = 0;
+                         for (const e of root.querySelectorAll('*')) {
+                           let d = 0;
+                           for (let x = e; x !== root; x = x.parentElement) d++;
+                           most = Math.max(most, d);
+                         }
+                         return most; }""",
+        )
+    )
 
 
 def _shot(page: Page, name: str) -> Path:
@@ -481,3 +505,140 @@ def test_screenshot(open_page: Callable[..., Page], scheme: str) -> None:
     page.locator("details.reasoning summary").click()
     path = _shot(page, f"webpage-{scheme}.png")
     assert path.stat().st_size > 10_000
+
+
+# ---------------------------------------------------------------- hostile replies (issue #25)
+
+DEEP_QUOTE = ">" * 8000 + " deep down"  # a RangeError in a recursive renderer
+DEEP_LIST = "- " * 8000 + "bottom"
+HOSTILE_MARKDOWN = {  # each froze or crashed the old renderer; "END" must still show
+    "quotes": DEEP_QUOTE + "\nEND",
+    "spaced quotes": "> " * 8000 + "END",
+    "list markers": DEEP_LIST + "\n\nEND",
+    "numbered markers": "1. " * 5000 + "END",
+    "quotes and lists": "> - " * 4000 + "END",
+    "indented lists": "\n".join("  " * k + "- x" for k in range(1000)) + "\n\nEND",
+    "rule-like list": "- " * 100_000 + "END",
+    "open bold": "**a " * 100_000 + "END",
+    "open italic": "*a " * 300_000 + "END",
+    "open underscores": "_a " * 300_000 + "END",
+    "open strike": "~~a " * 100_000 + "END",
+    "open links": "[a](" * 100_000 + "END",
+    "backtick runs": "".join("`" * k + "a" for k in range(1, 700)) + "END",
+    "heading spaces": "# a" + " " * 300_000 + "END",
+    # and two the old renderer handled, kept as checks
+    "nested emphasis": "**a ~~b *c _d " * 2000 + "END" + " d_ c* b~~ a**" * 2000,
+    "fences": "```\n" * 20_000 + "END",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_MARKDOWN))
+def test_hostile_markdown_renders_and_stays_shallow(
+    open_page: Callable[..., Page], name: str
+) -> None:
+    """Deep nesting renders as plain text below a fixed depth, and no line makes the
+    renderer backtrack: each of these took the old one 5 to 45 s, or overflowed its stack.
+    The timeout only tells a frozen page from a working one (this takes milliseconds)."""
+    page = open_page()
+    page.evaluate(
+        """md => setTimeout(() => {
+             const box = document.createElement('div');
+             box.id = 'probe';
+             try { box.append(window.ggrun.renderMarkdown(md)); window.__rendered = 'ok'; }
+             catch (e) { window.__rendered = String(e); }
+             document.body.append(box);
+           })""",
+        HOSTILE_MARKDOWN[name],
+    )
+    page.wait_for_function("() => window.__rendered !== undefined", timeout=20_000)
+    assert page.evaluate("() => window.__rendered") == "ok"
+    assert "END" in page.locator("#probe").text_content()
+    assert _depth(page, "#probe") <= 40
+
+
+def test_a_stored_chat_that_nests_too_deep_still_loads(open_page: Callable[..., Page]) -> None:
+    """A saved reply that crashed the renderer used to throw in init() on every reload:
+    the page stayed on "loading…" until the user cleared its storage by hand."""
+    page = open_page()
+    errors = _errors(page)
+    deep = {"id": "deep", "title": "Deep", "created": 0, "updated": 3, "messages": [
+        {"role": "user", "content": "Quote me"},
+        {"role": "assistant", "content": DEEP_QUOTE},
+    ]}  # fmt: skip
+    listed = {"id": "list", "title": "Listed", "created": 0, "updated": 2, "messages": [
+        {"role": "user", "content": "List me"},
+        {"role": "assistant", "content": DEEP_LIST},
+    ]}  # fmt: skip
+    _store(page, deep, listed, SHOWCASE)
+    _ready(page)  # init() ran to the end
+    titles = page.locator("#chat-list button").all_inner_texts()
+    assert titles == ["Deep", "Listed", "Reverse a list in Python"]
+    body = _reply(page).locator(".body")
+    assert "deep down" in body.inner_text()
+    assert 0 < body.locator("blockquote").count() <= 16 and _depth(page, "#messages") <= 48
+    page.get_by_role("button", name="Listed").click()
+    assert "bottom" in _reply(page).locator(".body").inner_text()
+    page.get_by_role("button", name="Reverse a list in Python").click()
+    assert _reply(page).locator(".body strong").first.inner_text() == "Slicing"
+    assert not errors, errors
+
+
+def test_a_chat_the_renderer_fails_on_shows_as_plain_text(open_page: Callable[..., Page]) -> None:
+    """Any renderer failure, not just the known ones: here every blockquote throws (an
+    init script breaks document.createElement for it). That chat shows its text as text,
+    escaped; the other chats and the page work."""
+    page = open_page()
+    page.add_init_script(
+        """{ const create = Document.prototype.createElement;
+             Document.prototype.createElement = function (tag, ...rest) {
+               if (String(tag).toLowerCase() === 'blockquote') throw new Error('broken');
+               return create.call(this, tag, ...rest);
+             }; }"""
+    )
+    hostile = '> quoted <img src=x onerror="window.__pwned=1">\n\n**not bold**'
+    bad = {"id": "bad", "title": "Bad", "created": 0, "updated": 2, "messages": [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": hostile},
+    ]}  # fmt: skip
+    _store(page, bad, SHOWCASE)
+    _ready(page)
+    assert page.locator("#chat-list button").all_inner_texts() == ["Bad", SHOWCASE["title"]]
+    body = _reply(page).locator(".body")
+    assert body.inner_text() == hostile  # the text as it is: no markup, no HTML
+    assert body.locator(":is(img, strong, blockquote)").count() == 0
+    page.get_by_role("button", name=SHOWCASE["title"]).click()
+    assert _reply(page).locator(".body strong").first.inner_text() == "Slicing"
+    _settings(page, max_tokens=8)
+    _send(page, "Hi")  # the page still sends and streams
+    _wait_done(page)
+    assert page.locator("#send").is_visible() and not page.locator("#stop").is_visible()
+    assert page.evaluate("() => window.__pwned") is None
+
+
+def test_a_streamed_reply_that_nests_too_deep(open_page: Callable[..., Page]) -> None:
+    """The reply streams in pieces (repainted as it grows), then the stream ends: it
+    renders, the Stop button goes away and the chat is saved and reloads."""
+    page = open_page()
+    _ready(page)
+    errors = _errors(page)
+    text = DEEP_QUOTE + "\n\n" + DEEP_LIST + "\n\nthe end"
+    pieces = [text[k : k + 500] for k in range(0, len(text), 500)]
+    page.route(
+        "**/v1/chat/completions",
+        lambda route: route.fulfill(
+            status=200,
+            content_type="text/event-stream",
+            body=_sse(*({"choices": [{"index": 0, "delta": {"content": p}}]} for p in pieces)),
+        ),
+    )
+    _send(page, "Nest")
+    _wait_done(page, timeout=20_000)
+    assert page.locator("#send").is_visible() and not page.locator("#stop").is_visible()
+    body = _reply(page).locator(".body")
+    assert "the end" in body.inner_text() and "deep down" in body.inner_text()
+    assert not body.locator(".error-text").count()
+    page.unroute("**/v1/chat/completions")
+    page.reload()
+    _ready(page)
+    assert "the end" in _reply(page).locator(".body").inner_text()
+    assert not errors, errors

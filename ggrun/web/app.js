@@ -33,8 +33,13 @@
   // ------------------------------------------------------------------ markdown
   // Blocks: fenced code, headings, rules, quotes, lists, tables, paragraphs. Inline: code,
   // bold, italic, strikethrough, http(s) links. Unclosed fences render (for streaming).
+  // Model text is hostile input: quotes and lists nest at most MAX_DEPTH deep (deeper text
+  // stays plain text), emphasis MAX_INLINE_DEPTH deep, and no pattern backtracks over a
+  // long line, so that no reply can overflow the stack or freeze the page.
+  const MAX_DEPTH = 16;
+  const MAX_INLINE_DEPTH = 8;
   const FENCE = /^ {0,3}(`{3,}|~{3,})\s*([^\s`]*)/;
-  const HEADING = /^ {0,3}(#{1,6})\s+(.*?)(?:\s+#+)?\s*$/;
+  const HEADING = /^ {0,3}(#{1,6})(?:\s(.*))?$/;
   const RULE = /^ {0,3}([-*_])(?:\s*\1){2,}\s*$/;
   const QUOTE = /^ {0,3}> ?/;
   const ITEM = /^( *)([-*+]|\d{1,9}[.)])\s+(.*)$/;
@@ -47,11 +52,31 @@
 
   function renderMarkdown(text) {
     const frag = document.createDocumentFragment();
-    renderBlocks(String(text).split(/\r?\n/), frag);
+    renderBlocks(String(text).split(/\r?\n/), frag, 0);
     return frag;
   }
 
-  function renderBlocks(lines, parent) {
+  function plainText(parent, text) {  // text as it is, its line breaks kept
+    String(text).split(/\r?\n/).forEach((line, k) => {
+      if (k) parent.append(el("br"));
+      parent.append(line);
+    });
+    return parent;
+  }
+
+  function headingText(rest) {  // "# Title ##" -> "Title", without a backtracking pattern
+    let s = (rest || "").trim();
+    let k = s.length;
+    while (k > 0 && s[k - 1] === "#") k--;
+    if (k < s.length && (k === 0 || /\s/.test(s[k - 1]))) s = s.slice(0, k).trimEnd();
+    return s;
+  }
+
+  function renderBlocks(lines, parent, depth) {
+    if (depth >= MAX_DEPTH) {  // nested too deep: the rest is shown as plain text
+      parent.append(plainText(el("p"), lines.join("\n")));
+      return;
+    }
     let i = 0;
     while (i < lines.length) {
       const line = lines[i];
@@ -64,7 +89,7 @@
         i++;
         parent.append(codeBlock(body.join("\n"), m[2]));
       } else if ((m = line.match(HEADING))) {
-        parent.append(inline(el("h" + m[1].length), m[2]));
+        parent.append(inline(el("h" + m[1].length), headingText(m[2])));
         i++;
       } else if (RULE.test(line)) {
         parent.append(el("hr"));
@@ -73,10 +98,10 @@
         const body = [];
         for (; i < lines.length && QUOTE.test(lines[i]); i++) body.push(lines[i].replace(QUOTE, ""));
         const quote = el("blockquote");
-        renderBlocks(body, quote);
+        renderBlocks(body, quote, depth + 1);
         parent.append(quote);
       } else if ((m = line.match(ITEM))) {
-        i = renderList(lines, i, m, parent);
+        i = renderList(lines, i, m, parent, depth);
       } else if (line.includes("|") && i + 1 < lines.length && TABLE_SEP.test(lines[i + 1]) &&
                  lines[i + 1].includes("-")) {
         const head = cells(line);
@@ -102,12 +127,13 @@
     }
   }
 
-  function renderList(lines, i, first, parent) {
+  function renderList(lines, i, first, parent, depth) {
     const indent = first[1].length;
     const ordered = /\d/.test(first[2]);
     const list = el(ordered ? "ol" : "ul");
     if (ordered && parseInt(first[2], 10) !== 1) list.start = parseInt(first[2], 10);
     const items = [];
+    const inner = new RegExp("^ {0," + (indent + 4) + "}");
     let loose = false;
     while (i < lines.length) {
       const line = lines[i];
@@ -121,7 +147,7 @@
         loose = true;
         items[items.length - 1].push("");
       } else if (line.length - line.trimStart().length > indent) {
-        items[items.length - 1].push(line.replace(new RegExp("^ {0," + (indent + 4) + "}"), ""));
+        items[items.length - 1].push(line.replace(inner, ""));
       } else if (!startsBlock(line) && !blank(items[items.length - 1].at(-1))) {
         items[items.length - 1].push(line.trim());  // a lazy continuation line
       } else {
@@ -131,7 +157,7 @@
     }
     for (const body of items) {
       const li = el("li");
-      renderBlocks(body, li);
+      renderBlocks(body, li, depth + 1);
       if (!loose && li.firstChild && li.firstChild.tagName === "P") {
         li.firstChild.replaceWith(...li.firstChild.childNodes);  // tight lists: no <p>
       }
@@ -161,40 +187,129 @@
     return ok;
   }
 
-  // One regex finds the next inline token; text between tokens stays text.
-  const INLINE = new RegExp([
-    "(`+)([^`]|[^`][\\s\\S]*?[^`])\\1(?!`)",       // 1,2 code span
-    "\\*\\*(?=\\S)([\\s\\S]*?\\S)\\*\\*",           // 3 bold
-    "(^|[^\\w])__(?=\\S)([\\s\\S]*?\\S)__(?!\\w)",  // 4,5 bold
-    "~~(?=\\S)([\\s\\S]*?\\S)~~",                   // 6 strikethrough
-    "\\*(?=[^\\s*])([\\s\\S]*?[^\\s*])\\*",         // 7 italic
-    "(^|[^\\w])_(?=[^\\s_])([\\s\\S]*?[^\\s_])_(?!\\w)",  // 8,9 italic
-    "\\[([^\\]\\n]+)\\]\\(([^)\\s]+)\\)",           // 10,11 link
-    "\\\\([\\\\`*_{}\\[\\]()#+\\-.!~>|])",          // 12 escaped character
-    "(\\n)",                                        // 13 line break
-  ].join("|"), "g");
+  // Inline markup, in one pass over the text: at each position the first token that opens
+  // there and has a closer wins (code span, **bold**, __bold__, ~~strike~~, *em*, _em_, a
+  // link, an escaped character, a line break); anything else is text. Every closer is
+  // looked up in a sorted list of the places it occurs (built once per paragraph), so an
+  // opener without a closer costs a lookup, never a scan to the end of the text.
+  const isSpace = (c) => c === undefined || /\s/.test(c);
+  const isWord = (c) => c !== undefined && /\w/.test(c);
+  const ESCAPABLE = "\\`*_{}[]()#+-.!~>|";
+
+  function positions(text, test) {
+    const out = [];
+    for (let j = 0; j < text.length; j++) if (test(j)) out.push(j);
+    return out;
+  }
+
+  function firstAtLeast(list, min) {  // binary search: the first entry >= min, or -1
+    let lo = 0, hi = list.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (list[mid] < min) lo = mid + 1; else hi = mid;
+    }
+    return lo < list.length ? list[lo] : -1;
+  }
+
+  function inlineIndex(t) {
+    const at = (j, s) => t.startsWith(s, j);
+    const runs = new Map();  // backtick run length -> where such runs start
+    for (let j = 0; j < t.length; j++) {
+      if (t[j] !== "`" || t[j - 1] === "`") continue;
+      let n = 1;
+      while (t[j + n] === "`") n++;
+      if (!runs.has(n)) runs.set(n, []);
+      runs.get(n).push(j);
+    }
+    return {
+      runs,
+      // closers: each with the conditions on its own surroundings
+      "**": positions(t, (j) => at(j, "**") && !isSpace(t[j - 1])),
+      "__": positions(t, (j) => at(j, "__") && !isSpace(t[j - 1]) && !isWord(t[j + 2])),
+      "~~": positions(t, (j) => at(j, "~~") && !isSpace(t[j - 1])),
+      "*": positions(t, (j) => t[j] === "*" && !isSpace(t[j - 1]) && t[j - 1] !== "*"),
+      "_": positions(t, (j) => t[j] === "_" && !isSpace(t[j - 1]) && t[j - 1] !== "_" &&
+                              !isWord(t[j + 1])),
+      labelEnd: positions(t, (j) => t[j] === "]" || t[j] === "\n"),
+      urlEnd: positions(t, (j) => t[j] === ")" || isSpace(t[j])),
+    };
+  }
 
   function inline(parent, text) {
-    const re = new RegExp(INLINE.source, "g");
-    let at = 0, m;
-    while ((m = re.exec(text))) {
-      let start = m.index;
-      if (m[4] !== undefined || m[8] !== undefined) {  // the prefix character is plain text
-        start += (m[4] ?? m[8]).length;
-      }
-      if (start > at) parent.append(text.slice(at, start));
-      if (m[2] !== undefined) parent.append(el("code", { textContent: m[2] }));
-      else if (m[3] !== undefined) parent.append(inline(el("strong"), m[3]));
-      else if (m[5] !== undefined) parent.append(inline(el("strong"), m[5]));
-      else if (m[6] !== undefined) parent.append(inline(el("del"), m[6]));
-      else if (m[7] !== undefined) parent.append(inline(el("em"), m[7]));
-      else if (m[9] !== undefined) parent.append(inline(el("em"), m[9]));
-      else if (m[10] !== undefined) parent.append(link(m[10], m[11]));
-      else if (m[12] !== undefined) parent.append(m[12]);
-      else if (m[13] !== undefined) parent.append(el("br"));
-      at = re.lastIndex;
+    const t = String(text);
+    inlineRange(parent, t, inlineIndex(t), 0, t.length, 0);
+    return parent;
+  }
+
+  function inlineRange(parent, t, ix, from, to, depth) {
+    if (depth >= MAX_INLINE_DEPTH) {  // emphasis nested too deep: plain text
+      plainText(parent, t.slice(from, to));
+      return parent;
     }
-    if (at < text.length) parent.append(text.slice(at));
+    const closer = (kind, min, len) => {
+      const j = firstAtLeast(ix[kind], min);
+      return j >= 0 && j + len <= to ? j : -1;
+    };
+    const wrap = (tag, a, b) => inlineRange(el(tag), t, ix, a, b, depth + 1);
+    let text = from, i = from;
+    const flush = (upTo) => { if (upTo > text) parent.append(t.slice(text, upTo)); };
+    while (i < to) {
+      const c = t[i];
+      let node = null, next = i;
+      if (c === "`" && t[i - 1] !== "`") {
+        let n = 1;
+        while (t[i + n] === "`") n++;
+        const list = ix.runs.get(n) || [];
+        const j = firstAtLeast(list, i + n + 1);
+        if (j >= 0 && j + n <= to) {
+          node = el("code", { textContent: t.slice(i + n, j) });
+          next = j + n;
+        } else {
+          i += n;  // a run without its closer is text
+          continue;
+        }
+      } else if (c === "*" || c === "~" || c === "_") {
+        const pair = t[i + 1] === c;
+        const before = c !== "_" || !isWord(t[i - 1]);
+        if (pair) {
+          const j = before && !isSpace(t[i + 2]) ? closer(c + c, i + 3, 2) : -1;
+          if (j >= 0) {
+            node = wrap(c === "~" ? "del" : "strong", i + 2, j);
+            next = j + 2;
+          }
+        }
+        if (!node && c !== "~" && before && !isSpace(t[i + 1]) && t[i + 1] !== c) {
+          const j = closer(c, i + 2, 1);
+          if (j >= 0) {
+            node = wrap("em", i + 1, j);
+            next = j + 1;
+          }
+        }
+      } else if (c === "[") {
+        const k = firstAtLeast(ix.labelEnd, i + 1);
+        if (k > i + 1 && k < to && t[k] === "]" && t[k + 1] === "(") {
+          const e = firstAtLeast(ix.urlEnd, k + 2);
+          if (e > k + 2 && e < to && t[e] === ")") {
+            node = link(t.slice(i + 1, k), t.slice(k + 2, e));
+            next = e + 1;
+          }
+        }
+      } else if (c === "\\" && i + 1 < to && ESCAPABLE.includes(t[i + 1])) {
+        node = document.createTextNode(t[i + 1]);
+        next = i + 2;
+      } else if (c === "\n") {
+        node = el("br");
+        next = i + 1;
+      }
+      if (node) {
+        flush(i);
+        parent.append(node);
+        text = i = next;
+      } else {
+        i++;
+      }
+    }
+    flush(to);
     return parent;
   }
 
@@ -274,10 +389,25 @@
   }
 
   // ------------------------------------------------------------------ state
-  let chats = store.get(KEYS.chats, []);
+  // Stored conversations are read defensively: whatever is in localStorage (an older
+  // page's, another tab's, a hand-edited one), each chat that has an id is kept and shown.
+  function loadChats() {
+    const raw = store.get(KEYS.chats, []);
+    if (!Array.isArray(raw)) return [];
+    return raw.filter((c) => c && typeof c === "object" && ["string", "number"].includes(typeof c.id))
+      .map((c) => ({ ...c, messages: Array.isArray(c.messages) ? c.messages.filter(
+        (m) => m && typeof m === "object") : [] }));
+  }
+
+  let chats = loadChats();
   let current = store.get(KEYS.current, null);
-  let settings = { system: "", temperature: "", maxTokens: "", think: true, model: "",
-                   ...store.get(KEYS.settings, {}) };
+  let settings = (() => {
+    const saved = store.get(KEYS.settings, {});
+    const text = (v) => (typeof v === "string" || typeof v === "number" ? String(v) : "");
+    const s = saved && typeof saved === "object" ? saved : {};
+    return { system: text(s.system), temperature: text(s.temperature), maxTokens: text(s.maxTokens),
+             think: s.think !== false, model: text(s.model) };
+  })();
   let controller = null;  // the AbortController of the reply being streamed
 
   const chat = () => chats.find((c) => c.id === current) || null;
@@ -286,8 +416,9 @@
   // ------------------------------------------------------------------ view
   function renderSidebar() {
     const list = $("chat-list");
-    list.replaceChildren(...[...chats].sort((a, b) => b.updated - a.updated).map((c) => {
-      const b = el("button", { type: "button", textContent: c.title || "New chat", title: c.title });
+    list.replaceChildren(...[...chats].sort((a, b) => (b.updated || 0) - (a.updated || 0)).map((c) => {
+      const title = String(c.title || "New chat");
+      const b = el("button", { type: "button", textContent: title, title });
       if (c.id === current) b.setAttribute("aria-current", "true");
       b.addEventListener("click", () => { if (!controller) { select(c.id); closeDrawer(); } });
       return el("li", null, b);
@@ -300,16 +431,40 @@
     const c = chat();
     box.replaceChildren($("empty"));
     $("empty").hidden = Boolean(c && c.messages.length);
-    if (c) for (const m of c.messages) box.append(messageView(m));
+    if (c) {
+      let views;
+      try {
+        views = c.messages.map((m) => messageView(m));
+      } catch (e) {  // this chat cannot be rendered: show its text as it is; others are fine
+        console.error("ggrun: chat", c.id, "is shown as plain text:", e);
+        views = c.messages.map((m) => messageView(m, true));
+      }
+      box.append(...views);
+    }
     box.scrollTop = box.scrollHeight;
   }
 
-  function messageView(m) {
+  function messageView(m, plain = false) {
     const body = el("div", { className: "body" });
-    const view = el("div", { className: "msg " + m.role }, body);
-    if (m.role === "user") body.textContent = m.content;
-    else paint(view, m);
+    const view = el("div", { className: "msg " + (m.role === "user" ? "user" : "assistant") }, body);
+    if (m.role === "user") {
+      body.textContent = String(m.content ?? "");
+    } else if (plain) {
+      body.append(plainText(el("p"), m.content ?? ""));
+      if (m.error) body.append(el("p", { className: "error-text", textContent: String(m.error) }));
+    } else {
+      paint(view, m);
+    }
     return view;
+  }
+
+  function markdownOrText(text) {  // a reply the renderer chokes on still shows, as text
+    try {
+      return renderMarkdown(text);
+    } catch (e) {
+      console.error("ggrun: a reply is shown as plain text:", e);
+      return plainText(el("p"), text);
+    }
   }
 
   function paint(view, m, streaming = false) {
@@ -329,7 +484,7 @@
         streaming && !m.content ? "Thinking…" : "Reasoning";
       details.querySelector(".text").textContent = m.reasoning;
     }
-    body.replaceChildren(renderMarkdown(m.content));
+    body.replaceChildren(markdownOrText(m.content ?? ""));
     if (m.error) body.append(el("p", { className: "error-text", textContent: m.error }));
     let stats = view.querySelector(".stats");
     if (m.stats && !stats) view.append((stats = el("div", { className: "stats" })));
@@ -400,7 +555,7 @@
     const repaint = () => {
       frame = 0;
       const stick = nearBottom(box);
-      paint(view, reply, true);
+      try { paint(view, reply, true); } catch (e) { console.error("ggrun: repaint:", e); }
       if (stick) box.scrollTop = box.scrollHeight;
     };
     try {
@@ -430,16 +585,22 @@
     } finally {
       if (frame) cancelAnimationFrame(frame);
       controller = null;
-      reply.stats = { completion: usage ? usage.completion_tokens : chunks, approx: !usage,
-                      prompt: usage ? usage.prompt_tokens : undefined, finish: finish || undefined,
-                      seconds: first !== null ? (last - first) / 1000 : 0,
-                      ttft: first !== null ? (first - t0) / 1000 : undefined };
-      if (!reply.reasoning) delete reply.reasoning;
-      c.updated = Date.now();
-      saveChats();
-      paint(view, reply);
-      setBusy(false, view);
-      pollMetrics();
+      try {  // whatever happens here, the page leaves its busy state below
+        reply.stats = { completion: usage ? usage.completion_tokens : chunks, approx: !usage,
+                        prompt: usage ? usage.prompt_tokens : undefined, finish: finish || undefined,
+                        seconds: first !== null ? (last - first) / 1000 : 0,
+                        ttft: first !== null ? (first - t0) / 1000 : undefined };
+        if (!reply.reasoning) delete reply.reasoning;
+        c.updated = Date.now();
+        saveChats();
+        paint(view, reply);
+      } catch (e) {
+        console.error("ggrun: finishing a reply:", e);
+        view.querySelector(".body").textContent = reply.content;
+      } finally {
+        setBusy(false, view);
+        pollMetrics();
+      }
     }
   }
 
@@ -517,8 +678,9 @@
     const c = chat();
     if (!c) return;
     const blob = new Blob([JSON.stringify(c, null, 2)], { type: "application/json" });
-    const a = el("a", { href: URL.createObjectURL(blob),
-                        download: `ggrun-chat-${new Date(c.created).toISOString().slice(0, 10)}.json` });
+    const created = new Date(c.created);  // a stored chat may hold anything here
+    const day = (isNaN(created) ? new Date() : created).toISOString().slice(0, 10);
+    const a = el("a", { href: URL.createObjectURL(blob), download: `ggrun-chat-${day}.json` });
     document.body.append(a);
     a.click();
     a.remove();
@@ -571,23 +733,28 @@
     document.addEventListener("visibilitychange", () => { if (!document.hidden) pollMetrics(); });
     window.addEventListener("storage", (e) => {  // another tab changed the conversations
       if (e.key === KEYS.chats && !controller) {
-        chats = store.get(KEYS.chats, []);
-        renderSidebar();
-        renderChat();
+        chats = loadChats();
+        safely(renderSidebar, renderChat);
       }
     });
   }
 
+  function safely(...steps) {  // one step that throws does not stop the others
+    for (const step of steps) {
+      try { step(); } catch (e) { console.error("ggrun:", step.name, e); }
+    }
+  }
+
   function init() {
-    $("system").value = settings.system;
-    $("temperature").value = settings.temperature;
-    $("max-tokens").value = settings.maxTokens;
-    $("think").checked = settings.think;
+    safely(() => {
+      $("system").value = settings.system;
+      $("temperature").value = settings.temperature;
+      $("max-tokens").value = settings.maxTokens;
+      $("think").checked = settings.think;
+    });
     if (!chat()) current = null;
     bind();
-    showKeyState();
-    renderSidebar();
-    renderChat();
+    safely(showKeyState, renderSidebar, renderChat);
     loadModels().then(pollMetrics);
     $("input").focus();
   }
