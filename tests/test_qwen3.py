@@ -160,7 +160,10 @@ def test_compaction_keeps_the_gist_of_the_first_turn(qwen_path: Path) -> None:
         assert len(chat.history) < 40
         r = chat.send("What is my cat called?")
         print(f"\ncompaction: note={chat.summary!r}\nrecall: {r.text!r}")
-    assert chat.messages[0].role == "system" and "earlier conversation" in chat.messages[0].content
+    # the note is data: a quoted user turn, never the system message (there is none here)
+    note, ack = chat.messages[0], chat.messages[1]
+    assert note.role == "user" and "<notes>" in note.content and chat.summary in note.content
+    assert ack.role == "assistant" and all(m.role != "system" for m in chat.messages)
 
 
 def test_json_after_a_budgeted_thought(thinker: Any) -> None:
