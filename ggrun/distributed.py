@@ -16,10 +16,16 @@ Guarantees:
   later is dropped), so every result comes from the same weights.
 - **Nothing lost, nothing twice.** A worker that dies (its node lost, its actor
   killed) has its unfinished shards sent to the other workers, and a replacement is
-  started; results are yielded once per line. A worker out of memory retries its shard
-  with half the slots, down to one, then reports the lines as errors; a shard whose
-  worker dies :data:`MAX_ATTEMPTS` times is reported too, so one poisonous line cannot
-  kill the cluster worker after worker.
+  started; results are yielded once per line.
+- **One line cannot take a node, or the job, with it.** Each worker runs under a memory
+  cap (``RLIMIT_DATA``, set once its model is loaded: what it holds then plus twice what
+  its slots need, by the planner's arithmetic, plus :data:`HEADROOM`), so a line that
+  makes it grow fails in that worker, not on the node. A worker out of memory retries
+  its shard with half the slots, then one line at a time, and reports only the lines
+  that fail alone. A shard that failed twice (its worker died, or its code raised) goes
+  again line by line, and a line that fails :data:`MAX_ATTEMPTS` times is reported as an
+  error record: one poisonous line cannot kill the cluster worker after worker, and
+  every other line completes.
 - **Clear failures.** Ray not installed, no cluster at an address, the model missing on
   a node, workers that do not fit in the cluster: one :class:`~ggrun.errors.GgrunError`
   each, with a line that says what to do.
@@ -44,6 +50,7 @@ from urllib.parse import urlsplit
 from ggrun import errors, models
 from ggrun.engine import LoadConfig, Model, load
 from ggrun.errors import GgrunError, InvalidArgument
+from ggrun.planner import ModelShape
 from ggrun.request import one
 from ggrun.textstream import Result
 
@@ -51,7 +58,8 @@ logger = logging.getLogger(__name__)
 
 INSTALL = "pip install 'ggrun[ray]'"
 SHARD_MIN, SHARD_MAX = 8, 32  # lines per shard: a lost worker loses little
-MAX_ATTEMPTS = 3  # a shard whose worker dies this often is reported, not sent again
+MAX_ATTEMPTS = 3  # a line whose worker dies (or fails) this often is reported, not sent again
+HEADROOM = 256 << 20  # memory a worker may allocate beyond twice what its slots need
 STALL_S = 600.0  # with no worker alive, how long to wait for one to start
 PROBE_S = 5.0  # how long to try to reach a cluster's address
 PORTS = {"ray": 10001, "": 6379}  # Ray Client's port and the head's GCS port
@@ -146,6 +154,52 @@ def _node_lock(name: str) -> Iterator[None]:
         yield
 
 
+# ---------------------------------------------------------------- the worker's memory
+
+
+def working_memory(model: Model, parallel: int, slot_ctx: int | None) -> int:
+    """What ``parallel`` slots hold on top of the loaded weights, by the planner's own
+    arithmetic: their KV cache (slots of ``slot_ctx`` tokens, or of the model's planned
+    context) and the compute buffer of one micro-batch."""
+    shape = ModelShape.from_gguf(model.info).with_cache(model.config.cache_type)
+    ctx = slot_ctx or model.n_ctx
+    return shape.kv_bytes(parallel * ctx) + shape.compute_bytes(model.n_batch)
+
+
+def data_bytes() -> int | None:
+    """This process's data (``VmData``: heap and private writable mappings, what
+    ``RLIMIT_DATA`` counts; the mapped model file and Ray's shared memory are not in it),
+    or None where /proc does not say."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmData:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def cap_memory(extra: int) -> int | None:
+    """Let this process allocate ``extra`` more bytes and no more (``RLIMIT_DATA``); an
+    allocation past it fails in this process: MemoryError in Python, a failed context in
+    llama.cpp. Return the cap, or None where the system has no such limit."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    now = data_bytes()
+    if now is None:  # pragma: no cover - not Linux
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    cap = now + max(0, extra)
+    for limit in (soft, hard):  # a limit the node already sets stays
+        if limit != resource.RLIM_INFINITY:
+            cap = min(cap, limit)
+    resource.setrlimit(resource.RLIMIT_DATA, (cap, hard))
+    return cap
+
+
 # ---------------------------------------------------------------- the worker
 
 
@@ -163,9 +217,19 @@ class Worker:
         self.spec = spec
         self.runner = runner
         self.model: Model | None = None
+        self.cap: int | None = None  # RLIMIT_DATA, once start() set it
+        self.memory = 0  # ... what it lets the worker allocate beyond its model
 
-    def start(self) -> dict[str, Any]:
-        """Load the model; report this node and the file's sha256, or why it failed."""
+    def start(
+        self, parallel: int = 1, slot_ctx: int | None = None, memory: int | None = None
+    ) -> dict[str, Any]:
+        """Load the model and cap this process's memory; report this node, the file's
+        sha256 and the cap, or why it failed.
+
+        The cap is what the process holds once the model is loaded plus ``memory`` bytes,
+        by default twice what ``parallel`` slots need (:func:`working_memory`) plus
+        :data:`HEADROOM`.
+        """
         import ray
 
         where = {"node": socket.gethostname(), "ip": ray.util.get_node_ip_address()}
@@ -177,7 +241,11 @@ class Worker:
         except OSError as e:
             return {**where, "error": f"{e.strerror or e}", "kind": "ModelNotFound"}
         self.model = model
-        return {**where, "sha256": sha, "path": str(path), "pid": os.getpid()}
+        if memory is None:
+            memory = 2 * working_memory(model, parallel, slot_ctx) + HEADROOM
+        self.cap, self.memory = cap_memory(memory), memory
+        info = {**where, "sha256": sha, "path": str(path), "pid": os.getpid()}
+        return {**info, "memory_cap": self.cap, "memory": memory}
 
     def run(
         self,
@@ -186,11 +254,7 @@ class Worker:
         slot_ctx: int | None,
         common: dict[str, Any],
     ) -> list[tuple[int, Result]]:
-        """Run ``(index, line)`` pairs; return ``(index, result)`` for each.
-
-        A batcher that fails as a whole (memory, most likely) runs the lines left again
-        with half the slots; with one slot, they fail with its message.
-        """
+        """Run ``(index, line)`` pairs; return ``(index, result)`` for each."""
         assert self.model is not None, "start() first"
         out: list[tuple[int, Result]] = []
         jobs: list[tuple[int, Any]] = []
@@ -199,6 +263,17 @@ class Worker:
                 jobs.append((index, one(item, index, **common)))
             except GgrunError as e:
                 out.append((index, Result.failed(str(e), _rid(item, index))))
+        return out + self._run(jobs, parallel, slot_ctx)
+
+    def _run(
+        self, jobs: list[tuple[int, Any]], parallel: int, slot_ctx: int | None
+    ) -> list[tuple[int, Result]]:
+        """Run requests. A batcher that fails as a whole (memory, most likely: a line
+        that needs a larger context than the cap allows) runs the lines left again with
+        half the slots; with one slot, each line alone, so that only a line that cannot
+        run on its own fails, with the batcher's message."""
+        assert self.model is not None
+        out: list[tuple[int, Result]] = []
         while jobs:
             done: set[int] = set()
             try:
@@ -208,14 +283,22 @@ class Worker:
                 ):
                     out.append((jobs[k][0], result))
                     done.add(k)
-                break
-            except GgrunError as e:
+                return out
+            except (GgrunError, MemoryError) as e:
+                why = str(e) if isinstance(e, GgrunError) else "out of memory"
                 jobs = [j for k, j in enumerate(jobs) if k not in done]
-                if parallel == 1:
-                    out += [(i, Result.failed(str(e), r.id)) for i, r in jobs]
-                    break
-                parallel = max(1, parallel // 2)
-                logger.warning("%s; retrying %d lines with %d slots", e, len(jobs), parallel)
+                if parallel > 1:
+                    parallel = max(1, parallel // 2)
+                    logger.warning("%s; retrying %d lines with %d slots", why, len(jobs), parallel)
+                elif len(jobs) > 1:
+                    logger.warning("%s; running the %d lines left one by one", why, len(jobs))
+                    for job in jobs:
+                        out += self._run([job], 1, slot_ctx)
+                    return out
+                else:
+                    if self.cap is not None:
+                        why += f" (a worker may allocate {_gib(self.memory)} beyond its model)"
+                    return out + [(i, Result.failed(why, r.id)) for i, r in jobs]
         return out
 
 
@@ -281,6 +364,10 @@ def node_cpus(ray: Any) -> list[int]:
 def _shape(ray: Any) -> str:
     cpus = node_cpus(ray)
     return f"{_n(len(cpus), 'node')}, {_n(sum(cpus), 'CPU')}"
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.2f} GiB"
 
 
 def _n(count: int, noun: str) -> str:
@@ -349,8 +436,10 @@ class Job:
     ``model`` is a loaded :class:`Model` (its file, config and family travel) or a path
     or alias that each worker loads with ggrun.load's keywords in ``load``. ``runner``
     is :func:`ggrun.batch.run_batch`. ``common`` holds the request options the lines
-    share (a line's own fields win). ``worker_env`` gives workers environment variables
-    (the i-th worker the i-th dict, cycling): a hook for tests and odd clusters.
+    share (a line's own fields win). ``worker_memory`` is the memory (bytes) each worker
+    may allocate once its model is loaded (default: twice what its slots need, plus
+    :data:`HEADROOM`). ``worker_env`` gives workers environment variables (the i-th
+    worker the i-th dict, cycling): a hook for tests and odd clusters.
     """
 
     def __init__(
@@ -367,12 +456,15 @@ class Job:
         shard: int | None = None,
         load: dict[str, Any] | None = None,
         notify: Callable[[str], None] | None = None,
+        worker_memory: int | None = None,
         worker_env: Sequence[dict[str, str]] = (),
         **common: Any,
     ) -> None:
         if parallel < 1:
             raise InvalidArgument(f"parallel must be at least 1, got {parallel}")
-        for name, v in (("workers", workers), ("threads", threads), ("shard", shard)):
+        sizes = (("workers", workers), ("threads", threads), ("shard", shard),
+                 ("worker_memory", worker_memory))  # fmt: skip
+        for name, v in sizes:
             if v is not None and v < 1:
                 raise InvalidArgument(f"{name} must be at least 1, got {v}")
         self.spec = ModelSpec.of(model, threads, load or {})
@@ -384,6 +476,7 @@ class Job:
         self.slot_ctx = slot_ctx
         self.shard = shard
         self.notify = notify or logger.info
+        self.worker_memory = worker_memory
         self.worker_env = list(worker_env)
         self.common = common
         self.alive: list[Handle] = []
@@ -398,7 +491,8 @@ class Job:
         self._pending: collections.deque[Shard] = collections.deque()
         self._spawned = 0
         self._handles: list[Handle] = []  # every worker started, to stop them at the end
-        self._target = 0  # workers asked for (replacements stop at twice as many)
+        self._target = 0  # workers asked for
+        self._spare = 0  # replacements left before the next shard ends well
         self._remote: Any = None  # the Worker actor class
         self._options: dict[str, Any] = {}  # ... and its options (CPUs, no restarts)
         self._common: Any = None  # the shared options, in Ray's object store
@@ -465,6 +559,7 @@ class Job:
     def _launch(self, ray: Any) -> None:
         workers, threads = size(node_cpus(ray), self.workers, self.spec.threads)
         self._target = workers
+        self._spare = self._spares()
         self.spec = dataclasses.replace(self.spec, threads=threads)
         self._remote = ray.remote(Worker)
         self._options = {"num_cpus": threads, "max_restarts": 0, "scheduling_strategy": "SPREAD"}
@@ -477,11 +572,18 @@ class Job:
         for _ in range(workers):
             self._spawn()
         self._first_start(ray)
+        memory = self.alive[0].info.get("memory_cap") and self.alive[0].info.get("memory")
+        cap = f" (memory capped at {_gib(memory)} over the model)" if memory else ""
         self.notify(
             f"{_n(len(self.alive), 'worker')} × {_n(threads, 'thread')}, "
-            f"{_n(self.parallel, 'slot')} each, {_n(step, 'line')} a shard; "
+            f"{_n(self.parallel, 'slot')} each{cap}, {_n(step, 'line')} a shard; "
             f"model sha256 {self.sha256[:16]}… on every worker"
         )
+
+    def _spares(self) -> int:
+        """Workers lost in a row (no shard ending well between them) that are replaced:
+        enough for one poisonous line to use up its attempts, even with one worker."""
+        return max(self._target, MAX_ATTEMPTS)
 
     def _loop(self, ray: Any) -> Iterator[tuple[int, Result]]:
         idle_since = None
@@ -516,7 +618,8 @@ class Job:
             options["runtime_env"] = {"env_vars": dict(env)}
         h = Handle(k, self._remote.options(**options).remote(self.spec, self.runner))
         self._handles.append(h)
-        self._starting[h.actor.start.remote()] = h
+        start = h.actor.start.remote(self.parallel, self.slot_ctx, self.worker_memory)
+        self._starting[start] = h
 
     def _first_start(self, ray: Any) -> None:
         """Wait for every worker to load; refuse a missing model or different files."""
@@ -592,6 +695,7 @@ class Job:
             yield from self._lost(ray, h, e)
             return
         h.sent.remove(ref)
+        self._spare = self._spares()  # the workers work: a later loss is the line's
         for index, result in pairs:
             if index not in self._seen:
                 self._seen.add(index)
@@ -616,12 +720,23 @@ class Job:
             if running and oom:
                 shard.parallel = max(1, shard.parallel // 2)
             yield from self._again(shard, f"its worker died: {why}", count=running)
-        if self._spawned < 2 * self._target:
+        if self._spare > 0:
+            self._spare -= 1
             self._spawn()
+        else:
+            logger.warning(
+                "%d workers were lost with no shard done between; none replaces this one",
+                self._spares(),
+            )
 
     def _again(self, shard: Shard, why: str, *, count: bool = True) -> Iterator[tuple[int, Result]]:
-        """Queue a shard again, or report its lines once it failed too often."""
+        """Queue a shard again: whole the first time, then line by line (so that the
+        lines that run alone complete), and report a line once it failed too often."""
         shard.attempts += count
+        if len(shard.items) > 1 and shard.attempts >= MAX_ATTEMPTS - 1:
+            lines = [Shard([item], shard.parallel, shard.attempts) for item in shard.items]
+            self._pending.extendleft(reversed(lines))
+            return
         if shard.attempts < MAX_ATTEMPTS:
             self._pending.appendleft(shard)
             return

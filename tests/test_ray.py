@@ -3,7 +3,8 @@
 One Ray instance (2 CPUs, no dashboard) serves the module; the CLI and ``ggrun.batch``
 join it. Checked: every id exactly once and the same greedy texts as a local run, per-line
 errors, a worker killed part-way, the driver SIGKILLed and run again, workers that loaded
-different files, and each failure as one line.
+different files, each failure as one line, and workers under their memory cap: a line that
+outgrows it, or that kills its worker again and again, fails alone.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typer.testing import CliRunner
 
 from ggrun.batch import batch, run_batch
 from ggrun.cli.app import app
-from ggrun.distributed import ClusterError, Job, ModelSpec, Worker, size
+from ggrun.distributed import MAX_ATTEMPTS, ClusterError, Job, ModelSpec, Worker, size
 from ggrun.errors import InsufficientMemory, ModelNotFound
 from tests.helpers import wait_for_lines
 
@@ -91,7 +92,7 @@ def test_every_id_once_and_the_texts_of_a_local_run(
     out = tmp_path / "out.jsonl"
     r = CliRunner().invoke(app, _ray_args(lines, out, smol_path))
     assert r.exit_code == 0, r.output
-    assert "2 workers × 1 thread, 1 slot each" in r.output
+    assert "2 workers × 1 thread, 1 slot each (memory capped at " in r.output
     assert "on 2 Ray workers" in r.output
     recs = {str(x["id"]): x for x in _records(out)}
     assert len(recs) == len(_ids(out)) == N + 2  # every id exactly once
@@ -261,3 +262,78 @@ def test_out_of_memory_retries_with_fewer_slots_then_reports(smol: Any) -> None:
     worker.runner = never
     out = worker.run(lines[:2], 2, None, {"max_tokens": 4})
     assert [(i, r.error) for i, r in out] == [(0, "no memory at all"), (1, "no memory at all")]
+
+
+def test_one_slot_then_one_line_at_a_time(smol: Any) -> None:
+    """In the worker's own loop: a line that needs more memory than there is fails the
+    batch at every slot count; then each line runs alone and only that line fails."""
+    calls: list[tuple[int, list[str]]] = []
+
+    def big_fails(model: Any, items: Any, *, parallel: int, **kw: Any) -> Iterator[Any]:
+        calls.append((parallel, [r.id for r in items]))
+        if any(r.id == "big" for r in items):
+            raise InsufficientMemory("a context for 'big' does not fit")
+        yield from run_batch(model, items, parallel=parallel, **kw)
+
+    worker = Worker(ModelSpec(str(smol.path)), big_fails)
+    worker.model = smol
+    lines = [(i, {"id": f"q{i}", "prompt": f"Count to {i}:"}) for i in range(4)]
+    lines.insert(2, (4, {"id": "big", "prompt": "Hi"}))
+    out = dict(worker.run(lines, 4, None, {"max_tokens": 4, "temperature": 0}))
+    assert [p for p, _ in calls[:3]] == [4, 2, 1]
+    assert sorted(ids for _, [ids] in calls[3:]) == ["big", "q0", "q1", "q2", "q3"]
+    assert out[4].error == "a context for 'big' does not fit"
+    assert all(out[i].error is None and out[i].text for i in range(4))
+
+
+def _colours(n: int) -> list[dict[str, Any]]:
+    return [{"id": f"q{i}", "prompt": f"List {i} colours:"} for i in range(n)]
+
+
+def test_a_line_that_outgrows_the_memory_cap_fails_alone(cluster: str, smol_path: Path) -> None:
+    """A real allocation, no hook: one line asks for 8,000 new tokens, so its batch needs
+    a KV cache of 8,192 tokens per slot (180 MiB for SmolLM2) where the others need 256.
+    Under a cap of 160 MiB beyond the model, llama.cpp cannot allocate it in the worker;
+    the worker lives, that line gets an error record and every other line completes."""
+    items = _colours(6)
+    items.insert(3, {"id": "big", "prompt": "Hi", "max_tokens": 8000})
+    job = Job(smol_path, items, runner=run_batch, workers=1, threads=1, parallel=2,
+              max_tokens=8, temperature=0, worker_memory=160 << 20)  # fmt: skip
+    got = {r.id: r for _, r in job}
+    assert got["big"].error and "could not create a context of 8192 tokens" in got["big"].error
+    assert "a worker may allocate 0.16 GiB beyond its model" in got["big"].error
+    assert all(r.error is None and r.completion_tokens for k, r in got.items() if k != "big")
+    assert len(got) == 7 and job.lost == 0  # it failed in the worker, which lived on
+    cap = job.alive[0].info
+    assert cap["memory"] == 160 << 20 and cap["memory_cap"] > cap["memory"]
+
+
+def test_a_line_that_kills_its_worker_fails_alone(cluster: str, smol_path: Path) -> None:
+    """A line that makes its worker grow until the memory cap stops it, and then die as
+    native code does when an allocation fails (ggml aborts; here the runner kills its own
+    process: the one test hook, as real allocations do not crash on cue). With one
+    worker, each death is replaced; after its retries that line is an error record and
+    every other line, including those of its shard, completes."""
+
+    def grows(model: Any, items: Any, **kw: Any) -> Iterator[Any]:
+        if any(r.id == "grow" for r in items):
+            held = []
+            try:
+                while len(held) < 64:  # 4 GiB at most: without a cap, give up and run
+                    held.append(bytearray(64 << 20))
+            except MemoryError:
+                held.clear()
+                os.kill(os.getpid(), signal.SIGKILL)
+            held.clear()
+        yield from run_batch(model, items, **kw)
+
+    items = _colours(8)
+    items.insert(4, {"id": "grow", "prompt": "Hi"})
+    job = Job(smol_path, items, runner=grows, workers=1, threads=1, parallel=2, shard=3,
+              max_tokens=4, temperature=0, worker_memory=256 << 20)  # fmt: skip
+    got = {r.id: r for _, r in job}
+    assert len(got) == 9
+    error = got["grow"].error
+    assert error and error.startswith(f"failed {MAX_ATTEMPTS} times on Ray workers")
+    assert all(r.error is None and r.completion_tokens for k, r in got.items() if k != "grow")
+    assert job.lost == MAX_ATTEMPTS
