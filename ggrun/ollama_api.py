@@ -6,11 +6,16 @@ The subset that clients use (the ``ollama`` Python package, editor plugins, Open
 (``"json"`` or a JSON schema), ``think``, ``options`` (temperature, top_k, top_p,
 min_p, num_predict, num_ctx, seed, stop, repeat_penalty, repeat_last_n,
 presence_penalty, frequency_penalty), ``keep_alive``, ``tools``, ``logprobs`` and
-``top_logprobs``. Anything else is a 400 that names it.
+``top_logprobs``. Anything else is a 400 that names it, and so is a field of the wrong
+type or out of range: every field is checked here, or by the request it becomes, before
+a model is loaded. ``keep_alive`` is clamped to :data:`MAX_KEEP_ALIVE`. As in ollama, a
+chat without messages or a generate without a prompt only loads the model (or, with
+``keep_alive`` 0, unloads it).
 """
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -32,9 +37,14 @@ OPTIONS = {
     "presence_penalty": "presence_penalty",
     "frequency_penalty": "frequency_penalty",
 }
+INT_OPTIONS = {"top_k", "seed", "repeat_last_n"}  # the others are numbers (checked by the request)
 COMMON = {"model", "stream", "format", "options", "keep_alive", "think", "logprobs", "top_logprobs"}
 CHAT_KEYS = COMMON | {"messages", "tools"}
 GENERATE_KEYS = COMMON | {"prompt", "system", "raw", "images", "suffix", "template", "context"}
+MAX_KEEP_ALIVE = 365 * 86400.0  # seconds: a longer keep_alive is this (negative: forever)
+MAX_TOKENS = 1 << 30  # num_predict and num_ctx
+DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|\u00b5s|ms|s|m|h)")
 
 
 def _bad(message: str) -> ApiError:
@@ -53,24 +63,40 @@ def _check(body: Mapping[str, Any], allowed: set[str]) -> None:
 
 
 def keep_alive(value: Any) -> float | None:
-    """ollama's ``keep_alive``: seconds, or a duration ("5m", "1h30m"); negative: forever.
+    """ollama's ``keep_alive`` in seconds: a number of seconds or a Go duration ("5m",
+    "1h30m", "-1", "0"); negative: forever (-1.0); at most :data:`MAX_KEEP_ALIVE`.
     None when absent."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise _bad("keep_alive must be a number of seconds or a duration such as 5m")
-    if isinstance(value, (int, float)):
-        return float(value)
-    parts = re.fullmatch(r"\s*(-?)((?:\d+(?:\.\d+)?(?:ms|h|m|s))+)\s*", value)
-    if not parts:
+    seconds = value if not isinstance(value, str) else _duration(value)
+    if isinstance(seconds, float) and math.isnan(seconds):
+        raise _bad("keep_alive must be a number")
+    return -1.0 if seconds < 0 else float(min(seconds, MAX_KEEP_ALIVE))
+
+
+def _duration(value: str) -> float:
+    text = value.strip()
+    sign = -1.0 if text.startswith("-") else 1.0
+    rest = text[1:] if text[:1] in ("+", "-") else text
+    if len(text) <= 64 and re.fullmatch(r"\d+(?:\.\d*)?|\.\d+", rest):
+        return sign * float(rest)  # a number of seconds, as ollama's OLLAMA_KEEP_ALIVE
+    if len(text) > 64 or not rest or _DURATION.sub("", rest):
         raise _bad(f"keep_alive {value[:40]!r} is not a duration such as 5m or 30s")
-    unit = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-    total = sum(float(n) * unit[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", value))
-    return -total if parts.group(1) else total
+    return sign * sum(float(n) * DURATION_UNITS[u] for n, u in _DURATION.findall(rest))
+
+
+def _int(name: str, v: Any, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise _bad(f"{name} must be an integer from {lo} to {hi}")
+    return v
 
 
 def _options(body: Mapping[str, Any]) -> dict[str, Any]:
-    opts = body.get("options") or {}
+    opts = body.get("options")
+    if opts is None:
+        return {}
     if not isinstance(opts, dict):
         raise _bad("'options' must be an object")
     unknown = sorted(
@@ -79,9 +105,17 @@ def _options(body: Mapping[str, Any]) -> dict[str, Any]:
     if unknown:
         raise _bad(f"options not supported by ggrun: {', '.join(unknown)[:200]}")
     out = {OPTIONS[k]: v for k, v in opts.items() if k in OPTIONS and v is not None}
+    for k, v in list(out.items()):
+        if k not in INT_OPTIONS and isinstance(v, int) and not isinstance(v, bool):
+            try:
+                out[k] = float(v)
+            except OverflowError:
+                raise _bad(f"options.{k} must be a finite number") from None
     n = opts.get("num_predict")
-    if n is not None and n != -1:  # -1: until the end (the room left)
-        out["max_tokens"] = n
+    if n is not None and _int("options.num_predict", n, -2, MAX_TOKENS) >= 0:
+        out["max_tokens"] = n  # -1 (until the end) and -2 (fill the context): the room left
+    if opts.get("num_ctx") is not None:  # the server's --ctx holds: checked, not used
+        _int("options.num_ctx", opts["num_ctx"], 1, MAX_TOKENS)
     if opts.get("stop") is not None:
         out["stop"] = opts["stop"]
     return out
@@ -107,15 +141,20 @@ def _think(value: Any) -> bool | None:
 
 def _common(body: Mapping[str, Any]) -> dict[str, Any]:
     out = {**_options(body), **_format(body.get("format")), "think": _think(body.get("think"))}
-    if body.get("logprobs"):
-        out["logprobs"] = body.get("top_logprobs") or 0
+    lp, top = body.get("logprobs"), body.get("top_logprobs")
+    if lp is not None and not isinstance(lp, bool):
+        raise _bad("'logprobs' must be true or false")
+    if top is not None:
+        _int("top_logprobs", top, 0, 20)
+    if lp:
+        out["logprobs"] = top or 0
     return out
 
 
 def _messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
-    msgs = body.get("messages")
-    if not isinstance(msgs, list) or not msgs:
-        raise _bad("'messages' must be a non-empty list")
+    msgs = body.get("messages", [])
+    if not isinstance(msgs, list):
+        raise _bad("'messages' must be a list")  # empty: load the model, as ollama
     out = []
     for i, m in enumerate(msgs):
         if not isinstance(m, dict):
@@ -124,6 +163,8 @@ def _messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
             raise _bad(f"messages[{i}]: not supported by ggrun: images")
         msg = {"role": m.get("role"), "content": m.get("content", "")}
         calls = m.get("tool_calls")
+        if calls is not None and not isinstance(calls, list):
+            raise _bad(f"messages[{i}].tool_calls must be a list")
         if calls:
             msg["tool_calls"] = [
                 {"type": "function", "function": c.get("function")} if isinstance(c, dict) else c
@@ -137,8 +178,11 @@ def chat_options(body: Mapping[str, Any]) -> dict[str, Any]:
     """``/api/chat`` -> request options."""
     _check(body, CHAT_KEYS)
     out = {"messages": _messages(body), **_common(body)}
-    if body.get("tools"):
-        out["tools"] = body["tools"]
+    tools = body.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise _bad("'tools' must be a list of tool definitions")
+    if tools:
+        out["tools"] = tools
     return out
 
 
@@ -148,7 +192,11 @@ def generate_options(body: Mapping[str, Any]) -> dict[str, Any]:
     prompt, system = body.get("prompt", ""), body.get("system")
     if not isinstance(prompt, str):
         raise _bad("'prompt' must be a string")
-    if body.get("raw"):
+    if system is not None and not isinstance(system, str):
+        raise _bad("'system' must be a string")
+    if not isinstance(body.get("raw", False), bool):
+        raise _bad("'raw' must be true or false")
+    if body.get("raw") or not prompt:  # an empty prompt loads the model, as ollama
         return {"prompt": prompt, **_common(body)}
     msgs = [{"role": "system", "content": system}] if system else []
     return {"messages": [*msgs, {"role": "user", "content": prompt}], **_common(body)}

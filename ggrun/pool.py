@@ -2,11 +2,14 @@
 
 Each loaded model has its own batch :class:`~ggrun.batch.Engine`. A request names a
 model: when it is loaded, it is used at once; when it is loading, the request waits for
-it; otherwise it is loaded (in a worker thread). At most ``max_loaded`` models stay in
-memory; to load another, the least recently used idle one is unloaded, and so is one when
-the planner says the next will not fit beside it. A model idle longer than its
-``keep_alive`` (ollama's semantics: seconds, 0 unloads after the request, negative never)
-is unloaded by a sweep that runs every second.
+it; otherwise it is loaded (in a worker thread). At most ``max_loaded`` models are ever
+in memory, counting the one being loaded: loads happen one at a time, and room is made
+first by unloading the least recently used idle model (pinned or not), and another when
+the planner says the next will not fit beside it. When every loaded model is busy, the
+least recently used one takes no new requests, goes once its last one ends, and then the
+next loads (its requests wait; a request for it afterwards loads it again). A model idle
+longer than its ``keep_alive`` (ollama's semantics: seconds, 0 unloads after the request,
+negative never) is unloaded by a sweep that runs every second.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from ggrun.errors import InsufficientMemory
 logger = logging.getLogger(__name__)
 
 DEFAULT_KEEP_ALIVE = 300.0  # seconds (ollama's 5m)
+POLL = 0.05  # seconds between looks at a model that is making way for another
 
 
 @dataclass
@@ -39,6 +43,7 @@ class Loaded:
     busy: int = 0  # requests using it now
     last_used: float = field(default_factory=time.monotonic)
     expires: float | None = None  # monotonic time after which an idle model goes
+    draining: bool = False  # making way for another model: it takes no new requests
 
     @property
     def idle(self) -> bool:
@@ -65,7 +70,10 @@ class Pool:
         self.max_loaded = max(1, max_loaded)
         self.keep_alive = keep_alive
         self.loaded: collections.OrderedDict[str, Loaded] = collections.OrderedDict()
+        self.peak_loaded = 0  # the most models in memory at once, loading ones included
         self._loading: dict[str, asyncio.Future[None]] = {}
+        self._waiting: collections.Counter[str] = collections.Counter()  # for a model's load
+        self._one_load = asyncio.Lock()  # loads happen one at a time: the cap holds
 
     @property
     def default(self) -> str:
@@ -77,21 +85,36 @@ class Pool:
         entry = Loaded(model_id, model, engine, load_s)
         self._expire(entry, None)
         self.loaded[model_id] = entry
+        self.peak_loaded = max(self.peak_loaded, len(self.loaded))
         return entry
 
     async def acquire(self, model_id: str) -> Loaded:
         """The loaded model (waiting for it, or loading it); release it when done."""
         while True:
             entry = self.loaded.get(model_id)
-            if entry is not None:
-                self.loaded.move_to_end(model_id)
-                entry.busy += 1
-                return entry
+            if entry is not None and not entry.draining:
+                return self._use(entry)
             pending = self._loading.get(model_id)
-            if pending is not None:
-                await asyncio.shield(pending)
+            if pending is None and entry is not None:  # making way: wait until it is gone
+                await asyncio.sleep(POLL)
                 continue
-            await self._load(model_id)
+            if pending is None:  # a task of its own: a caller that goes away cannot stop it
+                pending = asyncio.ensure_future(self._load(model_id))
+                pending.add_done_callback(_retrieved)
+                self._loading[model_id] = pending
+            self._waiting[model_id] += 1  # nothing unloads it before its waiters have it
+            try:
+                await asyncio.shield(pending)
+            finally:
+                self._waiting[model_id] -= 1
+            entry = self.loaded.get(model_id)
+            if entry is not None:  # loaded for its waiters, even if already making way
+                return self._use(entry)
+
+    def _use(self, entry: Loaded) -> Loaded:
+        self.loaded.move_to_end(entry.id)
+        entry.busy += 1
+        return entry
 
     def release(self, entry: Loaded, keep_alive: float | None = None) -> None:
         entry.busy -= 1
@@ -107,37 +130,44 @@ class Pool:
     async def _load(self, model_id: str) -> None:
         from starlette.concurrency import run_in_threadpool
 
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._loading[model_id] = fut
+        try:
+            async with self._one_load:
+                await self._make_room()
+                t0 = time.perf_counter()
+                while True:
+                    self.peak_loaded = max(self.peak_loaded, len(self.loaded) + 1)
+                    try:
+                        model = await run_in_threadpool(self.loader, self.refs[model_id])
+                        break
+                    except InsufficientMemory:
+                        if not self._evict():  # the planner says it does not fit beside them
+                            raise
+                entry = self.add(model_id, model, time.perf_counter() - t0)
+            logger.info("loaded %s in %.1f s", model_id, entry.load_s)
+        finally:
+            del self._loading[model_id]
+
+    async def _make_room(self) -> None:
+        """Unload until one more model fits, waiting for a busy one when none is idle."""
         try:
             while len(self.loaded) >= self.max_loaded:
                 if not self._evict():
-                    await asyncio.sleep(0.05)  # every loaded model is busy: wait for one
-            t0 = time.perf_counter()
-            while True:
-                try:
-                    model = await run_in_threadpool(self.loader, self.refs[model_id])
-                    break
-                except InsufficientMemory:
-                    if not self._evict():  # the planner says it does not fit beside them
-                        raise
-            entry = self.add(model_id, model, time.perf_counter() - t0)
-            logger.info("loaded %s in %.1f s", model_id, entry.load_s)
-            fut.set_result(None)
-        except BaseException as e:
-            fut.set_exception(e)
-            fut.exception()  # mark it retrieved: the caller re-raises it
-            raise
+                    next(iter(self.loaded.values())).draining = True  # the least recently used
+                    await asyncio.sleep(POLL)
         finally:
-            del self._loading[model_id]
+            for entry in self.loaded.values():
+                entry.draining = False
 
     def _evict(self) -> bool:
         """Unload the least recently used idle model; False when none is idle."""
         for model_id, entry in self.loaded.items():
-            if entry.idle:
+            if self._idle(entry):
                 self.unload(model_id)
                 return True
         return False
+
+    def _idle(self, entry: Loaded) -> bool:
+        return entry.idle and not self._waiting[entry.id]
 
     def unload(self, model_id: str) -> None:
         entry = self.loaded.pop(model_id)
@@ -149,7 +179,7 @@ class Pool:
         """Unload the idle models whose keep-alive has passed."""
         now = time.monotonic()
         for model_id, entry in list(self.loaded.items()):
-            if entry.idle and entry.expires is not None and entry.expires <= now:
+            if self._idle(entry) and entry.expires is not None and entry.expires <= now:
                 self.unload(model_id)
 
     async def sweeper(self) -> None:
@@ -170,13 +200,18 @@ class Pool:
         entry = self.loaded.get(model_id)
         path = entry.model.path if entry else _path(models, self.refs[model_id])
         info = entry.model.info if entry else None
-        return {
-            "id": model_id,
-            "path": path,
-            "size": path.stat().st_size if isinstance(path, Path) and path.exists() else 0,
-            "info": info,
-            "loaded": entry is not None,
-        }
+        try:
+            size = path.stat().st_size if isinstance(path, Path) else 0
+        except OSError:  # gone since: listed all the same
+            size = 0
+        return {"id": model_id, "path": path, "size": size, "info": info,
+                "loaded": entry is not None}  # fmt: skip
+
+
+def _retrieved(task: asyncio.Future[None]) -> None:
+    """Mark a load's error as seen: its waiters re-raise it (there may be none left)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _path(models: Any, ref: str) -> Any:

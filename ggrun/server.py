@@ -8,16 +8,19 @@ requests together. Chunks come back through a queue, as server-sent events or as
 JSON body.
 
 What holds for every request (the README's Security section):
-- ``Host`` must name the bound address (DNS rebinding: a web page cannot reach a
-  loopback server through its own domain), and a POST body must be
-  ``application/json`` (a page cannot send one without a CORS preflight, which is
-  never granted);
+- ``Host`` must be an IP address, ``localhost``, the bound name or one given with
+  ``--allowed-host`` (DNS rebinding: a web page cannot reach the server through a
+  domain of its own), and a POST body must be ``application/json`` (a page cannot send
+  one without a CORS preflight, which is never granted);
 - a body is read within :data:`BODY_TIMEOUT` seconds and ``max_body`` bytes; uvicorn
   caps the open connections;
 - the API key (``--api-key``, ``GGRUN_API_KEY`` or ``--api-key-file``) is compared in
   constant time;
 - a malformed body (bad JSON, NaN, infinities, nesting deeper than :data:`MAX_DEPTH`,
-  wrong types, lone surrogates, fields ggrun does not implement) is a 400, never a 500;
+  wrong types, lone surrogates, fields ggrun does not implement) is a 400, never a 500,
+  and is refused before any model is loaded for it; a model that cannot load is a 503
+  that says why;
+- no answer names a file path: models are known by their names;
 - a client that goes away, streaming or not, frees its slot at the next step.
 """
 
@@ -32,7 +35,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -50,22 +53,25 @@ MAX_BODY = 1 << 20  # bytes
 MAX_DEPTH = 64  # nesting of a JSON body
 BODY_TIMEOUT = float(os.environ.get("GGRUN_BODY_TIMEOUT", "30"))  # seconds for a whole body
 MAX_CONNECTIONS = 64
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
-WILDCARDS = ("0.0.0.0", "::", "")
+MAX_PS_SECONDS = 10 * 365 * 86400  # /api/ps's "expires_at" of a model kept forever
 
 
-def allowed_hosts(host: str) -> frozenset[str] | None:
-    """Host names a request may carry for a server bound to ``host``; None: any."""
-    if host in WILDCARDS:
+def allowed_hosts(host: str, extra: Iterable[str] = ()) -> frozenset[str] | None:
+    """Host names a request may carry for a server bound to ``host`` besides IP literals
+    (always accepted: DNS rebinding needs a name): ``localhost``, the bound name and
+    ``extra`` (``--allowed-host``); None: any (``*`` among ``extra``)."""
+    names = {h.strip().lower().strip("[]") for h in extra}
+    if "*" in names:
         return None
-    names = {host.lower().strip("[]")}
+    return frozenset(names | {"localhost", host.strip().lower().strip("[]")} - {""})
+
+
+def _is_ip(name: str) -> bool:
     try:
-        if ipaddress.ip_address(host.strip("[]")).is_loopback:
-            names.update(LOOPBACK_NAMES)
+        ipaddress.ip_address(name)
     except ValueError:
-        if host == "localhost":
-            names.update(LOOPBACK_NAMES)
-    return frozenset(names)
+        return False
+    return True
 
 
 def _host_name(header: str) -> str:
@@ -101,10 +107,13 @@ class _HostCheck:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and self.hosts is not None:
             host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
-            if _host_name(host) not in self.hosts:
+            name = _host_name(host)
+            if name not in self.hosts and not _is_ip(name):
                 from starlette.responses import JSONResponse
 
-                err = ApiError(400, f"unexpected Host header {host[:100]!r}", code="bad_host")
+                err = ApiError(400, f"unexpected Host header {host[:100]!r}: use an IP address "
+                               "or localhost, or start the server with --allowed-host NAME",
+                               code="bad_host")  # fmt: skip
                 await JSONResponse(err.body(), status_code=400)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -120,12 +129,13 @@ class Server:
         api_key: str | None = None,
         max_body: int = MAX_BODY,
         host: str = "127.0.0.1",
+        extra_hosts: Iterable[str] = (),
     ) -> None:
         self.pool = pool
         self.api_key = api_key
         self.max_body = max_body
         self.created = int(time.time())
-        self.app = _HostCheck(self._build(), allowed_hosts(host))
+        self.app = _HostCheck(self._build(), allowed_hosts(host, extra_hosts))
 
     @property
     def model_id(self) -> str:  # the default model (the first one named)
@@ -168,12 +178,13 @@ class Server:
         return Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)  # type: ignore[arg-type]
 
     async def _api_error(self, request: Any, exc: Exception) -> Any:
-        from starlette.responses import JSONResponse
+        from starlette.responses import Response
 
         assert isinstance(exc, ApiError)
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         body = {"error": str(exc)} if request.url.path.startswith("/api/") else exc.body()
-        return JSONResponse(body, status_code=exc.status, headers=headers)
+        text = json.dumps(body)  # ASCII: a message that quotes a lone surrogate stays JSON
+        return Response(text, exc.status, headers, media_type="application/json")
 
     async def _not_found(self, request: Any, exc: Exception) -> Any:
         err = ApiError(404, f"no route {request.url.path[:200]}", code="not_found")
@@ -235,7 +246,9 @@ class Server:
         model = body.get("model")
         if model in (None, ""):
             return self.pool.default
-        if not isinstance(model, str) or model not in self.pool.refs:
+        if not isinstance(model, str):
+            raise ApiError(400, "'model' must be a string (a model's name)", param="model")
+        if model not in self.pool.refs:
             raise ApiError(
                 404,
                 f"the model {str(model)[:100]!r} does not exist; this server has "
@@ -244,6 +257,27 @@ class Server:
                 code="model_not_found",
             )
         return model
+
+    async def _acquire(self, model_id: str) -> Loaded:
+        """The model, loaded; one that cannot load is a 503 that says why (not where)."""
+        try:
+            return await self.pool.acquire(model_id)
+        except (GgrunError, OSError) as e:
+            reason = str(e) or type(e).__name__
+            for path in self._paths(model_id):
+                reason = reason.replace(path, model_id)
+            raise ApiError(503, f"cannot load {model_id}: {reason[:500]}", kind="server_error",
+                           code="model_unavailable") from None  # fmt: skip
+
+    def _paths(self, model_id: str) -> list[str]:
+        """The ways a model's file may be written in a message, longest first."""
+        from pathlib import Path
+
+        ref = self.pool.refs[model_id]
+        found = self.pool.describe(model_id)["path"]
+        names = {ref, str(Path(ref).expanduser()), os.path.abspath(os.path.expanduser(ref))}
+        names |= {str(found), str(Path(found).resolve())} if found is not None else set()
+        return sorted(names, key=len, reverse=True)
 
     # -- endpoints --------------------------------------------------------------
     async def health(self, request: Any) -> Any:
@@ -300,10 +334,9 @@ class Server:
         return await self._openai(request, body, openai_api.completion_options(body), chat=False)
 
     # -- running a request ------------------------------------------------------------
-    def _prepare(self, entry: Loaded, options: dict[str, Any]) -> Any:
-        """Build and prepare the request (in a worker thread: templates, tokens, grammar)."""
-        asked = options.pop("max_tokens", None)
-        job = entry.model.prepare(Request.build(**options, max_tokens=None))
+    def _prepare(self, entry: Loaded, req: Request, asked: int | None) -> Any:
+        """Prepare the request (in a worker thread: templates, tokens, grammar)."""
+        job = entry.model.prepare(req)
         slot = entry.engine.slot_ctx
         room = slot - len(job.tokens)
         if room < 1:
@@ -329,14 +362,16 @@ class Server:
         from starlette.concurrency import run_in_threadpool
 
         model_id = self._model(body)
-        t0 = time.perf_counter()
-        try:
-            entry = await self.pool.acquire(model_id)
+        asked = options.pop("max_tokens", None)
+        try:  # checked before a model is loaded for it
+            req = await run_in_threadpool(lambda: Request.build(**options, max_tokens=None))
         except GgrunError as e:
-            raise ApiError(500, f"cannot load {model_id}: {e}", kind="server_error") from None
+            raise openai_api.from_error(e) from None
+        t0 = time.perf_counter()
+        entry = await self._acquire(model_id)
         run = _Run(self.pool, entry, keep_alive, time.perf_counter() - t0, t0)
         try:
-            run.job = await run_in_threadpool(self._prepare, entry, options)
+            run.job = await run_in_threadpool(self._prepare, entry, req, asked)
         except GgrunError as e:
             run.done()
             raise openai_api.from_error(e) from None
@@ -449,6 +484,11 @@ class Server:
 
         ka = ollama_api.keep_alive(body.get("keep_alive"))
         if not (options.get("messages") or options.get("prompt")):  # load or unload only
+            check = {**options, "prompt": None, "messages": [{"role": "user", "content": ""}]}
+            try:  # its options are checked all the same
+                Request.build(**check)
+            except GgrunError as e:
+                raise openai_api.from_error(e) from None
             return await self._ollama_load(body, ka, piece)
         run = await self._start(body, options, ka)
         model_id = run.entry.id
@@ -484,7 +524,7 @@ class Server:
         from starlette.responses import JSONResponse
 
         model_id = self._model(body)
-        entry = await self.pool.acquire(model_id)
+        entry = await self._acquire(model_id)
         self.pool.release(entry, ka)
         out = piece(model_id, Chunk(), True)
         reason = "unload" if ka == 0 else "load"
@@ -501,10 +541,11 @@ class Server:
 
         self._auth(request)
         out = []
-        for m, e in self.pool.loaded.items():
+        for m, e in list(self.pool.loaded.items()):
             d = self._ollama_model(m)
-            left = e.expires - time.monotonic() if e.expires is not None else 10 * 365 * 86400
-            when = datetime.now(timezone.utc) + timedelta(seconds=max(left, 0))
+            left = e.expires - time.monotonic() if e.expires is not None else MAX_PS_SECONDS
+            left = min(max(left, 0.0), MAX_PS_SECONDS) if left == left else 0.0  # NaN: 0
+            when = datetime.now(timezone.utc) + timedelta(seconds=left)
             d |= {"expires_at": when.isoformat().replace("+00:00", "Z"), "size_vram": 0,
                   "context_length": e.engine.slot_ctx}  # fmt: skip
             out.append(d)
@@ -514,14 +555,16 @@ class Server:
         from starlette.responses import JSONResponse
 
         body = await self._body(request)
-        model_id = body.get("model") or body.get("name")
+        unknown = sorted(k for k in body if k not in ("model", "name", "verbose"))
+        if unknown:
+            raise ApiError(400, f"unknown field(s): {', '.join(unknown)[:200]}")
+        model_id = body.get("model") if body.get("model") is not None else body.get("name")
+        if not isinstance(model_id, str) or not model_id:
+            raise ApiError(400, "'model' must be the name of a model", param="model")
+        if not isinstance(body.get("verbose", False), bool):
+            raise ApiError(400, "'verbose' must be true or false", param="verbose")
         model_id = self._model({"model": model_id})
-        d = self.pool.describe(model_id)
-        info = d["info"]
-        if info is None and d["path"] is not None:
-            from ggrun.gguffile import read_gguf
-
-            info = read_gguf(d["path"])
+        info = self._info(model_id)
         template = (info.chat_template if info else None) or ""
         caps = ["completion"] + (["tools"] if "tools" in template else [])
         caps += ["thinking"] if "<think>" in template else []
@@ -534,7 +577,7 @@ class Server:
                 f"{info.arch}.context_length": info.context_length,
             }
         return JSONResponse({
-            "modelfile": f"FROM {d['path']}", "parameters": "", "template": template,
+            "modelfile": f"FROM {model_id}", "parameters": "", "template": template,
             "details": self._ollama_model(model_id)["details"], "model_info": model_info,
             "capabilities": caps, "modified_at": self._ollama_model(model_id)["modified_at"],
         })  # fmt: skip
@@ -544,18 +587,25 @@ class Server:
 
         return JSONResponse({"version": ollama_api.VERSION})
 
+    def _info(self, model_id: str) -> Any:
+        """The model's GGUF metadata (None when its file cannot be read)."""
+        d = self.pool.describe(model_id)
+        if d["info"] is not None or d["path"] is None:
+            return d["info"]
+        from ggrun.gguffile import read_gguf
+
+        try:
+            return read_gguf(d["path"])
+        except (GgrunError, OSError):
+            return None
+
     def _ollama_model(self, model_id: str) -> dict[str, Any]:
         d = self.pool.describe(model_id)
-        info = d["info"]
-        path = d["path"]
-        if info is None and path is not None:
-            from ggrun.gguffile import read_gguf
-
-            try:
-                info = read_gguf(path)
-            except GgrunError:
-                info = None
-        mtime = path.stat().st_mtime if path is not None and path.exists() else time.time()
+        info = self._info(model_id)
+        try:
+            mtime = d["path"].stat().st_mtime if d["path"] is not None else time.time()
+        except OSError:
+            mtime = time.time()
         return {
             "name": model_id,
             "model": model_id,
@@ -621,6 +671,7 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8080,
     api_key: str | None = None,
+    extra_hosts: Iterable[str] = (),
 ) -> None:
     """Run the server until Ctrl-C (exit 130) or SIGTERM (exit 0), shutting down cleanly.
 
@@ -640,7 +691,7 @@ def serve(
     def on_signal(signum: int, frame: Any) -> None:
         raise _Stop(signum)
 
-    server = Server(pool, api_key=api_key, host=host)
+    server = Server(pool, api_key=api_key, host=host, extra_hosts=extra_hosts)
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         uvicorn.run(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,6 +14,8 @@ from ggrun.cli import options
 from ggrun.cli.options import LOAD
 
 LOOPBACK = {"localhost"}
+HOST_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?"
+                       r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?")  # fmt: skip
 
 
 def _is_loopback(host: str) -> bool:
@@ -56,6 +59,14 @@ def serve(
     host: Annotated[
         str, typer.Option("--host", help="Address to bind (loopback by default).")
     ] = "127.0.0.1",
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            help="A name clients may reach the server by (the Host header), besides IP "
+            "addresses and localhost; repeatable; * allows any (no DNS-rebinding guard).",
+        ),
+    ] = None,
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port.")] = 8080,
     parallel: Annotated[
         int,
@@ -98,10 +109,15 @@ def serve(
 
     if api_key_file is not None:
         api_key = _read_key(api_key_file)
+    hosts = list(allowed_host or [])
+    for name in hosts:
+        if name != "*" and not HOST_NAME.fullmatch(name):
+            raise InvalidArgument(f"--allowed-host {name[:100]!r}: not a host name")
     if not _is_loopback(host) and not api_key:
         print(
             f"ggrun: warning: serving on {host} without --api-key: anyone who can reach "
-            "this port can use the model",
+            "this port can use the model (by an IP address, localhost or a name given "
+            "with --allowed-host)",
             file=sys.stderr,
         )
     check_address(host, port)
@@ -133,7 +149,7 @@ def serve(
         f"({parallel} slots of {slot} tokens); Ctrl-C stops",
         file=sys.stderr,
     )
-    run(pool, host=host, port=port, api_key=api_key)
+    run(pool, host=host, port=port, api_key=api_key, extra_hosts=hosts)
 
 
 def _read_key(path: Path) -> str:
