@@ -119,8 +119,12 @@ def _int(name: str, v: Any, lo: int, hi: int) -> int:
 def _number(name: str, v: Any) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise InvalidArgument(f"{name} must be a number, got {_kind(v)}")
-    if not math.isfinite(v):
-        raise InvalidArgument(f"{name} must be a finite number, got {v}")
+    try:
+        finite = math.isfinite(v)
+    except OverflowError:  # an integer past any float (10**401)
+        finite = False
+    if not finite:
+        raise InvalidArgument(f"{name} must be a finite number, got {str(v)[:40]}")
     return float(v)
 
 
@@ -259,6 +263,8 @@ def _build(opts: dict[str, Any]) -> Request:
     if task is not None:
         opts = _with_task(task, opts)
     constraint = opts.pop("constraint", None)
+    if constraint is not None and not isinstance(constraint, structured.Constraint):
+        raise InvalidArgument("constraint must be a Constraint object; use json/schema/grammar")
     asked = {k: opts.pop(k, None) for k in STRUCTURED}
     if constraint is None:
         constraint = _constraint(asked)

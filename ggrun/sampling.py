@@ -42,11 +42,11 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         checks = [
-            (self.temperature >= 0, "temperature must be >= 0"),
+            (0 <= self.temperature <= 100, "temperature must be between 0 and 100"),
             (self.top_k >= 0, "top_k must be >= 0"),
             (0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]"),
             (0.0 <= self.min_p <= 1.0, "min_p must be in [0, 1]"),
-            (self.repeat_penalty > 0, "repeat_penalty must be > 0"),
+            (0 < self.repeat_penalty <= 100, "repeat_penalty must be above 0 and at most 100"),
             (self.repeat_last_n >= -1, "repeat_last_n must be >= -1"),
             (-2.0 <= self.presence_penalty <= 2.0, "presence_penalty must be in [-2, 2]"),
             (-2.0 <= self.frequency_penalty <= 2.0, "frequency_penalty must be in [-2, 2]"),

@@ -147,7 +147,7 @@ def test_offline_pull() -> None:
     ("flags", "pattern"),
     [
         (["--temp", "abc"], "--temp"),
-        (["--temp", "-1"], "temperature must be >= 0"),
+        (["--temp", "-1"], "temperature must be between 0 and 100"),
         (["--top-p", "0"], "top_p"),
         (["--seed", "-5"], "--seed"),
         (["--ctx", "2"], "--ctx"),

@@ -151,6 +151,9 @@ def test_schema_sizes_are_bounded_before_the_converter_inlines_them() -> None:
     [
         ({"max_tokens": "5"}, "max_tokens"),
         ({"temperature": float("nan")}, "temperature"),
+        ({"temperature": 10**401}, "temperature"),  # past any float: OverflowError before
+        ({"temperature": 1e300}, "temperature"),
+        ({"repeat_penalty": 1e300}, "repeat_penalty"),  # inf as llama.cpp's float before
         ({"top_k": 1.5}, "top_k"),
         ({"seed": -1}, "seed"),
         ({"think": "yes"}, "think"),
@@ -323,6 +326,7 @@ def _post(base: str, body: Any, headers: dict[str, str] | None = None,
         (b"[" * 100_000 + b"]" * 100_000, "JSON"),
         (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', "NaN"),
         (b'{"messages": [{"role": "user", "content": "hi"}], "top_p": Infinity}', "Infinity"),
+        ({"messages": MSG, "temperature": 10**401}, "temperature"),
         (b'{"messages": [{"role": "user", "content": "\\ud800"}]}', "surrogate"),
         ({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, "text"),
         ({"messages": MSG, "stream": "no"}, "stream"),

@@ -53,7 +53,7 @@ def custom_presets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         ("default:\n  top_k: lots\n", "line 2: 'top_k' has the wrong type"),
         ("default:\n  temperature: 0.5\n  temperature: 0.6\n", "duplicate key"),
         ("default: [1, 2\n", "invalid YAML"),
-        ("default:\n  temperature: -2\n", "temperature must be >= 0"),
+        ("default:\n  temperature: -2\n", "temperature must be between 0 and 100"),
         ("- just\n- a list\n", "expected a mapping"),
     ],
 )
