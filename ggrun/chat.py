@@ -22,6 +22,7 @@ from typing import Any
 from ggrun.decoder import Prepared
 from ggrun.engine import Model
 from ggrun.errors import ContextOverflow, GgrunError
+from ggrun.files import read_bytes
 from ggrun.request import Request, messages
 from ggrun.templates import Message
 from ggrun.textstream import Chunk, Result
@@ -319,13 +320,10 @@ class Chat:
     def load(self, path: str | os.PathLike[str]) -> None:
         """Replace the conversation with one saved by :meth:`save`."""
         p = Path(path)
+        raw = read_bytes(p, what="saved chat", limit=MAX_SAVE_BYTES, error=GgrunError)
         try:
-            if p.stat().st_size > MAX_SAVE_BYTES:
-                raise GgrunError(f"{p}: larger than {MAX_SAVE_BYTES >> 20} MiB; not a saved chat")
-            data = json.loads(p.read_bytes().decode("utf-8"))
-        except FileNotFoundError:
-            raise GgrunError(f"{p}: no such file") from None
-        except (OSError, ValueError, RecursionError) as e:  # also bad UTF-8 and bad JSON
+            data = json.loads(raw.decode("utf-8"))
+        except (ValueError, RecursionError) as e:  # also bad UTF-8 and bad JSON
             why = "nested too deeply" if isinstance(e, RecursionError) else str(e)[:200]
             raise GgrunError(f"{p}: not a saved conversation: {why}") from None
         if not isinstance(data, dict) or not isinstance(data.get("messages"), list):

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ggrun.errors import InvalidArgument
+from ggrun.files import check_target, open_file
 
 MAX_LINE = 16 << 20  # bytes in one input line
 ID_TYPES = (str, int)
@@ -64,13 +65,7 @@ def _lines(f: IO[bytes]) -> Iterator[tuple[int, bytes | None]]:
 
 def read_requests(path: Path) -> Iterator[tuple[dict[str, Any] | None, Any, str]]:
     """``(request dict or None, id, error)`` for each non-blank line of ``path``."""
-    try:
-        if path.is_dir():
-            raise InvalidArgument(f"{path}: is a directory, not a JSONL file")
-        f = path.open("rb")
-    except OSError as e:
-        raise InvalidArgument(f"{path}: cannot read: {e.strerror or e}") from None
-    with f:
+    with open_file(path, what="JSONL", error=InvalidArgument) as f:  # never a FIFO or device
         for n, raw in _lines(f):
             if raw is None:
                 yield None, n, f"line {n}: longer than {MAX_LINE >> 20} MiB"
@@ -112,8 +107,10 @@ class ResultsFile:
     def __init__(self, path: Path, *, source: Path | None = None) -> None:
         self.path = path
         self.done: set[str] = set()
-        if path.is_dir():
-            raise InvalidArgument(f"-o {path}: is a directory; give a file name")
+        try:
+            check_target(path, what="results", error=InvalidArgument)  # a file, or none yet
+        except InvalidArgument as e:
+            raise InvalidArgument(f"-o {e}") from None
         if source is not None and path.exists() and _same(path, source):
             raise InvalidArgument(f"-o {path} is the input file; give another output file")
         self._created = not path.exists()

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import yaml
 
 from ggrun.errors import PresetError
+from ggrun.files import read_text
 
 T = TypeVar("T")
 
@@ -71,20 +72,18 @@ _LineLoader.add_constructor(
 )
 
 
-def load_yaml(path: Path) -> Any:
-    """Parse a YAML file safely, within bounds; errors name the file and line."""
-    try:
-        if path.stat().st_size > MAX_YAML_BYTES:
-            raise PresetError(f"{path}: over {MAX_YAML_BYTES >> 20} MB; not a ggrun data file")
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PresetError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise PresetError(f"{path}: cannot read: {e}") from None
+def load_yaml(path: Path, what: str = "ggrun data") -> Any:
+    """Parse a YAML file safely, within bounds; errors name the file and line.
+
+    The file is read by :func:`ggrun.files.read_text` (a regular file, never blocking,
+    at most :data:`MAX_YAML_BYTES`); ``what`` names it in messages.
+    """
+    text = read_text(path, what=what, limit=MAX_YAML_BYTES, error=PresetError)
     if _bracket_depth(text) > MAX_YAML_DEPTH:  # PyYAML reads every level before any check
         raise PresetError(f"{path}: nested more than {MAX_YAML_DEPTH} levels deep")
-    loader = _LineLoader(text)
+    loader: _LineLoader | None = None
     try:
+        loader = _LineLoader(text)  # its reader refuses control characters at once
         node = loader.get_single_node()
         if node is None:
             return None
@@ -94,15 +93,18 @@ def load_yaml(path: Path) -> Any:
         raise PresetError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise PresetError(f"{path}:{where}: invalid YAML: {problem}") from None
+        where = f" line {mark.line + 1}:" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        if isinstance(e, yaml.reader.ReaderError):  # its text would quote the character
+            problem = f"a character YAML does not allow, at position {e.position}"
+        raise PresetError(f"{path}:{where} invalid YAML: {problem}") from None
     except RecursionError:
         raise PresetError(f"{path}: invalid YAML: nested too deeply") from None
     except (ValueError, OverflowError) as e:  # e.g. an integer of 5000 digits
         raise PresetError(f"{path}: invalid YAML value: {e}") from None
     finally:
-        loader.dispose()  # type: ignore[no-untyped-call]
+        if loader is not None:
+            loader.dispose()  # type: ignore[no-untyped-call]
 
 
 def _bracket_depth(text: str) -> int:
@@ -198,7 +200,7 @@ def build(cls: type[T], data: Any, *, where: str, extra: tuple[str, ...] = ()) -
             continue
         if key not in fields:
             allowed = ", ".join(sorted(fields | set(extra)))
-            raise PresetError(f"{at}: unknown key {key!r} (allowed: {allowed})")
+            raise PresetError(f"{at}: unknown key {str(key)[:60]!r} (allowed: {allowed})")
         if not _type_ok(value, hints[key]):
             raise PresetError(f"{at}: {key!r} has the wrong type ({type(value).__name__})")
         kwargs[key] = tuple(value) if isinstance(value, list) else value

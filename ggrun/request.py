@@ -360,9 +360,9 @@ def _constraint(asked: dict[str, Any]) -> structured.Constraint | None:
 
 def _with_task(name: Any, opts: dict[str, Any]) -> dict[str, Any]:
     """A few-shot task brings its messages, constraint and defaults; explicit values win."""
-    from ggrun.tasks import load_task
+    from ggrun.tasks import resolve
 
-    task = load_task(name) if isinstance(name, str) else name  # a name or a loaded Task
+    task = resolve(name, files=True)  # a Task, a preset or a file (the caller's own)
     if opts.get("messages") is not None:
         raise InvalidArgument("a task builds its own messages: give its input as the prompt")
     prompt = opts.pop("prompt", None)
@@ -406,6 +406,10 @@ def one(item: Any, index: int, **common: Any) -> Request:
         return Request.build(**base, messages=item)
     if isinstance(item, dict):
         own = {str(k): v for k, v in item.items()}
+        if own.get("task") is not None:  # a line names a task preset, never a file
+            from ggrun.tasks import resolve
+
+            own["task"] = resolve(own["task"], files=False)
         if "prompt" in own or "messages" in own:
             base.pop("prompt", None)
             base.pop("messages", None)

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from ggrun.errors import GrammarError
+from ggrun.files import read_text
 
 SUPPORTED = frozenset({
     "type", "properties", "required", "additionalProperties", "enum", "const", "items",
@@ -198,6 +199,33 @@ def check_schema(schema: Any, path: str = "") -> None:
                 check_schema(sub, f"{where}/{i}")
         elif key in ("items", "additionalProperties") and isinstance(value, (dict, bool)):
             check_schema(value, where)
+        elif key == "items" and isinstance(value, list):  # the converter's exact tuple
+            raise GrammarError(
+                f"'items' at {where} is a list (the tuple form of drafts before 2020-12), "
+                "which ggrun cannot guarantee: write the list as 'prefixItems'"
+            )
+    _check_tuple(schema, path)
+
+
+def _check_tuple(schema: dict[str, Any], path: str) -> None:
+    """``prefixItems`` becomes an array of exactly its length: refuse what would make
+    the converter drop it (a schema for further ``items``) or bounds it cannot meet."""
+    tuple_ = schema.get("prefixItems")
+    if not isinstance(tuple_, list):
+        return
+    where = f"{path}/prefixItems"
+    if schema.get("items", False) is not False:
+        raise GrammarError(
+            f"{where} with 'items' (more items after the tuple) is not supported: "
+            "ggrun produces exactly the prefixItems; set 'items': false"
+        )
+    if not tuple_:
+        raise GrammarError(f"{where} is empty: give at least one item schema")
+    lo, hi = schema.get("minItems", 0), schema.get("maxItems", len(tuple_))
+    if not lo <= len(tuple_) <= hi:
+        raise GrammarError(
+            f"{where} holds {len(tuple_)} items, outside minItems/maxItems [{lo}, {hi}]"
+        )
 
 
 def schema_constraint(schema: Any) -> Constraint:
@@ -211,11 +239,11 @@ def schema_constraint(schema: Any) -> Constraint:
     import jsonschema
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
+    check_schema(schema)  # first: its messages say what ggrun cannot do, and why
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as e:
         raise GrammarError(f"invalid JSON Schema: {e.message}") from None
-    check_schema(schema)
     try:
         grammar = json_schema_to_gbnf(json.dumps(schema))
     except Exception as e:  # noqa: BLE001 - the converter raises plain exceptions
@@ -233,17 +261,7 @@ MAX_FILE_BYTES = 4 << 20  # a schema or grammar file
 
 def _read(path: str, what: str) -> str:
     """A regular file of at most :data:`MAX_FILE_BYTES`, as UTF-8 text."""
-    p = Path(path).expanduser()
-    try:
-        if not p.is_file():
-            raise GrammarError(f"{p}: no such {what} file")
-        with p.open("rb") as f:
-            raw = f.read(MAX_FILE_BYTES + 1)
-        if len(raw) > MAX_FILE_BYTES:
-            raise GrammarError(f"{p}: larger than {MAX_FILE_BYTES >> 20} MiB; not a {what} file")
-        return raw.decode("utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise GrammarError(f"{p}: cannot read: {e}") from None
+    return read_text(Path(path).expanduser(), what=what, limit=MAX_FILE_BYTES, error=GrammarError)
 
 
 def load_schema(value: str | Path) -> Any:
@@ -339,7 +357,7 @@ def format_constraint(fmt: str, columns: list[str] | None = None) -> Constraint:
     path = presets_dir() / FORMATS_DIR / f"{fmt}.gbnf"
     if fmt not in ("csv", "yaml", "xml") or not path.exists():
         raise GrammarError(f"unknown format {fmt!r} (choose csv, yaml or xml)")
-    grammar = path.read_text(encoding="utf-8")
+    grammar = read_text(path, what="grammar", limit=MAX_FILE_BYTES, error=GrammarError)
     if columns:
         if fmt != "csv":
             raise GrammarError("--columns only applies to --format csv")

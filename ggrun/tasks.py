@@ -17,7 +17,7 @@ the line and the field. ``model.run_task("sentiment", "I loved it").data``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -68,21 +68,55 @@ class Task:
         return opts
 
 
+TASK_KEYS = frozenset(f.name for f in fields(Task))
+
+
+def presets() -> dict[str, Path]:
+    """The task presets: name -> file (``presets/tasks/NAME.yaml``)."""
+    return {f.stem: f for f in sorted((presets_dir() / "tasks").glob("*.yaml"))}
+
+
 def task_path(name: str) -> Path:
+    """A task preset's file, or the path of a task file (the operator's own)."""
     p = Path(name).expanduser()
     if p.suffix in (".yaml", ".yml") or p.exists():
         return p
-    path = presets_dir() / "tasks" / f"{name}.yaml"
-    if not path.exists():
-        known = sorted(f.stem for f in (presets_dir() / "tasks").glob("*.yaml"))
-        raise PresetError(f"unknown task {name!r} (known: {', '.join(known)})")
+    path = presets().get(name)
+    if path is None:
+        raise PresetError(f"unknown task {name!r} (known: {', '.join(presets())})")
     return path
 
 
+def resolve(value: Any, *, files: bool) -> Task:
+    """The task that ``value`` names: a :class:`Task` as it is, or a name.
+
+    With ``files`` (the operator's own choice: ``--task``, ``Model.run_task``) a name may
+    be a task file's path; without (a batch line, any request read from data) it must
+    name a preset: text from a line never makes ggrun open a file.
+    """
+    if isinstance(value, Task):
+        return value
+    if not isinstance(value, str):
+        raise PresetError(f"task must be the name of a task preset, not {type(value).__name__}")
+    if files:
+        return load_task(value)
+    path = presets().get(value)
+    if path is None:
+        raise PresetError(
+            f"unknown task preset {value[:100]!r} (known: {', '.join(presets())}); "
+            "a request names a preset, never a file: pass a task file with --task"
+        )
+    return load_task(str(path))
+
+
 def load_task(name: str) -> Task:
+    """A task preset by name, or a task file by path (see :func:`resolve`)."""
     path = task_path(name)
-    data = load_yaml(path)
+    data = load_yaml(path, "ggrun task")
     where = str(path)
+    if isinstance(data, dict) and not any(k in TASK_KEYS for k in data):
+        # some other YAML file (or a secret): say so without naming its keys
+        raise PresetError(f"{where}: not a ggrun task file (it has no 'system' or 'examples')")
     task = build(Task, data, where=where)
     if not task.system and not task.examples:
         raise PresetError(f"{where}: a task needs a 'system' prompt or 'examples'")

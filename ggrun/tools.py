@@ -35,7 +35,7 @@ from typing import Any
 from ggrun.errors import GrammarError, InvalidArgument
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
-NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # fullmatch only: "$" would let "name\n" by
 MAX_TOOLS = 128
 CHOICES = ("auto", "none", "required")
 GRAMMAR_ROOT = "ggrun-tools"
@@ -118,7 +118,7 @@ def from_dict(d: Mapping[str, Any], where: str = "tool") -> Tool:
             f"{where}.function has unknown field(s): {', '.join(sorted(unknown))}"
         )
     name = fn.get("name")
-    if not isinstance(name, str) or not NAME.match(name):
+    if not isinstance(name, str) or not NAME.fullmatch(name):
         raise InvalidArgument(f"{where}.function.name must be 1-64 letters, digits, _ or -")
     desc = fn.get("description", "")
     if not isinstance(desc, str):
@@ -178,7 +178,7 @@ def _doc(fn: Callable[..., Any]) -> tuple[str, dict[str, str]]:
 def from_function(fn: Callable[..., Any]) -> Tool:
     """A tool from a function: parameters from its type hints, description from its doc."""
     name = getattr(fn, "__name__", "")
-    if not NAME.match(name):
+    if not NAME.fullmatch(name):
         raise InvalidArgument(f"the function name {name!r} cannot be a tool name")
     try:
         hints = typing.get_type_hints(fn, include_extras=False)

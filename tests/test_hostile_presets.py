@@ -61,7 +61,7 @@ def test_huge_file_is_not_read(tmp_path: Path) -> None:
     path = tmp_path / "big.yaml"
     with open(path, "wb") as f:
         f.truncate(5 << 20)
-    with pytest.raises(PresetError, match="over 4 MB"):
+    with pytest.raises(PresetError, match="over 4 MiB"):
         load_yaml(path)
 
 

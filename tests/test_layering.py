@@ -18,6 +18,7 @@ PKG = ROOT / "ggrun"
 
 FLOORS: dict[str, int] = {
     "ggrun.errors": 1,
+    "ggrun.files": 1,
     **dict.fromkeys(
         [
             "ggrun.llama",

@@ -350,6 +350,7 @@ def read_grammar(path: str | None) -> str | None:
     return read(path)
 
 
+MAX_TOOLS_BYTES = 4 << 20  # a tools file, Python or JSON
 ToolsOpt = Annotated[
     Path | None,
     typer.Option(
@@ -373,29 +374,33 @@ def read_tools(path: Path | None) -> list[Any] | None:
     """``--tools``: the functions of a Python file, or the definitions in a JSON file."""
     if path is None:
         return None
-    import importlib.util
     import json
+    import types
 
     from ggrun.errors import InvalidArgument
+    from ggrun.files import read_text
 
-    if not path.is_file():
-        raise InvalidArgument(f"--tools {path}: no such file")
+    where = f"--tools {path}"
+    what = "JSON tools" if path.suffix == ".json" else "Python tools"
+    try:
+        source = read_text(path, what=what, limit=MAX_TOOLS_BYTES, error=InvalidArgument)
+    except InvalidArgument as e:
+        raise InvalidArgument(f"--tools {e}") from None
     if path.suffix == ".json":
         try:
-            data = json.loads(path.read_bytes().decode("utf-8"))
-        except (OSError, ValueError, RecursionError) as e:
-            raise InvalidArgument(f"--tools {path}: not a JSON list of tools: {e}") from None
+            data = json.loads(source)
+        except (ValueError, RecursionError) as e:
+            why = "nested too deeply" if isinstance(e, RecursionError) else str(e)[:200]
+            raise InvalidArgument(f"{where}: not a JSON list of tools: {why}") from None
         if not isinstance(data, list):
-            raise InvalidArgument(f"--tools {path}: expected a JSON list of tool definitions")
+            raise InvalidArgument(f"{where}: expected a JSON list of tool definitions")
         return data
-    spec = importlib.util.spec_from_file_location(f"ggrun_tools_{path.stem}", path)
-    if spec is None or spec.loader is None:
-        raise InvalidArgument(f"--tools {path}: not a Python file")
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
+    module = types.ModuleType(f"ggrun_tools_{path.stem}")
+    module.__file__ = str(path)
+    try:  # the user's own code; the source read above, so what runs is what was checked
+        exec(compile(source, str(path), "exec"), module.__dict__)
     except Exception as e:  # noqa: BLE001 - the user's own file failed to run
-        raise InvalidArgument(f"--tools {path}: {type(e).__name__}: {e}") from None
+        raise InvalidArgument(f"{where}: {type(e).__name__}: {e}") from None
     found = getattr(module, "TOOLS", None)
     if found is None:
         own = module.__name__
