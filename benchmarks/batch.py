@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.decode import resolve  # noqa: E402
 from benchmarks.llama_tools import tool  # noqa: E402
-from ggrun.batch import Batcher  # noqa: E402
+from ggrun.batching import Batcher  # noqa: E402
 from ggrun.engine import LoadConfig, Model  # noqa: E402
 from ggrun.request import Request  # noqa: E402
 

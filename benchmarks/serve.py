@@ -28,7 +28,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.decode import resolve  # noqa: E402
-from ggrun.batch import batch  # noqa: E402
+from ggrun.batching import batch  # noqa: E402
 from ggrun.engine import LoadConfig, Model  # noqa: E402
 
 

@@ -31,7 +31,7 @@ from ggrun.errors import (
 )
 
 if TYPE_CHECKING:
-    from ggrun.batch import batch, batch_stream
+    from ggrun.batching import batch, batch_stream
     from ggrun.benchmark import BenchResult, bench
     from ggrun.chat import Chat
     from ggrun.converter import convert
@@ -84,8 +84,8 @@ __all__ = [
 ]
 
 _LAZY = {
-    "batch": "ggrun.batch",
-    "batch_stream": "ggrun.batch",
+    "batch": "ggrun.batching",
+    "batch_stream": "ggrun.batching",
     "Request": "ggrun.request",
     "Draft": "ggrun.speculative",
     "Tool": "ggrun.tools",

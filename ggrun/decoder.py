@@ -1,7 +1,7 @@
 """The token loop: sequences decoded together in one llama.cpp context, step by step.
 
 :class:`Decoder` is the one loop of ggrun. :class:`ggrun.Model` runs one sequence
-through it (and keeps its KV cache for the next call); :class:`ggrun.batch.Batcher`
+through it (and keeps its KV cache for the next call); :class:`ggrun.batching.Batcher`
 runs up to ``n_seq_max`` at once. Each :meth:`Decoder.step` puts into one batch, for
 every generating sequence, its last sampled token (plus any drafted tokens to verify),
 then as many prompt tokens of new sequences as fit; decodes once; and then, for each

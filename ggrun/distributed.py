@@ -6,7 +6,7 @@ reserves ``threads`` CPUs (``num_cpus``, so Ray never puts more threads on a nod
 it has), loads the model once (:class:`ModelSpec`: a path every node has, or an alias it
 pulls into its own cache) and runs each shard through ggrun's own continuous batcher
 with ``parallel`` slots. The batcher is handed in by the caller (``runner``:
-:func:`ggrun.batch.run_batch`), because :mod:`ggrun.batch` calls this module and no two
+:func:`ggrun.batching.run_batch`), because :mod:`ggrun.batching` calls this module and no two
 modules import each other. Workers return :class:`~ggrun.textstream.Result` values, the
 same ones a local batch yields; only the driver writes anything.
 
@@ -64,7 +64,7 @@ STALL_S = 600.0  # with no worker alive, how long to wait for one to start
 PROBE_S = 5.0  # how long to try to reach a cluster's address
 PORTS = {"ray": 10001, "": 6379}  # Ray Client's port and the head's GCS port
 
-Runner = Callable[..., Iterator[tuple[int, Result]]]  # ggrun.batch.run_batch
+Runner = Callable[..., Iterator[tuple[int, Result]]]  # ggrun.batching.run_batch
 
 
 class ClusterError(GgrunError):
@@ -435,7 +435,7 @@ class Job:
 
     ``model`` is a loaded :class:`Model` (its file, config and family travel) or a path
     or alias that each worker loads with ggrun.load's keywords in ``load``. ``runner``
-    is :func:`ggrun.batch.run_batch`. ``common`` holds the request options the lines
+    is :func:`ggrun.batching.run_batch`. ``common`` holds the request options the lines
     share (a line's own fields win). ``worker_memory`` is the memory (bytes) each worker
     may allocate once its model is loaded (default: twice what its slots need, plus
     :data:`HEADROOM`). ``worker_env`` gives workers environment variables (the i-th

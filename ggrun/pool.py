@@ -1,6 +1,6 @@
 """The models a server can serve: loaded on first use, kept while used, unloaded when idle.
 
-Each loaded model has its own batch :class:`~ggrun.batch.Engine`. A request names a
+Each loaded model has its own batch :class:`~ggrun.batching.Engine`. A request names a
 model: when it is loaded, it is used at once; when it is loading, the request waits for
 it; otherwise it is loaded (in a worker thread). At most ``max_loaded`` models are ever
 in memory, counting the one being loaded: loads happen one at a time, and room is made
@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ggrun.batch import Engine
+from ggrun.batching import Engine
 from ggrun.engine import Model
 from ggrun.errors import InsufficientMemory
 

@@ -3,7 +3,7 @@
 This module is only HTTP: it checks who asks and what arrives, hands the body to an
 API adapter (:mod:`ggrun.openai_api`), builds the one :class:`~ggrun.request.Request`,
 makes it ready for the model (template, tokens, grammar check) *before* anything is
-queued, and hands it to the :class:`~ggrun.batch.Engine` thread, which decodes all
+queued, and hands it to the :class:`~ggrun.batching.Engine` thread, which decodes all
 requests together. Chunks come back through a queue, as server-sent events or as one
 JSON body.
 
@@ -40,7 +40,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from ggrun import ollama_api, openai_api
-from ggrun.batch import Waiter
+from ggrun.batching import Waiter
 from ggrun.errors import GgrunError
 from ggrun.openai_api import ApiError
 from ggrun.pool import Loaded, Pool

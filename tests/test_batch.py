@@ -14,7 +14,7 @@ import jsonschema
 import pytest
 from typer.testing import CliRunner
 
-from ggrun.batch import Batcher, batch, batch_stream, slot_context
+from ggrun.batching import Batcher, batch, batch_stream, slot_context
 from ggrun.cli.app import app
 from ggrun.request import Request
 from tests.helpers import wait_for_lines
@@ -209,3 +209,15 @@ def test_listener_gets_the_text_held_back_at_the_end(qwen: Any) -> None:
         ((_, result),) = b.step()
     assert result.text == "<"
     assert "".join(pieces) == result.text
+
+
+def test_ggrun_batch_stays_the_function_after_the_server_loads() -> None:
+    """The batcher's module is not named ``batch``: importing it (the server, the CLI do)
+    cannot turn ``ggrun.batch`` into a module."""
+    code = (
+        "import ggrun, ggrun.server, ggrun.cli.batch\n"
+        "for _ in range(2):\n"
+        "    assert callable(ggrun.batch) and ggrun.batch.__module__ == 'ggrun.batching'\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

@@ -28,7 +28,7 @@ import pexpect
 import pytest
 
 import ggrun
-from ggrun.batch import batch  # ggrun.batch turns into the module once it is imported
+from ggrun.batching import batch
 from ggrun.errors import GgrunError, GrammarError, InvalidArgument, PresetError
 from ggrun.presets import load_yaml
 from ggrun.request import Request, one

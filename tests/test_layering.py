@@ -47,7 +47,7 @@ FLOORS: dict[str, int] = {
     **dict.fromkeys(
         [
             "ggrun.chat",
-            "ggrun.batch",
+            "ggrun.batching",
             "ggrun.pool",
             "ggrun.distributed",
             "ggrun.benchmark",

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from ggrun.batch import batch
+from ggrun.batching import batch
 from ggrun.engine import LoadConfig, Model
 from ggrun.templates import THINK_BUDGET_MESSAGE
 from tests.helpers import QWEN3_TEMPLATE, rewrite_gguf

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from ggrun.batch import batch, run_batch
+from ggrun.batching import batch, run_batch
 from ggrun.cli.app import app
 from ggrun.distributed import MAX_ATTEMPTS, ClusterError, Job, ModelSpec, Worker, size
 from ggrun.errors import InsufficientMemory, ModelNotFound

@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 
 from ggrun import speculative, textstream
-from ggrun.batch import batch
+from ggrun.batching import batch
 from ggrun.engine import LoadConfig, Model, load
 from ggrun.errors import InsufficientMemory, InvalidArgument
 

@@ -13,7 +13,7 @@ import pydantic
 import pytest
 from typer.testing import CliRunner
 
-from ggrun.batch import batch
+from ggrun.batching import batch
 from ggrun.chat import Chat
 from ggrun.cli.app import app
 from ggrun.errors import GrammarError, InvalidArgument

@@ -147,7 +147,7 @@ def batch(
             _run_ray(model, opts, items, common, ray, workers, parallel, slot_ctx, out, total,
                      len(errors))  # fmt: skip
             return
-        from ggrun.batch import run_batch
+        from ggrun.batching import run_batch
 
         def on_start(n: int, ctx: int) -> None:
             print(f"ggrun: {n} slots of {ctx} tokens each", file=sys.stderr)
@@ -206,7 +206,7 @@ def _run_ray(
     already: int,
 ) -> None:
     """The same batch on Ray workers: each loads MODEL with the same options."""
-    from ggrun.batch import run_batch
+    from ggrun.batching import run_batch
     from ggrun.distributed import Job
 
     load = options.load_kwargs(opts)
