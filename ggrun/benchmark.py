@@ -31,6 +31,7 @@ from typing import Any
 
 from ggrun.engine import LoadConfig
 from ggrun.errors import GgrunError, InvalidArgument
+from ggrun.files import read_bytes
 from ggrun.llama import CACHE_TYPES
 
 logger = logging.getLogger(__name__)
@@ -299,6 +300,13 @@ class _Quality:
 
 
 Target = tuple[Path, str]  # a model file and a KV cache type
+MAX_TEXT_BYTES = 64 << 20  # the quality pass reads a few thousand tokens of it
+
+
+def corpus_text(cfg: BenchConfig) -> str:
+    """The quality pass's text: ``--text`` (a regular file within a cap) or the corpus."""
+    raw = read_bytes(cfg.text or corpus_path(), what="text", limit=MAX_TEXT_BYTES)
+    return raw.decode("utf-8", errors="replace")
 
 
 def measure_quality(
@@ -307,7 +315,7 @@ def measure_quality(
     """Perplexity of each model (and cache type), and KLD / same-top against the reference."""
     import numpy as np
 
-    text = (cfg.text or corpus_path()).read_text(encoding="utf-8", errors="replace")
+    text = corpus_text(cfg)
     first = cfg.ctx // 2
     out: dict[Target, dict[str, float]] = {}
     others = [t for t in targets if t != ref_t] or [ref_t]

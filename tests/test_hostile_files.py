@@ -186,6 +186,24 @@ def test_schema_grammar_and_tool_files_are_checked(
         assert WHY[kind] in _one_clean_line(p), (option, kind)
 
 
+@pytest.mark.parametrize(
+    ("command", "kinds"),
+    [
+        (["generate", "{model}", "--file"], ("fifo", "dev-zero", "directory", "not UTF-8")),
+        (["serve", "{model}", "--api-key-file"], ("fifo", "dev-zero", "root", "not UTF-8")),
+        (["bench", "{model}", "--text"], ("fifo", "dev-zero", "directory")),
+    ],
+)
+def test_prompt_key_and_text_files_are_checked(
+    smol_path: Path, hostile: dict[str, Path], command: list[str], kinds: tuple[str, ...]
+) -> None:
+    """generate --file read /dev/zero until memory ran out, and waited on a FIFO for ever."""
+    args = [a.format(model=smol_path) for a in command]
+    for kind in kinds:
+        p = ggrun_cli(*args, str(hostile[kind]), timeout=60)
+        assert WHY[kind] in _one_clean_line(p), (command, kind)
+
+
 def test_the_batch_input_and_output_are_regular_files(
     smol_path: Path, hostile: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -103,6 +103,8 @@ def bench(
         quality=not no_quality, device=device,
         cache_types=tuple(c.strip() for c in cache_type.split(",") if c.strip()),
     )  # fmt: skip
+    if cfg.quality:
+        b.corpus_text(cfg)  # a bad --text fails now, not after the speed runs
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     n = len(paths) * len(cfg.cache_types)

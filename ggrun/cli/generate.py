@@ -139,6 +139,9 @@ def generate(
         )
 
 
+MAX_PROMPT_BYTES = 64 << 20  # far past any context: a prompt file over it is not a prompt
+
+
 def _read_prompt(prompt: str | None, file: Path | None) -> str:
     """PROMPT, --file or stdin; text that is not UTF-8 is a clean error."""
     from ggrun.errors import InvalidArgument
@@ -146,13 +149,9 @@ def _read_prompt(prompt: str | None, file: Path | None) -> str:
     if file is not None:
         if prompt is not None:
             raise InvalidArgument("give PROMPT or --file, not both")
-        try:
-            prompt = file.read_bytes().decode("utf-8")
-        except OSError as e:
-            raise InvalidArgument(f"{file}: cannot read: {e.strerror or e}") from None
-        except UnicodeDecodeError as e:
-            why = f"{e.reason} at byte {e.start}"
-            raise InvalidArgument(f"{file}: not UTF-8 text ({why})") from None
+        from ggrun.files import read_text
+
+        prompt = read_text(file, what="prompt", limit=MAX_PROMPT_BYTES)
     if prompt is None or prompt == "-":
         if sys.stdin is None or sys.stdin.isatty():
             raise InvalidArgument("no prompt: give PROMPT, or pipe it on stdin")

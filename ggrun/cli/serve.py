@@ -154,11 +154,10 @@ def serve(
 
 def _read_key(path: Path) -> str:
     from ggrun.errors import InvalidArgument
+    from ggrun.files import read_text
 
-    try:
-        key = path.read_text(encoding="utf-8").strip().splitlines()[0].strip()
-    except (OSError, UnicodeDecodeError, IndexError) as e:
-        raise InvalidArgument(f"--api-key-file {path}: cannot read a key: {e}") from None
+    lines = read_text(path, what="key", limit=64 << 10).strip().splitlines()
+    key = lines[0].strip() if lines else ""
     if not key:
         raise InvalidArgument(f"--api-key-file {path}: the file holds no key")
     return key
