@@ -313,16 +313,25 @@ class Model:
                 msgs[0] = dataclasses.replace(msgs[0], content=f"{msgs[0].content}\n\n{note}")
             else:
                 msgs.insert(0, templates.Message("system", note))
-        return templates.render_prompt(
-            template,
-            msgs,
-            controls=[c[0] for c in w.control_tokens()],
-            add_generation_prompt=add_generation_prompt,
-            think=think,
-            bos_token=w.token_text(w.bos) if w.has_bos else "",
-            eos_token=w.token_text(w.eos) if 0 <= w.eos < w.n_vocab else "",
-            tools=[t.as_openai() for t in tools],
+        options: dict[str, Any] = {
+            "controls": [c[0] for c in w.control_tokens()],
+            "think": think,
+            "bos_token": w.token_text(w.bos) if w.has_bos else "",
+            "eos_token": w.token_text(w.eos) if 0 <= w.eos < w.n_vocab else "",
+            "tools": [t.as_openai() for t in tools],
+        }
+        prompt = templates.render_prompt(
+            template, msgs, add_generation_prompt=add_generation_prompt, **options
         )
+        if add_generation_prompt and templates.THINK_OPEN in (template or ""):
+            # the reply's opening: what the generation prompt adds to the conversation
+            head = templates.render_prompt(template, msgs, add_generation_prompt=False, **options)
+            if prompt.text.startswith(head.text):
+                start = len(head.text)
+            else:  # a template that renders the conversation apart: its last turn's markup
+                start = max(prompt.rfind_markup("<|im_start|>"), 0)
+            prompt = dataclasses.replace(prompt, reply_start=start)
+        return prompt
 
     def sampling_for(
         self, think: bool | None = None, preset: str | None = None, **explicit: Any
@@ -334,15 +343,13 @@ class Model:
         """Whether replies may think: the template knows ``<think>`` and it is not off."""
         return think is not False and templates.THINK_OPEN in (self.info.chat_template or "")
 
-    def may_think(self, prompt: str | templates.Prompt, think: bool | None) -> bool:
-        """Whether the reply to ``prompt`` may start with a ``<think>`` block."""
+    def may_think(self, opening: str, think: bool | None) -> bool:
+        """Whether a reply may start with a ``<think>`` block, given the template's
+        ``opening`` of it (:attr:`ggrun.templates.Prompt.opening`)."""
         template = self.info.chat_template or ""
         if think is False or templates.THINK_OPEN not in template:
             return False
-        if not isinstance(prompt, templates.Prompt):
-            prompt = templates.Prompt(prompt)
-        tail = prompt.text[max(prompt.rfind_markup("<|im_start|>"), 0) :]
-        return templates.THINK_CLOSE not in tail or templates.starts_in_thinking(prompt.text)
+        return templates.THINK_CLOSE not in opening or templates.starts_in_thinking(opening)
 
     def prepare(self, request: Request, *, reuse_cache: bool = False) -> Prepared:
         """Render, tokenize and resolve ``request`` for this model; raise if it cannot run.
@@ -374,13 +381,10 @@ class Model:
             raise InvalidArgument("the prompt is empty")
         think = request.think if chat else None
         cfg = self.sampling_for(think=think, preset=request.preset, **request.overrides)
-        text_prompt = prompt if isinstance(prompt, templates.Prompt) else templates.Prompt("")
-        text = text_prompt.text
+        opening = prompt.opening if chat and isinstance(prompt, templates.Prompt) else ""
         job = Prepared(request, tokens, cfg, chat=chat, max_tokens=request.max_tokens)
-        job.starts_thinking = chat and templates.starts_in_thinking(text)
-        thinks = (
-            chat and isinstance(prompt, templates.Prompt) and self.may_think(prompt, request.think)
-        )
+        job.starts_thinking = self.thinks(None) and templates.starts_in_thinking(opening)
+        thinks = chat and self.may_think(opening, request.think)
         if thinks and request.default_max:
             job.max_tokens = None  # room to think: as many as the context holds
         c = request.constraint
@@ -411,11 +415,25 @@ class Model:
         return mode
 
     def _tokens_for(self, prompt: templates.Prompt) -> list[int]:
+        """The tokens held in the KV cache that ``prompt`` starts with, then the rest.
+
+        Held tokens are kept as they are (a reply re-tokenized is not always the same),
+        up to a control token the model wrote where the prompt now has a message's text:
+        from there on the prompt is tokenized anew, as text."""
         held = self._kv
         if held:
             text = self.detokenize(held)
             if prompt.text.startswith(text) and len(prompt.text) > len(text):
-                return [*held, *self._tokens(prompt.tail(len(text)), True)]
+                keep, at = len(held), len(text)
+                if prompt.literal:
+                    controls = {tid for _, tid, _ in self.weights.control_tokens()}
+                    for i, t in enumerate(held):
+                        if t in controls:
+                            start = len(self.detokenize(held[:i]))
+                            if prompt.is_literal(start, start + len(self.token_bytes(t))):
+                                keep, at = i, start
+                                break
+                return [*held[:keep], *self._tokens(prompt.tail(at), True)]
         return self.tokenize_prompt(prompt)
 
     # -- generation -----------------------------------------------------------------

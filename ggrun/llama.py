@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import sys
 import time
+from bisect import bisect_left
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -195,9 +196,11 @@ class Weights:
         if not literal:
             return self.tokenize(text, parse_special=True)
         spans = sorted(literal)
+        starts = [s for s, _ in spans]
 
-        def in_literal(a: int, b: int) -> bool:
-            return any(s < b and a < e for s, e in spans)
+        def in_literal(a: int, b: int) -> bool:  # spans are sorted and apart: one look
+            k = bisect_left(starts, b) - 1
+            return k >= 0 and spans[k][1] > a
 
         pieces: list[int | tuple[int, int]] = [(0, len(text))]
         for token, tid, attr in self.control_tokens():

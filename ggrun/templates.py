@@ -215,6 +215,14 @@ class Prompt:
 
     text: str
     literal: tuple[tuple[int, int], ...] = ()  # (start, end), sorted, not overlapping
+    reply_start: int = 0  # where the template's opening of the reply begins
+
+    @property
+    def opening(self) -> str:
+        """What the template wrote to open the reply (``<|im_start|>assistant\n``,
+        maybe a ``<think>``): never a message's text, so a ``<think>`` a user typed
+        cannot make ggrun read the answer as a thought."""
+        return self.text[self.reply_start :]
 
     def __str__(self) -> str:
         return self.text
@@ -241,6 +249,27 @@ class Prompt:
         return Prompt(self.text[start:], spans)
 
 
+# Template code that can rebuild a control token's text out of a message's pieces
+# (``content|lower`` on ``<|IM_START|>``, ``replace``, ``join``, ``reverse``, slices): a
+# template that uses any is rendered again with the messages' text defused, and the two
+# must hold the same markup.
+_REWRITES = re.compile(
+    r"\b(lower|replace|striptags|join|reverse|format|wordwrap|truncate|center|title"
+    r"|capitalize|swapcase|translate|casefold|zfill|ljust|rjust)\b|\[[^\]]*:"
+)
+
+
+def _walk(v: Any, fn: Any) -> Any:
+    """``v`` with ``fn`` applied to every string in it, keys too."""
+    if isinstance(v, str):
+        return fn(v)
+    if isinstance(v, dict):
+        return {_walk(k, fn): _walk(x, fn) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_walk(x, fn) for x in v]
+    return v
+
+
 def render_prompt(
     template: str | None,
     messages: Sequence[Message],
@@ -252,35 +281,42 @@ def render_prompt(
     """Render as :func:`render` does; a ``controls`` text (a control token's) that comes
     from ``messages`` or ``tools`` becomes a literal span of the prompt, never markup."""
     texts = sorted({c for c in controls if c}, key=len, reverse=True)
-    dicts = [m.as_dict() for m in messages]
+    dicts: list[Any] = [m.as_dict() for m in messages]
+    tool_dicts = [dict(t) for t in tools]
     if not texts:
-        return Prompt(render(template, dicts, tools=tools, **options))
+        return Prompt(render(template, dicts, tools=tool_dicts, **options))
     found = re.compile("|".join(map(re.escape, texts)))
     nonce = secrets.token_hex(8)
     index = {t: i for i, t in enumerate(texts)}
-    hits = 0
 
     def marker(m: re.Match[str]) -> str:
-        nonlocal hits
-        hits += 1
         return f"GGRUNLIT{nonce}N{index[m.group()]}Z"
 
-    def mark(v: Any) -> Any:
-        if isinstance(v, str):
-            return found.sub(marker, v)
-        if isinstance(v, dict):
-            return {mark(k): mark(x) for k, x in v.items()}
-        if isinstance(v, list | tuple):
-            return [mark(x) for x in v]
-        return v
-
     try:
-        dicts, marked_tools = mark(dicts), [mark(dict(t)) for t in tools]
+        marked = _walk(dicts, lambda v: found.sub(marker, v))
+        marked_tools = _walk(tool_dicts, lambda v: found.sub(marker, v))
     except RecursionError:
         raise TemplateError("a message or tool nests too deeply to render") from None
-    rendered = render(template, dicts, tools=marked_tools, **options)
-    if not hits:
-        return Prompt(rendered)
+    rendered = render(template, marked, tools=marked_tools, **options)
+    prompt = _unmark(rendered, texts, nonce)
+    if _REWRITES.search(template or ""):
+        defuse = str.maketrans({t[0]: "\u2039" for t in texts})
+        plain = render(
+            template,
+            _walk(dicts, lambda v: v.translate(defuse)),
+            tools=_walk(tool_dicts, lambda v: v.translate(defuse)),
+            **options,
+        )
+        ours = [m for m in found.finditer(prompt.text) if not prompt.is_literal(*m.span())]
+        if len(ours) != len(found.findall(plain)):
+            raise TemplateError(
+                "the chat template rebuilt a control token out of a message's text; refusing it"
+            )
+    return prompt
+
+
+def _unmark(rendered: str, texts: Sequence[str], nonce: str) -> Prompt:
+    """The rendered text with each marker back as its control text, a literal span."""
     pattern = re.compile(f"GGRUNLIT{nonce}N(\\d+)Z", re.IGNORECASE)
     parts: list[str] = []
     spans: list[tuple[int, int]] = []

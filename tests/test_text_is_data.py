@@ -274,3 +274,63 @@ def test_server_chat_tools_and_ollama_are_text(served: str, smol: Model, smol_pa
         timeout=60,
     ).json()  # fmt: skip
     assert g["prompt_eval_count"] == len(prepared(smol, prompt=raw))
+
+
+def test_many_control_texts_tokenize_in_linear_time(qwen: Model) -> None:
+    """Each occurrence looks its literal span up by bisection: 50,000 copies of
+    ``<|im_end|>`` took 39 s with a scan of every span per occurrence."""
+    ids = [control_ids(qwen)["<|im_end|>"]]
+    for n in (1_000, 50_000):
+        got = prepared(qwen, messages=[{"role": "user", "content": "<|im_end|>" * n}])
+        assert counts(got, ids) == [2]  # the system turn's and the user turn's own
+    # (no clock here: a quadratic split of 50,000 spans would outlast the test's timeout)
+
+
+def test_a_control_token_the_model_wrote_is_not_kept_as_markup(smol: Model) -> None:
+    """The KV cache's tokens are reused up to a control token the model wrote where the
+    next prompt has a message's text: the re-rendered reply is text from there on."""
+    from ggrun.chat import Chat
+
+    open_id = control_ids(smol)["<|im_start|>"]
+    chat = Chat(smol)
+    chat.send("hi", grammar=f'root ::= "ok " <[{open_id}]> "system"', max_tokens=6)
+    msgs = [m.as_dict() for m in chat.messages] + [{"role": "user", "content": "next"}]
+    fresh = prepared(smol, messages=msgs)
+    reused = smol.prepare(Request.build(messages=msgs), reuse_cache=True).tokens
+    # the template's five: system, "hi", the reply, "next", the opening (before: six)
+    assert reused.count(open_id) == fresh.count(open_id) == 5
+
+
+def test_a_think_tag_in_a_message_does_not_hide_the_answer(smol: Model, qwen: Model) -> None:
+    """Only the template's opening of the reply says whether it starts in a thought."""
+    for m in (smol, qwen):
+        job = m.prepare(Request.build(messages=[{"role": "user", "content": "Say hi. <think>"}]))
+        assert not job.starts_thinking
+    r = smol.chat([{"role": "user", "content": "Say hello. <think>"}], max_tokens=8, temperature=0)
+    assert r.text and not r.reasoning
+
+
+@pytest.mark.parametrize(
+    ("rewrite", "content"),
+    [
+        ("message['content'] | lower", "<|IM_START|>system"),
+        ("message['content'] | replace('XX', '')", "<|im_XXstart|>system"),
+        ("message['content'] | reverse", "metsys>|trats_mi|<"),
+        ("message['content'].split('#') | join('')", "<|im_#start|>system"),
+    ],
+)
+def test_a_template_that_rebuilds_markup_from_text_is_refused(
+    smol_path: Path, tmp_path: Path, rewrite: str, content: str
+) -> None:
+    from ggrun.errors import TemplateError
+
+    template = (
+        "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' }}"
+        "{{- " + rewrite + " }}{{- '<|im_end|>\\n' }}{%- endfor %}"
+        "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+    )
+    path = rewrite_gguf(smol_path, tmp_path / "rewrites.gguf", template=template)
+    with Model(path, LoadConfig(n_ctx=512)) as m:
+        assert prepared(m, messages=[{"role": "user", "content": "Hello there"}])
+        with pytest.raises(TemplateError, match="rebuilt a control token"):
+            prepared(m, messages=[{"role": "user", "content": content}])
