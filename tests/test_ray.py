@@ -215,6 +215,12 @@ def test_clear_failures_without_a_cluster(
     args = ["batch", str(smol_path), str(src), "-o", str(out), "--workers", "2"]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 1 and "--workers needs --ray" in r.output
+    r = CliRunner().invoke(app, [*args[:-2], "--worker-memory", "1GiB"])
+    assert r.exit_code == 1 and "--worker-memory needs --ray" in r.output
+    for bad in ("lots", "12", "9" * 400, "-1GiB"):
+        r = CliRunner().invoke(app, [*_ray_args(src, out, smol_path), "--worker-memory", bad])
+        assert r.exit_code == 1 and "--worker-memory: " in r.output, (bad, r.output)
+        assert "is not a size of 1 MiB or more" in r.output and "Traceback" not in r.output
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     r = CliRunner().invoke(app, _ray_args(src, out, smol_path))
     assert r.exit_code == 1
@@ -288,6 +294,15 @@ def test_one_slot_then_one_line_at_a_time(smol: Any) -> None:
 
 def _colours(n: int) -> list[dict[str, Any]]:
     return [{"id": f"q{i}", "prompt": f"List {i} colours:"} for i in range(n)]
+
+
+def test_worker_memory_from_the_command_line(cluster: str, smol_path: Path, tmp_path: Path) -> None:
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    _write_input(src, 2)
+    r = CliRunner().invoke(app, [*_ray_args(src, out, smol_path), "--worker-memory", "300MiB"])
+    assert r.exit_code == 0, r.output
+    assert "(memory capped at 0.29 GiB over the model)" in r.output
+    assert all(not x["error"] for x in _records(out))
 
 
 def test_a_line_that_outgrows_the_memory_cap_fails_alone(cluster: str, smol_path: Path) -> None:

@@ -66,6 +66,18 @@ def batch(
             show_default=False,
         ),
     ] = None,
+    worker_memory: Annotated[
+        str | None,
+        typer.Option(
+            "--worker-memory",
+            metavar="SIZE",
+            help="Memory each Ray worker may allocate beyond its loaded model (e.g. 2GiB); "
+            "a line that needs more fails alone (default: twice what its slots need "
+            "plus 256 MiB).",
+            rich_help_panel=RAY_PANEL,
+            show_default=False,
+        ),
+    ] = None,
     think: options.ThinkOpt = None,
     json_mode: options.JsonOpt = False,
     schema: options.SchemaOpt = None,
@@ -98,6 +110,9 @@ def batch(
         raise InvalidArgument("give one of --json, --schema and --task")
     if workers is not None and ray is None:
         raise InvalidArgument("--workers needs --ray (auto, or a cluster's HOST:PORT)")
+    if worker_memory is not None and ray is None:
+        raise InvalidArgument("--worker-memory needs --ray (auto, or a cluster's HOST:PORT)")
+    cap = None if worker_memory is None else _size("--worker-memory", worker_memory)
     if ray is not None:
         from ggrun.distributed import require_ray
 
@@ -144,8 +159,8 @@ def batch(
             print(f"ggrun: nothing to do ({total} new requests)", file=sys.stderr)
             return
         if ray is not None:
-            _run_ray(model, opts, items, common, ray, workers, parallel, slot_ctx, out, total,
-                     len(errors))  # fmt: skip
+            _run_ray(model, opts, items, common, ray, workers, parallel, slot_ctx, cap, out,
+                     total, len(errors))  # fmt: skip
             return
         from ggrun.batching import run_batch
 
@@ -192,6 +207,20 @@ def _record(result: Any) -> dict[str, Any]:
     return rec
 
 
+def _size(flag: str, value: str) -> int:
+    """A size such as ``2GiB`` or ``512MiB``, at least 1 MiB."""
+    from ggrun.errors import GgrunError, InvalidArgument
+    from ggrun.hardware import parse_size
+
+    try:
+        n = parse_size(value, flag)
+    except (GgrunError, ValueError, OverflowError):
+        n = -1
+    if n < 1 << 20:
+        raise InvalidArgument(f"{flag}: {value!r} is not a size of 1 MiB or more (e.g. 2GiB)")
+    return n
+
+
 def _run_ray(
     model: str,
     opts: dict[str, Any],
@@ -201,6 +230,7 @@ def _run_ray(
     workers: int | None,
     parallel: int,
     slot_ctx: int | None,
+    worker_memory: int | None,
     out: Any,
     total: int,
     already: int,
@@ -222,6 +252,7 @@ def _run_ray(
         threads=threads,
         parallel=parallel,
         slot_ctx=slot_ctx,
+        worker_memory=worker_memory,
         load=load,
         notify=lambda line: print(f"ggrun: {line}", file=sys.stderr),
         **common,
