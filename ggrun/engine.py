@@ -269,7 +269,8 @@ class Model:
 
     def _tokens(self, prompt: str | templates.Prompt, special: bool) -> list[int]:
         if isinstance(prompt, templates.Prompt):
-            return self.weights.tokenize_marked(prompt.text, prompt.literal)
+            literal = prompt.is_literal if prompt.literal else None
+            return self.weights.tokenize_marked(prompt.text, literal)
         return self.weights.tokenize(prompt, parse_special=special)
 
     def count_tokens(self, text: str | templates.Prompt) -> int:

@@ -21,9 +21,8 @@ from __future__ import annotations
 import ctypes
 import sys
 import time
-from bisect import bisect_left
 from collections import Counter, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,23 +184,19 @@ class Weights:
             self._controls = found
         return self._controls
 
-    def tokenize_marked(self, text: str, literal: Sequence[tuple[int, int]]) -> list[int]:
+    def tokenize_marked(
+        self, text: str, is_literal: Callable[[int, int], bool] | None
+    ) -> list[int]:
         """As ``tokenize(text)`` with special parsing, except that a control token's text
-        overlapping a ``literal`` span stays text.
+        at ``text[a:b]`` stays text where ``is_literal(a, b)`` (a message's text:
+        :meth:`ggrun.templates.Prompt.is_literal`).
 
         llama.cpp's own split, done here: the text is cut at each control token (longest
         first, with its lstrip/rstrip attributes) and each piece between is tokenized
         without special parsing (user-defined tokens are still split out, as llama.cpp
         does)."""
-        if not literal:
+        if is_literal is None:
             return self.tokenize(text, parse_special=True)
-        spans = sorted(literal)
-        starts = [s for s, _ in spans]
-
-        def in_literal(a: int, b: int) -> bool:  # spans are sorted and apart: one look
-            k = bisect_left(starts, b) - 1
-            return k >= 0 and spans[k][1] > a
-
         pieces: list[int | tuple[int, int]] = [(0, len(text))]
         for token, tid, attr in self.control_tokens():
             if token not in text:
@@ -215,7 +210,7 @@ class Weights:
                 i = text.find(token, pos, end)
                 while i >= 0:
                     j = i + len(token)
-                    if in_literal(i, j):
+                    if is_literal(i, j):
                         i = text.find(token, i + 1, end)
                         continue
                     left = i

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -31,15 +30,10 @@ from ggrun.ollama_api import MAX_KEEP_ALIVE, keep_alive
 from ggrun.openai_api import ApiError
 from ggrun.pool import Pool
 from ggrun.server import Server
+from tests.test_server import _free_port, _wait_healthy
 
 ollama = pytest.importorskip("ollama")
 runner = CliRunner()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Counted:
@@ -385,14 +379,7 @@ def test_serve_on_all_interfaces_checks_the_host(smol_path: Path, tmp_path: Path
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(base + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-            assert proc.poll() is None
+        _wait_healthy(base, proc)
         for host, status in [("evil.example", 400), ("ggrun.test", 200), ("box.lan:80", 200),
                              ("localhost", 200), ("10.1.2.3", 200)]:  # fmt: skip
             assert httpx.get(base + "/v1/models", headers={"Host": host}).status_code == status

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from ggrun.engine import LoadConfig, Model
 from ggrun.request import Request
+from ggrun.templates import Prompt
 from tests.helpers import _reader, rewrite_gguf
 from tests.test_server import _free_port, _wait_healthy
 
@@ -121,7 +122,8 @@ def test_the_split_is_llama_cpp_s_own_on_benign_prompts(qwen: Model, smol: Model
     for m in (qwen, smol):
         text = m.format_chat(msgs)
         far = [(len(text) + 1, len(text) + 2)]  # a literal span that covers nothing
-        assert m.weights.tokenize_marked(text, far) == m.tokenize(text, special=True)
+        spans = Prompt(text, far).is_literal
+        assert m.weights.tokenize_marked(text, spans) == m.tokenize(text, special=True)
 
 
 def test_raw_prompts_parse_markup_batch_lines_do_not(smol: Model) -> None:
