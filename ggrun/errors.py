@@ -62,3 +62,30 @@ class InvalidArgument(GgrunError):
 
 class InsufficientMemory(GgrunError):
     """A model and its context would not fit in the memory of the chosen device."""
+
+
+class ApiError(GgrunError):
+    """An HTTP error: its status, message and OpenAI-style type, parameter and code.
+
+    Each API adapter (:mod:`ggrun.api`) renders it in its own wire format.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        kind: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.param, self.code = status, kind, param, code
+
+    @classmethod
+    def of(cls, e: GgrunError) -> ApiError:
+        """The HTTP error for a library error raised by a request (a 400)."""
+        if isinstance(e, ApiError):
+            return e
+        if isinstance(e, ContextOverflow):
+            return cls(400, str(e), code="context_length_exceeded")
+        return cls(400, str(e))

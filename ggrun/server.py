@@ -34,15 +34,13 @@ import json
 import logging
 import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from ggrun import ollama_api, openai_api
+from ggrun.api import Adapter, Call, Event, Meta, Reply, ollama, openai
 from ggrun.batching import Waiter
-from ggrun.errors import GgrunError
-from ggrun.openai_api import ApiError
+from ggrun.errors import ApiError, GgrunError
 from ggrun.pool import Loaded, Pool
 from ggrun.request import Request
 from ggrun.textstream import Chunk, Result
@@ -114,7 +112,7 @@ class _HostCheck:
                 err = ApiError(400, f"unexpected Host header {host[:100]!r}: use an IP address "
                                "or localhost, or start the server with --allowed-host NAME",
                                code="bad_host")  # fmt: skip
-                await JSONResponse(err.body(), status_code=400)(scope, receive, send)
+                await JSONResponse(openai.error_body(err), status_code=400)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -155,10 +153,8 @@ class Server:
             Route("/health", self.health, methods=["GET"]),
             Route("/metrics", self.metrics, methods=["GET"]),
             Route("/v1/models", self.models, methods=["GET"]),
-            Route("/v1/chat/completions", self.chat, methods=["POST"]),
-            Route("/v1/completions", self.completions, methods=["POST"]),
-            Route("/api/chat", self.ollama_chat, methods=["POST"]),
-            Route("/api/generate", self.ollama_generate, methods=["POST"]),
+            Route("/v1/models/{model_id:path}", self.model_card, methods=["GET"]),
+            *(self._route(path, adapter) for path, adapter in GENERATION.items()),
             Route("/api/tags", self.ollama_tags, methods=["GET"]),
             Route("/api/show", self.ollama_show, methods=["POST"]),
             Route("/api/ps", self.ollama_ps, methods=["GET"]),
@@ -177,13 +173,21 @@ class Server:
 
         return Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)  # type: ignore[arg-type]
 
+    def _route(self, path: str, adapter: Adapter) -> Any:
+        from starlette.routing import Route
+
+        async def endpoint(request: Any) -> Any:
+            request.state.adapter = adapter  # errors are rendered in its shape
+            return await self._generate(request, adapter)
+
+        return Route(path, endpoint, methods=["POST"])
+
     async def _api_error(self, request: Any, exc: Exception) -> Any:
         from starlette.responses import Response
 
         assert isinstance(exc, ApiError)
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        body = {"error": str(exc)} if request.url.path.startswith("/api/") else exc.body()
-        text = json.dumps(body)  # ASCII: a message that quotes a lone surrogate stays JSON
+        text = json.dumps(_adapter_of(request).error(exc))  # ASCII: lone surrogates stay JSON
         return Response(text, exc.status, headers, media_type="application/json")
 
     async def _not_found(self, request: Any, exc: Exception) -> Any:
@@ -195,13 +199,18 @@ class Server:
         return await self._api_error(request, err)
 
     def _auth(self, request: Any) -> None:
+        """The API key, as ``Authorization: Bearer KEY`` or (Anthropic's) ``x-api-key``."""
         if self.api_key is None:
             return
         given = request.headers.get("authorization", "").encode("utf-8", "replace")
-        if not hmac.compare_digest(given, f"Bearer {self.api_key}".encode()):
+        key = request.headers.get("x-api-key")
+        ok = hmac.compare_digest(given, f"Bearer {self.api_key}".encode())
+        if key is not None:
+            ok = hmac.compare_digest(key.encode("utf-8", "replace"), self.api_key.encode())
+        if not ok:
             raise ApiError(
                 401,
-                "invalid or missing API key (Authorization: Bearer KEY)",
+                "invalid or missing API key (Authorization: Bearer KEY, or x-api-key: KEY)",
                 kind="authentication_error",
                 code="invalid_api_key",
             )
@@ -241,9 +250,8 @@ class Server:
             raise ApiError(400, f"the body is nested deeper than {MAX_DEPTH} levels")
         return body
 
-    def _model(self, body: dict[str, Any]) -> str:
+    def _model(self, model: Any) -> str:
         """The model a body names (the default one when it names none)."""
-        model = body.get("model")
         if model in (None, ""):
             return self.pool.default
         if not isinstance(model, str):
@@ -289,11 +297,15 @@ class Server:
         from starlette.responses import JSONResponse
 
         self._auth(request)
-        cards = [
-            {"id": m, "object": "model", "created": self.created, "owned_by": "ggrun"}
-            for m in self.pool.refs
-        ]
+        cards = [openai.model_card(m, self.created) for m in self.pool.refs]
         return JSONResponse({"object": "list", "data": cards})
+
+    async def model_card(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        self._auth(request)
+        model_id = self._model(request.path_params["model_id"] or None)
+        return JSONResponse(openai.model_card(model_id, self.created))
 
     async def metrics(self, request: Any) -> Any:
         from starlette.responses import PlainTextResponse
@@ -325,15 +337,36 @@ class Server:
                        for n, t, v in lines)  # fmt: skip
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
-    async def chat(self, request: Any) -> Any:
-        body = await self._body(request)
-        return await self._openai(request, body, openai_api.chat_options(body), chat=True)
+    # -- the one run path ------------------------------------------------------------
+    async def _generate(self, request: Any, adapter: Adapter) -> Any:
+        """Every API's generation: body -> call -> request -> the engine -> its reply."""
+        from starlette.responses import JSONResponse
 
-    async def completions(self, request: Any) -> Any:
-        body = await self._body(request)
-        return await self._openai(request, body, openai_api.completion_options(body), chat=False)
+        call = adapter.parse(await self._body(request))
+        model_id = self._model(call.model)
+        if call.load_only:
+            return await self._load(model_id, call, adapter)
+        run = await self._start(model_id, call)
+        reply = adapter.reply(call, Meta(model_id, int(time.time()), run.t0, run.load_s))
+        if call.stream:
+            return self._stream(run, reply, adapter)
+        result = await self._wait(request, run)
+        if result.error is not None:
+            if result.finish_reason == "error":
+                raise ApiError(400, result.error)
+            raise ApiError(422, f"the output failed its checks: {result.error}",
+                           code="invalid_output")  # fmt: skip
+        return JSONResponse(reply.whole(result))
 
-    # -- running a request ------------------------------------------------------------
+    async def _load(self, model_id: str, call: Call, adapter: Adapter) -> Any:
+        """A call with nothing to generate loads the model (or, keep_alive 0, unloads it)."""
+        from starlette.responses import JSONResponse
+
+        entry = await self._acquire(model_id)
+        self.pool.release(entry, call.keep_alive)
+        reply = adapter.reply(call, Meta(model_id, int(time.time()), time.perf_counter()))
+        return JSONResponse(reply.whole(Result("", "unload" if call.keep_alive == 0 else "load")))
+
     def _prepare(self, entry: Loaded, req: Request, asked: int | None) -> Any:
         """Prepare the request (in a worker thread: templates, tokens, grammar)."""
         job = entry.model.prepare(req)
@@ -356,25 +389,24 @@ class Server:
         job.max_tokens = asked  # None: the room left
         return job
 
-    async def _start(self, body: dict[str, Any], options: dict[str, Any],
-                     keep_alive: float | None = None) -> _Run:  # fmt: skip
+    async def _start(self, model_id: str, call: Call) -> _Run:
         """Validate and queue a request on its model; nothing queues before it is valid."""
         from starlette.concurrency import run_in_threadpool
 
-        model_id = self._model(body)
+        options = dict(call.options)
         asked = options.pop("max_tokens", None)
         try:  # checked before a model is loaded for it
             req = await run_in_threadpool(lambda: Request.build(**options, max_tokens=None))
         except GgrunError as e:
-            raise openai_api.from_error(e) from None
+            raise ApiError.of(e) from None
         t0 = time.perf_counter()
         entry = await self._acquire(model_id)
-        run = _Run(self.pool, entry, keep_alive, time.perf_counter() - t0, t0)
+        run = _Run(self.pool, entry, call.keep_alive, time.perf_counter() - t0, t0)
         try:
             run.job = await run_in_threadpool(self._prepare, entry, req, asked)
         except GgrunError as e:
             run.done()
-            raise openai_api.from_error(e) from None
+            raise ApiError.of(e) from None
         except BaseException:
             run.done()
             raise
@@ -386,23 +418,6 @@ class Server:
         run.index = entry.engine.next_index()
         entry.engine.submit(run.index, run.job, waiter)
         return run
-
-    async def _openai(self, request: Any, body: dict[str, Any], options: dict[str, Any], *,
-                      chat: bool) -> Any:  # fmt: skip
-        run = await self._start(body, options)
-        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        if body.get("stream"):
-            include = bool((body.get("stream_options") or {}).get("include_usage"))
-            return self._sse(run, rid, chat, include)
-        result = await self._wait(request, run)
-        if result.error is not None:
-            if result.finish_reason == "error":
-                raise ApiError(400, result.error)
-            raise ApiError(422, f"the output failed its checks: {result.error}",
-                           code="invalid_output")  # fmt: skip
-        from starlette.responses import JSONResponse
-
-        return JSONResponse(openai_api.final_body(rid, run.entry.id, result, chat))
 
     async def _wait(self, request: Any, run: _Run) -> Result:
         """The result; a client that goes away first cancels its request."""
@@ -430,106 +445,37 @@ class Server:
         finally:
             watch.cancel()
 
-    def _sse(self, run: _Run, rid: str, chat: bool, include_usage: bool) -> Any:
-        from sse_starlette.sse import EventSourceResponse
+    def _stream(self, run: _Run, reply: Reply, adapter: Adapter) -> Any:
+        """The reply's events as they come, framed as the adapter says; a client that
+        goes away frees its slot at the next step."""
 
-        created = int(time.time())
-        model_id = run.entry.id
-
-        def event(c: Chunk | None, finish: str | None = None, r: Result | None = None) -> str:
-            d = openai_api.chunk_body(rid, model_id, created, chat, c, finish)
-            if r is not None and include_usage:
-                d["usage"] = openai_api.usage(r)
-            return json.dumps(d, ensure_ascii=False)
-
-        async def events() -> AsyncIterator[str]:
-            n_calls = 0
+        async def events() -> AsyncIterator[Event]:
             try:
-                if chat:
-                    yield event(None)
+                for e in reply.head():
+                    yield e
                 async for item in run.items():
-                    if isinstance(item, Result):
-                        if item.error is not None:
-                            yield json.dumps(ApiError(400, item.error).body())
-                        else:
-                            yield event(None, item.finish_reason, item)
-                        break
-                    if item.text or item.reasoning or item.logprobs:
-                        yield event(item)
-                    for piece in openai_api.tool_call_deltas(item.tool_calls, n_calls):
-                        d = openai_api.chunk_body(rid, model_id, created, chat, None, None)
-                        d["choices"][0]["delta"] = {"tool_calls": [piece]}
-                        yield json.dumps(d, ensure_ascii=False)
-                    n_calls += len(item.tool_calls)
-                yield "[DONE]"
+                    for e in reply.end(item) if isinstance(item, Result) else reply.chunk(item):
+                        yield e
             finally:
-                run.cancel()  # a client that went away frees its slot (no-op when done)
+                run.cancel()  # no-op when done
 
-        return EventSourceResponse(events(), ping=15)
-
-    # -- the ollama API ----------------------------------------------------------------
-    async def ollama_chat(self, request: Any) -> Any:
-        body = await self._body(request)
-        return await self._ollama(request, body, ollama_api.chat_options(body),
-                                  ollama_api.chat_piece)  # fmt: skip
-
-    async def ollama_generate(self, request: Any) -> Any:
-        body = await self._body(request)
-        return await self._ollama(request, body, ollama_api.generate_options(body),
-                                  ollama_api.generate_piece)  # fmt: skip
-
-    async def _ollama(self, request: Any, body: dict[str, Any], options: dict[str, Any],
-                      piece: Callable[..., dict[str, Any]]) -> Any:  # fmt: skip
-        from starlette.responses import JSONResponse, StreamingResponse
-
-        ka = ollama_api.keep_alive(body.get("keep_alive"))
-        if not (options.get("messages") or options.get("prompt")):  # load or unload only
-            check = {**options, "prompt": None, "messages": [{"role": "user", "content": ""}]}
-            try:  # its options are checked all the same
-                Request.build(**check)
-            except GgrunError as e:
-                raise openai_api.from_error(e) from None
-            return await self._ollama_load(body, ka, piece)
-        run = await self._start(body, options, ka)
-        model_id = run.entry.id
-        if body.get("stream", True):
+        if adapter.framing == "ndjson":
+            from starlette.responses import StreamingResponse
 
             async def lines() -> AsyncIterator[bytes]:
-                try:
-                    async for item in run.items():
-                        if isinstance(item, Result):
-                            if item.error is not None:
-                                line: dict[str, Any] = {"error": item.error}
-                            else:
-                                last = piece(model_id, Chunk(), True)
-                                line = ollama_api.final(last, item, run.t0, run.load_s)
-                            yield (json.dumps(line, ensure_ascii=False) + "\n").encode()
-                            break
-                        if item.text or item.reasoning or item.tool_calls or item.logprobs:
-                            out = piece(model_id, item, False)
-                            yield (json.dumps(out, ensure_ascii=False) + "\n").encode()
-                finally:
-                    run.cancel()
+                async for e in events():
+                    yield (_json(e.data) + "\n").encode()
 
             return StreamingResponse(lines(), media_type="application/x-ndjson")
-        result = await self._wait(request, run)
-        if result.error is not None:
-            raise ApiError(400 if result.finish_reason == "error" else 422, result.error)
-        whole = ollama_api.final(piece(model_id, result, True), result, run.t0, run.load_s)
-        return JSONResponse(whole)
+        from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 
-    async def _ollama_load(self, body: dict[str, Any], ka: float | None,
-                           piece: Callable[..., dict[str, Any]]) -> Any:  # fmt: skip
-        """An empty request loads a model (or, with keep_alive 0, unloads it)."""
-        from starlette.responses import JSONResponse
+        async def sse() -> AsyncIterator[ServerSentEvent]:
+            async for e in events():
+                yield ServerSentEvent(data=_json(e.data), event=e.name)
 
-        model_id = self._model(body)
-        entry = await self._acquire(model_id)
-        self.pool.release(entry, ka)
-        out = piece(model_id, Chunk(), True)
-        reason = "unload" if ka == 0 else "load"
-        return JSONResponse({**out, "done_reason": reason})
+        return EventSourceResponse(sse(), ping=15)
 
+    # -- the ollama listings ----------------------------------------------------------
     async def ollama_tags(self, request: Any) -> Any:
         from starlette.responses import JSONResponse
 
@@ -554,38 +500,15 @@ class Server:
     async def ollama_show(self, request: Any) -> Any:
         from starlette.responses import JSONResponse
 
-        body = await self._body(request)
-        unknown = sorted(k for k in body if k not in ("model", "name", "verbose"))
-        if unknown:
-            raise ApiError(400, f"unknown field(s): {', '.join(unknown)[:200]}")
-        model_id = body.get("model") if body.get("model") is not None else body.get("name")
-        if not isinstance(model_id, str) or not model_id:
-            raise ApiError(400, "'model' must be the name of a model", param="model")
-        if not isinstance(body.get("verbose", False), bool):
-            raise ApiError(400, "'verbose' must be true or false", param="verbose")
-        model_id = self._model({"model": model_id})
+        request.state.adapter = ollama.CHAT
+        model_id = self._model(ollama.show_request(await self._body(request)))
         info = self._info(model_id)
-        template = (info.chat_template if info else None) or ""
-        caps = ["completion"] + (["tools"] if "tools" in template else [])
-        caps += ["thinking"] if "<think>" in template else []
-        model_info = {}
-        if info is not None:
-            model_info = {
-                "general.architecture": info.arch,
-                "general.parameter_count": info.n_params,
-                "general.file_type": info.file_type,
-                f"{info.arch}.context_length": info.context_length,
-            }
-        return JSONResponse({
-            "modelfile": f"FROM {model_id}", "parameters": "", "template": template,
-            "details": self._ollama_model(model_id)["details"], "model_info": model_info,
-            "capabilities": caps, "modified_at": self._ollama_model(model_id)["modified_at"],
-        })  # fmt: skip
+        return JSONResponse(ollama.show(model_id, self._ollama_model(model_id), info))
 
     async def ollama_version(self, request: Any) -> Any:
         from starlette.responses import JSONResponse
 
-        return JSONResponse({"version": ollama_api.VERSION})
+        return JSONResponse({"version": ollama.VERSION})
 
     def _info(self, model_id: str) -> Any:
         """The model's GGUF metadata (None when its file cannot be read)."""
@@ -601,26 +524,28 @@ class Server:
 
     def _ollama_model(self, model_id: str) -> dict[str, Any]:
         d = self.pool.describe(model_id)
-        info = self._info(model_id)
-        try:
-            mtime = d["path"].stat().st_mtime if d["path"] is not None else time.time()
-        except OSError:
-            mtime = time.time()
-        return {
-            "name": model_id,
-            "model": model_id,
-            "modified_at": datetime.fromtimestamp(mtime, timezone.utc).isoformat(),
-            "size": d["size"],
-            "digest": "",
-            "details": {
-                "parent_model": "",
-                "format": "gguf",
-                "family": info.arch if info else "",
-                "families": [info.arch] if info else [],
-                "parameter_size": f"{info.n_params / 1e9:.1f}B" if info else "",
-                "quantization_level": info.file_type if info else "",
-            },
-        }
+        return ollama.model_card(model_id, d["path"], d["size"], self._info(model_id))
+
+
+def _json(data: Any) -> str:
+    return data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+
+
+def _adapter_of(request: Any) -> Adapter:
+    """The adapter whose shape an error takes: the route's, else by the path (a 404)."""
+    adapter = getattr(request.state, "adapter", None)
+    if adapter is not None:
+        return adapter  # type: ignore[no-any-return]
+    path = request.url.path
+    return ollama.CHAT if path.startswith("/api/") else openai.CHAT
+
+
+GENERATION: dict[str, Adapter] = {
+    "/v1/chat/completions": openai.CHAT,
+    "/v1/completions": openai.COMPLETIONS,
+    "/api/chat": ollama.CHAT,
+    "/api/generate": ollama.GENERATE,
+}
 
 
 class _Run:

@@ -56,7 +56,15 @@ FLOORS: dict[str, int] = {
         6,
     ),
     **dict.fromkeys(
-        ["ggrun.openai_api", "ggrun.ollama_api", "ggrun.webpage", "ggrun.server", "ggrun"], 7
+        [
+            "ggrun.api",
+            "ggrun.api.openai",
+            "ggrun.api.ollama",
+            "ggrun.webpage",
+            "ggrun.server",
+            "ggrun",
+        ],
+        7,
     ),
 }
 CLI_FLOOR = 8

@@ -26,8 +26,8 @@ import pytest
 from typer.testing import CliRunner
 
 from ggrun.cli.app import app
-from ggrun.ollama_api import MAX_KEEP_ALIVE, keep_alive
-from ggrun.openai_api import ApiError
+from ggrun.api.ollama import MAX_KEEP_ALIVE, keep_alive
+from ggrun.errors import ApiError
 from ggrun.pool import Pool
 from ggrun.server import Server
 from tests.test_server import _free_port, _wait_healthy

@@ -101,8 +101,8 @@ def serve(
     """
     from ggrun import models
     from ggrun.errors import InvalidArgument
-    from ggrun.ollama_api import keep_alive as duration
-    from ggrun.openai_api import ApiError
+    from ggrun.api.ollama import keep_alive as duration
+    from ggrun.errors import ApiError
     from ggrun.pool import Pool
     from ggrun.server import check_address
     from ggrun.server import serve as run

@@ -1,5 +1,7 @@
-"""The OpenAI adapter: request bodies to :class:`~ggrun.request.Request` options, results
-and chunks back to OpenAI's JSON. No HTTP here (that is :mod:`ggrun.server`).
+"""The OpenAI adapters: ``/v1/chat/completions`` and ``/v1/completions`` bodies to
+:class:`~ggrun.request.Request` options, results and chunks back to OpenAI's JSON (server-
+sent events when streaming, ending with ``[DONE]``). No HTTP here (that is
+:mod:`ggrun.server`).
 
 Every field is checked: a wrong type or value is an :class:`ApiError` (a 400 with
 OpenAI's error body) naming it, and a field ggrun does not implement is a 400 that
@@ -9,10 +11,12 @@ names it, never silently ignored.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from ggrun.errors import GgrunError
+from ggrun.api import Call, Event, Framing, Meta, bad, check_fields
+from ggrun.errors import ApiError
 from ggrun.textstream import Chunk, Result, TokenLogprob
 
 SAMPLING_KEYS = (
@@ -53,33 +57,8 @@ COMPLETION_KEYS = COMMON_KEYS | {"prompt", "echo", "suffix", "best_of"}
 MAX_CONTENT_PARTS = 1000
 
 
-class ApiError(Exception):
-    """An error answered with OpenAI's error body."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        kind: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.kind, self.param, self.code = status, kind, param, code
-
-    def body(self) -> dict[str, Any]:
-        err = {"message": str(self), "type": self.kind, "param": self.param, "code": self.code}
-        return {"error": err}
-
-
-def _bad(message: str, param: str | None = None) -> ApiError:
-    return ApiError(400, message, param=param)
-
-
 def _check_fields(body: Mapping[str, Any], allowed: set[str]) -> None:
-    unknown = sorted(k for k in body if k not in allowed)
-    if unknown:
-        raise _bad(f"unknown field(s): {', '.join(unknown)[:200]}", unknown[0][:100])
+    check_fields(body, allowed)
     unsupported = [
         name
         for name, ok in (
@@ -92,16 +71,16 @@ def _check_fields(body: Mapping[str, Any], allowed: set[str]) -> None:
         if not ok
     ]
     if unsupported:
-        raise _bad(f"not supported by ggrun: {', '.join(unsupported)}", unsupported[0])
+        raise bad(f"not supported by ggrun: {', '.join(unsupported)}", unsupported[0])
     if not isinstance(body.get("stream", False), bool):
-        raise _bad("'stream' must be true or false", "stream")
+        raise bad("'stream' must be true or false", "stream")
     so = body.get("stream_options")
     if so is not None and (
         not isinstance(so, dict)
         or set(so) - {"include_usage"}
         or not isinstance(so.get("include_usage", False), bool)
     ):
-        raise _bad("'stream_options' may only hold include_usage (a boolean)", "stream_options")
+        raise bad("'stream_options' may only hold include_usage (a boolean)", "stream_options")
 
 
 def _sampling(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -113,7 +92,7 @@ def _max_tokens(body: Mapping[str, Any], *names: str) -> Any:
         if body.get(name) is not None:
             v = body[name]
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise _bad(f"'{name}' must be a positive integer", name)
+                raise bad(f"'{name}' must be a positive integer", name)
             return v
     return None
 
@@ -123,7 +102,7 @@ def _structured(rf: Any) -> dict[str, Any]:
     if rf is None:
         return {}
     if not isinstance(rf, dict) or rf.get("type") not in ("text", "json_object", "json_schema"):
-        raise _bad(
+        raise bad(
             "response_format.type must be text, json_object or json_schema", "response_format"
         )
     if rf["type"] == "text":
@@ -133,13 +112,13 @@ def _structured(rf: Any) -> dict[str, Any]:
         return {"json": True} if inner is None else {"schema": _schema(inner)}
     spec = rf.get("json_schema")
     if not isinstance(spec, dict) or "schema" not in spec:
-        raise _bad("response_format json_schema needs json_schema.schema", "response_format")
+        raise bad("response_format json_schema needs json_schema.schema", "response_format")
     return {"schema": _schema(spec["schema"])}
 
 
 def _schema(schema: Any) -> dict[str, Any]:
     if not isinstance(schema, dict):
-        raise _bad("a JSON schema must be a JSON object", "response_format")
+        raise bad("a JSON schema must be a JSON object", "response_format")
     return schema
 
 
@@ -157,18 +136,18 @@ def _think(body: Mapping[str, Any]) -> bool | None:
     kw = body.get("chat_template_kwargs")
     if kw is not None:
         if not isinstance(kw, dict) or set(kw) - {"enable_thinking", "thinking_budget"}:
-            raise _bad(
+            raise bad(
                 "chat_template_kwargs may only hold enable_thinking and thinking_budget",
                 "chat_template_kwargs",
             )
         v = kw.get("enable_thinking")
         if v is not None and not isinstance(v, bool):
-            raise _bad("enable_thinking must be true or false", "chat_template_kwargs")
+            raise bad("enable_thinking must be true or false", "chat_template_kwargs")
         if v is not None:
             return bool(v)
     think = body.get("think")
     if think is not None and not isinstance(think, bool):
-        raise _bad("'think' must be true or false", "think")
+        raise bad("'think' must be true or false", "think")
     return think
 
 
@@ -182,25 +161,25 @@ def _content(m: Mapping[str, Any], i: int) -> str:
         parts = []
         for j, p in enumerate(content):
             if not isinstance(p, dict) or p.get("type") != "text":
-                raise _bad(f"messages[{i}].content[{j}]: only text parts are supported", "messages")
+                raise bad(f"messages[{i}].content[{j}]: only text parts are supported", "messages")
             if not isinstance(p.get("text"), str):
-                raise _bad(f"messages[{i}].content[{j}].text must be a string", "messages")
+                raise bad(f"messages[{i}].content[{j}].text must be a string", "messages")
             parts.append(p["text"])
         return "".join(parts)
-    raise _bad(f"messages[{i}].content must be a string or a list of text parts", "messages")
+    raise bad(f"messages[{i}].content must be a string or a list of text parts", "messages")
 
 
 def _messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
-        raise _bad("'messages' must be a non-empty list", "messages")
+        raise bad("'messages' must be a non-empty list", "messages")
     out = []
     for i, m in enumerate(msgs):
         if not isinstance(m, dict):
-            raise _bad(f"messages[{i}] must be an object", "messages")
+            raise bad(f"messages[{i}] must be an object", "messages")
         role = m.get("role")
         if role not in ("system", "user", "assistant", "developer", "tool"):
-            raise _bad(
+            raise bad(
                 f"messages[{i}].role must be system, user, assistant, developer or tool",
                 "messages",
             )
@@ -216,13 +195,13 @@ def _messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
 def _chat_logprobs(body: Mapping[str, Any]) -> dict[str, Any]:
     lp, top = body.get("logprobs"), body.get("top_logprobs")
     if lp is not None and not isinstance(lp, bool):
-        raise _bad("'logprobs' must be true or false", "logprobs")
+        raise bad("'logprobs' must be true or false", "logprobs")
     if top is not None and (
         isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= 20
     ):
-        raise _bad("'top_logprobs' must be an integer from 0 to 20", "top_logprobs")
+        raise bad("'top_logprobs' must be an integer from 0 to 20", "top_logprobs")
     if top and not lp:
-        raise _bad("'top_logprobs' needs 'logprobs': true", "top_logprobs")
+        raise bad("'top_logprobs' needs 'logprobs': true", "top_logprobs")
     return {"logprobs": top or 0} if lp else {}
 
 
@@ -246,7 +225,7 @@ def _tools(body: Mapping[str, Any]) -> dict[str, Any]:
     """``tools``, ``tool_choice`` and ``parallel_tool_calls`` (checked by the request)."""
     out = {k: body[k] for k in ("tools", "tool_choice", "parallel_tool_calls") if k in body}
     if "tools" in out and not isinstance(out["tools"], list):
-        raise _bad("'tools' must be a list of tool definitions", "tools")
+        raise bad("'tools' must be a list of tool definitions", "tools")
     return out
 
 
@@ -257,10 +236,10 @@ def completion_options(body: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
     if not isinstance(prompt, str) or not prompt:
-        raise _bad("'prompt' must be a non-empty string", "prompt")
+        raise bad("'prompt' must be a non-empty string", "prompt")
     lp = body.get("logprobs")
     if lp is not None and (isinstance(lp, bool) or not isinstance(lp, int) or not 0 <= lp <= 20):
-        raise _bad("'logprobs' must be an integer from 0 to 20", "logprobs")
+        raise bad("'logprobs' must be an integer from 0 to 20", "logprobs")
     return {
         **({"logprobs": lp} if lp is not None else {}),
         "prompt": prompt,
@@ -269,14 +248,6 @@ def completion_options(body: Mapping[str, Any]) -> dict[str, Any]:
         **_sampling(body),
         **_structured(body.get("response_format")),
     }
-
-
-def from_error(e: GgrunError) -> ApiError:
-    from ggrun.errors import ContextOverflow
-
-    if isinstance(e, ContextOverflow):
-        return ApiError(400, str(e), code="context_length_exceeded")
-    return ApiError(400, str(e))
 
 
 # ---------------------------------------------------------------- responses
@@ -384,3 +355,73 @@ def completion_logprobs(lps: list[TokenLogprob]) -> dict[str, Any]:
         "top_logprobs": [{tok: lp for tok, lp, _ in t.top} for t in lps],
         "text_offset": offsets,
     }
+
+
+# ---------------------------------------------------------------- the adapters
+
+
+def error_body(e: ApiError) -> dict[str, Any]:
+    """OpenAI's error shape (also the server's for routes of no API)."""
+    return {"error": {"message": str(e), "type": e.kind, "param": e.param, "code": e.code}}
+
+
+def model_card(model_id: str, created: int) -> dict[str, Any]:
+    """One entry of ``/v1/models`` (and ``/v1/models/{id}``)."""
+    return {"id": model_id, "object": "model", "created": created, "owned_by": "ggrun"}
+
+
+class _Reply:
+    def __init__(self, call: Call, meta: Meta, chat: bool) -> None:
+        self.chat, self.meta = chat, meta
+        self.rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        self.include_usage = bool(call.wire.get("include_usage"))
+        self.n_calls = 0
+
+    def _chunk(self, c: Chunk | None, finish: str | None = None) -> dict[str, Any]:
+        return chunk_body(self.rid, self.meta.model, self.meta.created, self.chat, c, finish)
+
+    def head(self) -> list[Event]:
+        return [Event(self._chunk(None))] if self.chat else []
+
+    def chunk(self, c: Chunk) -> list[Event]:
+        out = [Event(self._chunk(c))] if c.text or c.reasoning or c.logprobs else []
+        for piece in tool_call_deltas(c.tool_calls, self.n_calls):
+            d = self._chunk(None)
+            d["choices"][0]["delta"] = {"tool_calls": [piece]}
+            out.append(Event(d))
+        self.n_calls += len(c.tool_calls)
+        return out
+
+    def end(self, r: Result) -> list[Event]:
+        if r.error is not None:
+            return [Event(error_body(ApiError(400, r.error))), Event("[DONE]")]
+        d = self._chunk(None, r.finish_reason)
+        if self.include_usage:
+            d["usage"] = usage(r)
+        return [Event(d), Event("[DONE]")]
+
+    def whole(self, r: Result) -> dict[str, Any]:
+        return {**final_body(self.rid, self.meta.model, r, self.chat), "created": self.meta.created}
+
+
+class _Adapter:
+    framing: Framing = "sse"
+
+    def __init__(self, chat: bool) -> None:
+        self.chat = chat
+
+    def parse(self, body: Mapping[str, Any]) -> Call:
+        options = chat_options(body) if self.chat else completion_options(body)
+        so = body.get("stream_options") or {}
+        return Call(options, body.get("model"), bool(body.get("stream")),
+                    wire={"include_usage": bool(so.get("include_usage"))})  # fmt: skip
+
+    def reply(self, call: Call, meta: Meta) -> _Reply:
+        return _Reply(call, meta, self.chat)
+
+    def error(self, e: ApiError) -> dict[str, Any]:
+        return error_body(e)
+
+
+CHAT = _Adapter(chat=True)
+COMPLETIONS = _Adapter(chat=False)

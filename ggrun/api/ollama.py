@@ -22,7 +22,8 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from ggrun.openai_api import ApiError
+from ggrun.api import Call, Event, Framing, Meta
+from ggrun.errors import ApiError, GgrunError
 from ggrun.textstream import Chunk, Result, TokenLogprob
 
 VERSION = "0.12.0"  # the ollama API version these endpoints follow
@@ -266,3 +267,124 @@ def final(piece: dict[str, Any], r: Result, started: float, load_s: float) -> di
     """The last line (or the whole answer): done, done_reason and the stats."""
     reason = "stop" if r.finish_reason in ("stop", "tool_calls") else r.finish_reason
     return {**piece, "done": True, "done_reason": reason, **stats(r, started, load_s)}
+
+
+# ---------------------------------------------------------------- the adapters
+
+
+def error_body(e: ApiError) -> dict[str, Any]:
+    return {"error": str(e)}
+
+
+class _Reply:
+    def __init__(self, meta: Meta, piece: Any) -> None:
+        self.meta, self.piece = meta, piece
+
+    def head(self) -> list[Event]:
+        return []
+
+    def chunk(self, c: Chunk) -> list[Event]:
+        if c.text or c.reasoning or c.tool_calls or c.logprobs:
+            return [Event(self.piece(self.meta.model, c, False))]
+        return []
+
+    def end(self, r: Result) -> list[Event]:
+        if r.error is not None:
+            return [Event({"error": r.error})]
+        last = self.piece(self.meta.model, Chunk(), True)
+        return [Event(final(last, r, self.meta.t0, self.meta.load_s))]
+
+    def whole(self, r: Result) -> dict[str, Any]:
+        return final(self.piece(self.meta.model, r, True), r, self.meta.t0, self.meta.load_s)
+
+
+class _Adapter:
+    framing: Framing = "ndjson"
+
+    def __init__(self, chat: bool) -> None:
+        self.chat = chat
+        self.piece = chat_piece if chat else generate_piece
+
+    def parse(self, body: Mapping[str, Any]) -> Call:
+        options = chat_options(body) if self.chat else generate_options(body)
+        ka = keep_alive(body.get("keep_alive"))
+        load_only = not (options.get("messages") or options.get("prompt"))
+        if load_only:  # load or unload only: its options are checked all the same
+            from ggrun.request import Request
+
+            check = {**options, "prompt": None, "messages": [{"role": "user", "content": ""}]}
+            try:
+                Request.build(**check)
+            except GgrunError as e:
+                raise ApiError.of(e) from None
+        return Call(options, body.get("model"), body.get("stream", True), ka, load_only)
+
+    def reply(self, call: Call, meta: Meta) -> _Reply:
+        return _Reply(meta, self.piece)
+
+    def error(self, e: ApiError) -> dict[str, Any]:
+        return error_body(e)
+
+
+CHAT = _Adapter(chat=True)
+GENERATE = _Adapter(chat=False)
+
+
+# ---------------------------------------------------------------- listings
+
+
+def model_card(model_id: str, path: Any, size: int, info: Any) -> dict[str, Any]:
+    """One model of ``/api/tags`` (``path``: its file or None; ``info``: its GGUF
+    metadata or None)."""
+    try:
+        mtime = path.stat().st_mtime if path is not None else time.time()
+    except OSError:
+        mtime = time.time()
+    return {
+        "name": model_id,
+        "model": model_id,
+        "modified_at": datetime.fromtimestamp(mtime, timezone.utc).isoformat(),
+        "size": size,
+        "digest": "",
+        "details": {
+            "parent_model": "",
+            "format": "gguf",
+            "family": info.arch if info else "",
+            "families": [info.arch] if info else [],
+            "parameter_size": f"{info.n_params / 1e9:.1f}B" if info else "",
+            "quantization_level": info.file_type if info else "",
+        },
+    }
+
+
+def show_request(body: Mapping[str, Any]) -> str:
+    """The model an ``/api/show`` body names."""
+    unknown = sorted(k for k in body if k not in ("model", "name", "verbose"))
+    if unknown:
+        raise _bad(f"unknown field(s): {', '.join(unknown)[:200]}")
+    model_id = body.get("model") if body.get("model") is not None else body.get("name")
+    if not isinstance(model_id, str) or not model_id:
+        raise ApiError(400, "'model' must be the name of a model", param="model")
+    if not isinstance(body.get("verbose", False), bool):
+        raise ApiError(400, "'verbose' must be true or false", param="verbose")
+    return model_id
+
+
+def show(model_id: str, card: dict[str, Any], info: Any) -> dict[str, Any]:
+    """``/api/show``'s answer: the template, details and capabilities."""
+    template = (info.chat_template if info else None) or ""
+    caps = ["completion"] + (["tools"] if "tools" in template else [])
+    caps += ["thinking"] if "<think>" in template else []
+    model_info = {}
+    if info is not None:
+        model_info = {
+            "general.architecture": info.arch,
+            "general.parameter_count": info.n_params,
+            "general.file_type": info.file_type,
+            f"{info.arch}.context_length": info.context_length,
+        }
+    return {
+        "modelfile": f"FROM {model_id}", "parameters": "", "template": template,
+        "details": card["details"], "model_info": model_info,
+        "capabilities": caps, "modified_at": card["modified_at"],
+    }  # fmt: skip
