@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ggrun import sampling
 from ggrun.decoder import Prepared
 from ggrun.engine import Model
 from ggrun.errors import ContextOverflow, GgrunError
@@ -182,7 +183,7 @@ class Chat:
             {"role": "user", "content": "\n".join(lines)},
         ]
         try:
-            r = self.model.chat(ask, max_tokens=budget, temperature=0, think=False)
+            r = self.model.chat(ask, max_tokens=budget, think=False, **sampling.GREEDY)
         except ContextOverflow:
             return None
         return r.text.strip() or None

@@ -186,12 +186,14 @@ def build(cls: type[T], data: Any, *, where: str, extra: tuple[str, ...] = ()) -
     """Build dataclass ``cls`` from a YAML mapping, strictly.
 
     ``where`` names the file and entry in messages; keys in ``extra`` are allowed but
-    not passed to ``cls`` (the caller uses them).
+    not passed to ``cls`` (the caller uses them); a field with ``metadata={"key": False}``
+    is not a key (the caller fills it).
     """
     if not isinstance(data, dict):
         raise PresetError(f"{where}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    own = dataclasses.fields(cls)  # type: ignore[arg-type]
+    fields = {f.name for f in own if f.metadata.get("key", True)}
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         line = line_of(data, key)

@@ -17,7 +17,6 @@ prompt's control-token text is markup: True, except for batch lines).
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -114,18 +113,6 @@ def _int(name: str, v: Any, lo: int, hi: int) -> int:
     if not lo <= v <= hi:
         raise InvalidArgument(f"{name} must be in [{lo}, {hi}], got {v}")
     return v
-
-
-def _number(name: str, v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise InvalidArgument(f"{name} must be a number, got {_kind(v)}")
-    try:
-        finite = math.isfinite(v)
-    except OverflowError:  # an integer past any float (10**401)
-        finite = False
-    if not finite:
-        raise InvalidArgument(f"{name} must be a finite number, got {str(v)[:40]}")
-    return float(v)
 
 
 def _bool_or_none(name: str, v: Any) -> bool | None:
@@ -237,19 +224,12 @@ def _tool_calls(v: Any, i: int) -> tuple[dict[str, Any], ...]:
 
 
 def _sampling(opts: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
-    """The explicit sampling values, type-checked and range-checked."""
+    """The explicit sampling values, type- and range-checked by the option table."""
     values: dict[str, Any] = {}
     for name in sampling.SAMPLING_FIELDS:
         v = opts.pop(name, None)
-        if v is None:
-            continue
-        if name in ("top_k", "repeat_last_n"):
-            values[name] = _int(name, v, -1 if name == "repeat_last_n" else 0, 1 << 30)
-        elif name == "seed":
-            values[name] = _int(name, v, 0, 2**32 - 1)
-        else:
-            values[name] = _number(name, v)
-    sampling.SamplingConfig(**values)  # the ranges: raises InvalidArgument naming the field
+        if v is not None:
+            values[name] = sampling.check(name, v)  # InvalidArgument naming the field
     return tuple(sorted(values.items()))
 
 

@@ -1,4 +1,12 @@
-"""Sampling settings and named sampling presets.
+"""Sampling options, settings and named sampling presets.
+
+:data:`OPTIONS` is the one table of sampling options: each row declares an option's
+name, type, default, range, help text, CLI flag, the request bodies that accept it and
+whether presets and tasks may set it. Everything else is read off it: the fields of
+:class:`SamplingConfig` and of a preset, the range checks (:meth:`Option.check`), the CLI
+flags (:mod:`ggrun.cli.options`), the task keys (:mod:`ggrun.tasks`) and each API's
+fields (:func:`wire_fields`, :func:`from_wire`). A new sampler is one row here plus the
+line in :func:`ggrun.llama.build_chain` that applies it.
 
 :class:`SamplingConfig` is the one description of how to pick the next token (the
 native sampler that applies it is :class:`ggrun.llama.Sampler`). Presets live in
@@ -6,85 +14,269 @@ native sampler that applies it is :class:`ggrun.llama.Sampler`). Presets live in
 values > the named preset > the preset that matches the model family (and thinking
 mode) > the ``default`` preset.
 
-The order follows llama.cpp's common sampler: penalties, top-k, top-p, min-p,
-temperature, then a seeded distribution sampler (or greedy when temperature is 0).
-``repeat_last_n = -1`` penalizes over the whole context.
+The order follows llama.cpp's common sampler: penalties, top-k, typical-p, top-p, min-p,
+temperature, then a seeded distribution sampler (or greedy when temperature is 0); with
+mirostat on, penalties, temperature, then mirostat's own draw. ``repeat_last_n = -1``
+penalizes over the whole context.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from dataclasses import dataclass
+import math
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from ggrun.errors import InvalidArgument, PresetError
-from ggrun.presets import build, load_yaml, presets_dir
+from ggrun.presets import build, line_of, load_yaml, presets_dir
 
 logger = logging.getLogger(__name__)
 
+# The request bodies an option can come in: OpenAI's chat and completions ("openai"),
+# OpenAI Responses ("responses"), ollama's ``options`` ("ollama"), Anthropic Messages.
+APIS = ("openai", "responses", "ollama", "anthropic")
+LLAMA_SERVER = ("openai", "responses", "ollama")  # llama.cpp's server and ollama: every option
+
 
 @dataclass(frozen=True)
+class Option:
+    """One sampling option: a row of :data:`OPTIONS`."""
+
+    name: str  # the Python keyword, the preset and task key, the attribute of a config
+    kind: type  # int or float
+    default: Any
+    lo: float  # the range: lo..hi, each end closed unless lo_open / hi_open
+    hi: float
+    flag: str = ""  # the CLI flag
+    help: str = ""  # the CLI's help text
+    lo_open: bool = False
+    hi_open: bool = False
+    apis: tuple[str, ...] = LLAMA_SERVER  # the bodies that accept it, under its own name
+    renamed: tuple[tuple[str, str], ...] = ()  # (api, name) where an API spells it otherwise
+    presets: bool = True  # a sampling preset may set it
+    tasks: bool = True  # a task file may set it
+
+    def wire_name(self, api: str) -> str | None:
+        """Its name in ``api``'s request body; None where that API has no such field."""
+        if api not in APIS:
+            raise ValueError(f"unknown API {api!r} (known: {', '.join(APIS)})")
+        return dict(self.renamed).get(api, self.name if api in self.apis else None)
+
+    def has_kind(self, v: Any) -> bool:
+        """Whether ``v`` is of this option's type (an integer also passes for a number)."""
+        return not isinstance(v, bool) and isinstance(v, int if self.kind is int else (int, float))
+
+    def check(self, v: Any, where: str | None = None) -> Any:
+        """``v`` type- and range-checked (a number as a float); :class:`InvalidArgument`
+        naming the field (``where``, by default the option's name) when it is wrong."""
+        where = where or self.name
+        if not self.has_kind(v):
+            kind = "null" if v is None else type(v).__name__
+            what = "an integer" if self.kind is int else "a number"
+            raise InvalidArgument(f"{where} must be {what}, got {kind}")
+        x = v
+        if self.kind is float:
+            try:
+                x = float(v)
+            except OverflowError:  # an integer past any float (10**401)
+                x = math.inf
+            if not math.isfinite(x):
+                raise InvalidArgument(f"{where} must be a finite number, got {_shown(v)}")
+        above = x > self.lo if self.lo_open else x >= self.lo
+        below = x < self.hi if self.hi_open else x <= self.hi
+        if not (above and below):
+            raise InvalidArgument(f"{where} must be {self.range_text}, got {_shown(v)}")
+        return x
+
+    @property
+    def range_text(self) -> str:
+        lo, hi = _num(self.lo), _num(self.hi)
+        if not self.lo_open and not self.hi_open:
+            return f"between {lo} and {hi}"
+        low = f"above {lo}" if self.lo_open else f"at least {lo}"
+        return f"{low} and {'below' if self.hi_open else 'at most'} {hi}"
+
+
+def _shown(v: Any) -> str:
+    try:
+        return str(v)[:40]
+    except ValueError:  # an integer of more than 4300 digits
+        return "a number of thousands of digits"
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+ANTHROPIC = (*LLAMA_SERVER, "anthropic")
+BIG = 1 << 30  # the largest count (top_k, a penalty window)
+
+OPTIONS: tuple[Option, ...] = (
+    Option("temperature", float, 0.7, 0, 100, apis=ANTHROPIC,
+           flag="--temp", help="Temperature; 0 = greedy."),
+    Option("top_k", int, 40, 0, BIG, apis=ANTHROPIC,
+           flag="--top-k", help="Top-k (0 = off)."),
+    Option("top_p", float, 0.95, 0, 1, lo_open=True, apis=ANTHROPIC,
+           flag="--top-p", help="Top-p / nucleus (1 = off)."),
+    Option("min_p", float, 0.05, 0, 1,
+           flag="--min-p", help="Min-p (0 = off)."),
+    Option("repeat_penalty", float, 1.0, 0, 100, lo_open=True,
+           flag="--repeat-penalty", help="Repeat penalty (1 = off)."),
+    Option("repeat_last_n", int, 64, -1, BIG,
+           flag="--repeat-last-n", help="Tokens the penalties look back over (-1 = all)."),
+    Option("presence_penalty", float, 0.0, -2, 2,
+           flag="--presence-penalty", help="Presence penalty (0 = off)."),
+    Option("frequency_penalty", float, 0.0, -2, 2,
+           flag="--frequency-penalty", help="Frequency penalty (0 = off)."),
+    Option("seed", int, None, 0, 2**32 - 1, presets=False, tasks=False,
+           flag="--seed", help="Random seed: the same seed and settings give the same output."),
+)  # fmt: skip
+BY_NAME: Mapping[str, Option] = MappingProxyType({o.name: o for o in OPTIONS})
+SAMPLING_FIELDS = tuple(BY_NAME)
+PRESET_FIELDS = tuple(o.name for o in OPTIONS if o.presets)
+TASK_FIELDS = tuple(o.name for o in OPTIONS if o.tasks)
+GREEDY: Mapping[str, Any] = MappingProxyType({"temperature": 0.0})  # always the likeliest token
+
+
+def check(name: str, v: Any, where: str | None = None) -> Any:
+    """Option ``name``'s value ``v``, checked (:meth:`Option.check`)."""
+    return BY_NAME[name].check(v, where)
+
+
+def wire_fields(api: str) -> dict[str, str]:
+    """The sampling fields that ``api``'s request body accepts: wire name -> option name.
+
+    ``api`` is one of :data:`APIS`: ``"openai"`` (chat and completions bodies),
+    ``"responses"``, ``"ollama"`` (the ``options`` object) or ``"anthropic"``.
+    """
+    return {w: o.name for o in OPTIONS if (w := o.wire_name(api)) is not None}
+
+
+def from_wire(api: str, body: Mapping[str, Any], *, prefix: str = "") -> dict[str, Any]:
+    """The sampling options in ``body`` (``api``'s request body, or ollama's ``options``),
+    checked: option name -> value, ready for :meth:`ggrun.request.Request.build`.
+
+    Fields absent or null are left out; keys that are not sampling fields are ignored
+    (the adapter refuses the ones it does not know). A wrong type or value is an
+    :class:`InvalidArgument` naming the field as the body spells it: ``prefix`` + its
+    wire name (``prefix="options."`` gives ``options.top_k must be ...``).
+    """
+    out = {}
+    for wire, name in wire_fields(api).items():
+        v = body.get(wire)
+        if v is not None:
+            out[name] = check(name, v, prefix + wire)
+    return out
+
+
+def from_yaml(data: Mapping[str, Any], *, where: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+    """The options named in ``allowed`` (:data:`PRESET_FIELDS` or :data:`TASK_FIELDS`)
+    that a YAML mapping sets, checked; a :class:`PresetError` naming ``where``, the line
+    and the key when one is wrong. Other keys are the caller's."""
+    out = {}
+    for name in allowed:
+        v = data.get(name)
+        if v is None:
+            continue
+        line = line_of(data, name)
+        at = f"{where}, line {line}" if line else where
+        if not BY_NAME[name].has_kind(v):
+            raise PresetError(f"{at}: {name!r} has the wrong type ({type(v).__name__})")
+        try:
+            out[name] = check(name, v)
+        except InvalidArgument as e:
+            raise PresetError(f"{at}: {e}") from None
+    return out
+
+
+def _config(values: dict[str, Any]) -> SamplingConfig:
+    return SamplingConfig(**values)
+
+
 class SamplingConfig:
-    """How the next token is chosen. ``temperature=0`` means greedy."""
+    """How the next token is chosen: one value per option of :data:`OPTIONS`, read as
+    attributes (``cfg.top_k``); frozen. ``temperature=0`` means greedy. A value left out
+    (or None) is the option's default; a wrong one is an :class:`InvalidArgument`."""
 
-    temperature: float = 0.7
-    top_k: int = 40  # 0 disables
-    top_p: float = 0.95  # 1.0 disables
-    min_p: float = 0.05  # 0.0 disables
-    repeat_penalty: float = 1.0  # 1.0 disables
-    repeat_last_n: int = 64
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    seed: int | None = None  # None: a random seed
+    __slots__ = ("_values",)
+    _values: Mapping[str, Any]
 
-    def __post_init__(self) -> None:
-        checks = [
-            (0 <= self.temperature <= 100, "temperature must be between 0 and 100"),
-            (self.top_k >= 0, "top_k must be >= 0"),
-            (0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]"),
-            (0.0 <= self.min_p <= 1.0, "min_p must be in [0, 1]"),
-            (0 < self.repeat_penalty <= 100, "repeat_penalty must be above 0 and at most 100"),
-            (self.repeat_last_n >= -1, "repeat_last_n must be >= -1"),
-            (-2.0 <= self.presence_penalty <= 2.0, "presence_penalty must be in [-2, 2]"),
-            (-2.0 <= self.frequency_penalty <= 2.0, "frequency_penalty must be in [-2, 2]"),
-            (self.seed is None or 0 <= self.seed < 2**32, "seed must be in [0, 2**32)"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise InvalidArgument(f"invalid sampling setting: {message}")
+    def __init__(self, **values: Any) -> None:
+        unknown = set(values) - set(BY_NAME)
+        if unknown:
+            raise InvalidArgument(f"unknown sampling setting(s): {', '.join(sorted(unknown))}")
+        checked = {}
+        for o in OPTIONS:
+            v = values.get(o.name)
+            try:
+                checked[o.name] = o.default if v is None else o.check(v)
+            except InvalidArgument as e:
+                raise InvalidArgument(f"invalid sampling setting: {e}") from None
+        object.__setattr__(self, "_values", MappingProxyType(checked))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(f"SamplingConfig has no option {name!r}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("SamplingConfig is frozen: use replace()")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SamplingConfig) and self._values == other._values
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._values.items()))
+
+    def __repr__(self) -> str:
+        return f"SamplingConfig({', '.join(f'{k}={v!r}' for k, v in self._values.items())})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_config, (dict(self._values),))
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    def as_dict(self) -> dict[str, Any]:
+        """Every option's value, by name, in the table's order."""
+        return dict(self._values)
+
     def replace(self, **changes: Any) -> SamplingConfig:
-        return dataclasses.replace(self, **changes)
+        return SamplingConfig(**{**self._values, **changes})
 
-
-SAMPLING_FIELDS = tuple(f.name for f in dataclasses.fields(SamplingConfig))
+    def seeded(self, below: int) -> SamplingConfig:
+        """This config with the seed its draws will use: when none was given, a random
+        one below ``below`` (so that a run manifest can name it). Greedy decoding draws
+        nothing and keeps None."""
+        if self.seed is not None or self.greedy:
+            return self
+        return self.replace(seed=secrets.randbelow(below))
 
 
 @dataclass(frozen=True)
 class SamplingPreset:
-    """One entry of ``presets/sampling.yaml``: partial sampling settings plus matching."""
+    """One entry of ``presets/sampling.yaml``: partial sampling settings plus matching.
+
+    Its keys are ``description``, ``families``, ``thinking`` and the options of
+    :data:`PRESET_FIELDS`; the options it sets are held in ``settings``.
+    """
 
     description: str = ""
     families: tuple[str, ...] = ()
     thinking: bool | None = None
-    temperature: float | None = None
-    top_k: int | None = None
-    top_p: float | None = None
-    min_p: float | None = None
-    repeat_penalty: float | None = None
-    repeat_last_n: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
+    settings: tuple[tuple[str, Any], ...] = field(default=(), metadata={"key": False})
 
     def values(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in SAMPLING_FIELDS if getattr(self, k, None) is not None}
+        return dict(self.settings)
 
 
 @lru_cache(maxsize=4)
@@ -95,12 +287,12 @@ def load_presets(path: str | None = None) -> dict[str, SamplingPreset]:
         raise PresetError(f"{p}: expected a mapping of preset names")
     presets = {}
     for name, entry in data.items():
-        preset = build(SamplingPreset, entry, where=f"{p}: preset {name!r}")
-        try:
-            SamplingConfig(**preset.values())
-        except InvalidArgument as e:
-            raise PresetError(f"{p}: preset {name!r}: {e}") from None
-        presets[str(name)] = preset
+        where = f"{p}: preset {name!r}"
+        preset = build(SamplingPreset, entry, where=where, extra=PRESET_FIELDS)
+        values = from_yaml(entry, where=where, allowed=PRESET_FIELDS)
+        presets[str(name)] = SamplingPreset(
+            preset.description, preset.families, preset.thinking, tuple(values.items())
+        )
     return presets
 
 

@@ -8,7 +8,8 @@ A task file (``presets/tasks/NAME.yaml``, or any path) holds:
 - optionally ``schema`` (a JSON Schema) or ``format`` (``json``, ``csv``, ``yaml``,
   ``xml``) to constrain the answer;
 - optionally ``prompt`` (how the input is phrased, ``{input}`` marks it), sampling
-  settings (``temperature``, ``top_k``, ...), ``max_tokens`` and ``think``.
+  settings (the options of :data:`ggrun.sampling.TASK_FIELDS`), ``max_tokens`` and
+  ``think``.
 
 Unknown keys and wrong types are :class:`~ggrun.errors.PresetError`\\ s naming the file,
 the line and the field. ``model.run_task("sentiment", "I loved it").data``.
@@ -17,10 +18,11 @@ the line and the field. ``model.run_task("sentiment", "I loved it").data``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ggrun import sampling
 from ggrun.errors import PresetError
 from ggrun.presets import build, line_of, load_yaml, presets_dir
 
@@ -34,12 +36,10 @@ class Task:
     examples: tuple[dict[str, Any], ...] = ()
     schema: dict[str, Any] | None = None
     format: str | None = None
-    temperature: float | None = None
-    top_k: int | None = None
-    top_p: float | None = None
-    min_p: float | None = None
     max_tokens: int = 256
     think: bool | None = False
+    # the sampling options the file sets (its keys: ggrun.sampling.TASK_FIELDS), checked
+    settings: tuple[tuple[str, Any], ...] = field(default=(), metadata={"key": False})
 
     def messages(self, text: str) -> list[dict[str, str]]:
         msgs = [{"role": "system", "content": self.system}] if self.system else []
@@ -56,9 +56,7 @@ class Task:
     def options(self) -> dict[str, Any]:
         """Keyword arguments for ``Model.chat``."""
         opts: dict[str, Any] = {"max_tokens": self.max_tokens, "think": self.think}
-        for k in ("temperature", "top_k", "top_p", "min_p"):
-            if getattr(self, k) is not None:
-                opts[k] = getattr(self, k)
+        opts.update(self.settings)
         if self.schema is not None:
             opts["schema"] = self.schema
         elif self.format == "json":
@@ -68,7 +66,9 @@ class Task:
         return opts
 
 
-TASK_KEYS = frozenset(f.name for f in fields(Task))
+TASK_KEYS = frozenset(
+    [f.name for f in fields(Task) if f.metadata.get("key", True)] + list(sampling.TASK_FIELDS)
+)
 
 
 def presets() -> dict[str, Path]:
@@ -117,7 +117,8 @@ def load_task(name: str) -> Task:
     if isinstance(data, dict) and not any(k in TASK_KEYS for k in data):
         # some other YAML file (or a secret): say so without naming its keys
         raise PresetError(f"{where}: not a ggrun task file (it has no 'system' or 'examples')")
-    task = build(Task, data, where=where)
+    task = build(Task, data, where=where, extra=sampling.TASK_FIELDS)
+    values = sampling.from_yaml(data, where=where, allowed=sampling.TASK_FIELDS)
     if not task.system and not task.examples:
         raise PresetError(f"{where}: a task needs a 'system' prompt or 'examples'")
     for i, ex in enumerate(task.examples):
@@ -133,4 +134,6 @@ def load_task(name: str) -> Task:
         raise PresetError(f"{where}: format must be json, csv, yaml or xml")
     if "{input}" not in task.prompt:
         raise PresetError(f"{where}: 'prompt' must contain {{input}}")
-    return Task(**{**task.__dict__, "name": task.name or path.stem})
+    return Task(
+        **{**task.__dict__, "name": task.name or path.stem, "settings": tuple(values.items())}
+    )

@@ -15,6 +15,8 @@ from typing import Annotated, Any
 
 import typer
 
+from ggrun import sampling
+
 LOAD_PANEL = "Model loading"
 SPECULATIVE_PANEL = "Speculative decoding"
 SAMPLING_PANEL = "Sampling"
@@ -148,53 +150,20 @@ LOAD: dict[str, tuple[Any, Any]] = {
     ),
 }
 
+
+def _sampling_flag(o: sampling.Option) -> tuple[Any, Any]:
+    """A row of :data:`ggrun.sampling.OPTIONS` as a CLI option. A whole-number flag is
+    range-checked by the parser too (its message names the flag); the table's own check
+    (in ``Request.build``) covers every flag."""
+    whole: dict[str, Any] = {}
+    if o.kind is int:
+        whole = {"min": int(o.lo) + o.lo_open, "max": int(o.hi) - o.hi_open}
+    option = typer.Option(o.flag, help=o.help, rich_help_panel=SAMPLING_PANEL, **whole)
+    return (o.kind | None, option)
+
+
 SAMPLING: dict[str, tuple[Any, Any]] = {
-    "temperature": (
-        float | None,
-        typer.Option("--temp", help="Temperature; 0 = greedy.", rich_help_panel=SAMPLING_PANEL),
-    ),
-    "top_k": (
-        int | None,
-        typer.Option("--top-k", help="Top-k (0 = off).", rich_help_panel=SAMPLING_PANEL),
-    ),
-    "top_p": (
-        float | None,
-        typer.Option("--top-p", help="Top-p / nucleus (1 = off).", rich_help_panel=SAMPLING_PANEL),
-    ),
-    "min_p": (
-        float | None,
-        typer.Option("--min-p", help="Min-p (0 = off).", rich_help_panel=SAMPLING_PANEL),
-    ),
-    "repeat_penalty": (
-        float | None,
-        typer.Option(
-            "--repeat-penalty", help="Repeat penalty (1 = off).", rich_help_panel=SAMPLING_PANEL
-        ),
-    ),
-    "presence_penalty": (
-        float | None,
-        typer.Option(
-            "--presence-penalty", help="Presence penalty (0 = off).", rich_help_panel=SAMPLING_PANEL
-        ),
-    ),
-    "frequency_penalty": (
-        float | None,
-        typer.Option(
-            "--frequency-penalty",
-            help="Frequency penalty (0 = off).",
-            rich_help_panel=SAMPLING_PANEL,
-        ),
-    ),
-    "seed": (
-        int | None,
-        typer.Option(
-            "--seed",
-            min=0,
-            max=2**32 - 1,
-            help="Random seed: the same seed and settings give the same output.",
-            rich_help_panel=SAMPLING_PANEL,
-        ),
-    ),
+    **{o.name: _sampling_flag(o) for o in sampling.OPTIONS},
     "max_tokens": (
         int | None,
         typer.Option(
