@@ -592,7 +592,8 @@ def _penalized(s: SamplerSettings) -> bool:
 
 
 def build_chain(s: SamplerSettings, vocab_size: int, *, penalty_last_n: int | None = None) -> Any:
-    """A native sampler chain (top-k, top-p, min-p, temperature, seeded draw or greedy).
+    """A native sampler chain (top-k, typical-p, top-p, min-p, temperature, seeded draw or
+    greedy; with mirostat, temperature and mirostat's draw).
 
     ``penalty_last_n`` puts llama.cpp's own penalties sampler first, over that many
     tokens (the reference the in-place fast path is tested against).
@@ -616,14 +617,25 @@ def build_chain(s: SamplerSettings, vocab_size: int, *, penalty_last_n: int | No
     if s.temperature == 0:
         add(chain, ll.llama_sampler_init_greedy())
         return chain
+    seed = DEFAULT_SEED if s.seed is None else s.seed
+    if s.mirostat:  # as llama.cpp's common sampler: temperature, then mirostat's own draw
+        add(chain, ll.llama_sampler_init_temp(s.temperature))
+        tau, eta = s.mirostat_tau, s.mirostat_eta
+        if s.mirostat == 1:
+            add(chain, ll.llama_sampler_init_mirostat(vocab_size, seed, tau, eta, 100))
+        else:
+            add(chain, ll.llama_sampler_init_mirostat_v2(seed, tau, eta))
+        return chain
     if s.top_k > 0:
         add(chain, ll.llama_sampler_init_top_k(s.top_k))
+    if s.typical_p < 1.0:
+        add(chain, ll.llama_sampler_init_typical(s.typical_p, 1))
     if s.top_p < 1.0:
         add(chain, ll.llama_sampler_init_top_p(s.top_p, 1))
     if s.min_p > 0.0:
         add(chain, ll.llama_sampler_init_min_p(s.min_p, 1))
     add(chain, ll.llama_sampler_init_temp(s.temperature))
-    add(chain, ll.llama_sampler_init_dist(DEFAULT_SEED if s.seed is None else s.seed))
+    add(chain, ll.llama_sampler_init_dist(seed))
     return chain
 
 
@@ -640,6 +652,9 @@ class Sampler:
       Grammar work beyond :data:`GRAMMAR_STEP_BUDGET` for one token is an error too.
     - A *lazy* grammar (thinking models) waits until :meth:`activate` (the end of the
       thought), then applies from the first non-blank character.
+    - The native chain is this sequence's own, so is mirostat's running estimate (mu). A
+      grammar's second draw (and :meth:`redraw`) runs the chain again for the same
+      token, as llama.cpp's common sampler does: mirostat then updates it twice.
     """
 
     def __init__(

@@ -125,6 +125,8 @@ OPTIONS: tuple[Option, ...] = (
            flag="--top-p", help="Top-p / nucleus (1 = off)."),
     Option("min_p", float, 0.05, 0, 1,
            flag="--min-p", help="Min-p (0 = off)."),
+    Option("typical_p", float, 1.0, 0, 1, lo_open=True,
+           flag="--typical-p", help="Locally typical sampling (1 = off)."),
     Option("repeat_penalty", float, 1.0, 0, 100, lo_open=True,
            flag="--repeat-penalty", help="Repeat penalty (1 = off)."),
     Option("repeat_last_n", int, 64, -1, BIG,
@@ -133,6 +135,13 @@ OPTIONS: tuple[Option, ...] = (
            flag="--presence-penalty", help="Presence penalty (0 = off)."),
     Option("frequency_penalty", float, 0.0, -2, 2,
            flag="--frequency-penalty", help="Frequency penalty (0 = off)."),
+    Option("mirostat", int, 0, 0, 2,
+           flag="--mirostat", help="Mirostat 1 or 2 (its version) replaces top-k, typical-p, "
+           "top-p and min-p: it keeps the text's surprise near --mirostat-tau (0 = off)."),
+    Option("mirostat_tau", float, 5.0, 0, 100,
+           flag="--mirostat-tau", help="Mirostat's target surprise, in bits per token."),
+    Option("mirostat_eta", float, 0.1, 0, 1,
+           flag="--mirostat-eta", help="Mirostat's learning rate."),
     Option("seed", int, None, 0, 2**32 - 1, presets=False, tasks=False,
            flag="--seed", help="Random seed: the same seed and settings give the same output."),
 )  # fmt: skip

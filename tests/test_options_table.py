@@ -172,3 +172,60 @@ def test_task_file_settings_are_checked(tmp_path: Path) -> None:
         path.write_text(f"system: Be brief.\n{key}\n")
         with pytest.raises(PresetError, match="unknown key"):
             load_task(str(path))
+
+
+# typical-p and mirostat, added as one row each: the CLI, presets and tasks take them
+
+
+def test_the_cli_takes_typical_p_and_mirostat(smol_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ggrun.cli.app import app
+
+    args = ["generate", str(smol_path), "Tell me a story.", "-n", "12", "--ctx", "256"]
+    args += ["--seed", "3", "--temp", "0.9"]
+    new = ["--typical-p", "0.9", "--mirostat", "2", "--mirostat-tau", "4"]
+    runner = CliRunner()
+    first = runner.invoke(app, args + new)
+    assert first.exit_code == 0, first.output
+    assert first.stdout and runner.invoke(app, args + new).stdout == first.stdout
+    assert runner.invoke(app, args).stdout != first.stdout
+    bad = runner.invoke(app, [*args, "--typical-p", "0"])
+    assert bad.exit_code == 1 and "typical_p must be above 0 and at most 1" in bad.stderr
+    bad = runner.invoke(app, [*args, "--mirostat", "3"])
+    assert bad.exit_code != 0 and "--mirostat" in bad.output
+
+
+@pytest.fixture
+def custom_presets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    import shutil
+
+    from ggrun.presets import presets_dir
+
+    d = tmp_path / "presets"
+    shutil.copytree(presets_dir(), d)
+    monkeypatch.setenv("GGRUN_PRESETS", str(d))
+    sampling.load_presets.cache_clear()
+    yield d
+    sampling.load_presets.cache_clear()
+
+
+def test_a_preset_sets_typical_p_and_mirostat(custom_presets: Path) -> None:
+    path = custom_presets / "sampling.yaml"
+    path.write_text("steady:\n  typical_p: 0.9\n  mirostat: 2\n  mirostat_eta: 0.2\n")
+    cfg = sampling.resolve(preset="steady")
+    assert (cfg.typical_p, cfg.mirostat, cfg.mirostat_tau, cfg.mirostat_eta) == (0.9, 2, 5.0, 0.2)
+    sampling.load_presets.cache_clear()
+    path.write_text("steady:\n  mirostat: 1\n  typical_p: 1.5\n")
+    with pytest.raises(PresetError, match=r"preset 'steady', line 3: typical_p must be above 0"):
+        sampling.load_presets()
+
+
+def test_a_task_sets_typical_p(tmp_path: Path) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text("system: Be brief.\ntypical_p: 0.5\nmirostat: 2\n")
+    opts = load_task(str(path)).options()
+    assert (opts["typical_p"], opts["mirostat"]) == (0.5, 2)
+    path.write_text("system: Be brief.\ntypical_p: 0\n")
+    with pytest.raises(PresetError, match=r"line 2: typical_p must be above 0 and at most 1"):
+        load_task(str(path))
