@@ -38,7 +38,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from ggrun.api import Adapter, Call, Event, Meta, Reply, ollama, openai
+from ggrun.api import Adapter, Call, Event, Meta, Reply, anthropic, ollama, openai
 from ggrun.batching import Waiter
 from ggrun.errors import ApiError, GgrunError
 from ggrun.pool import Loaded, Pool
@@ -155,6 +155,7 @@ class Server:
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/v1/models/{model_id:path}", self.model_card, methods=["GET"]),
             *(self._route(path, adapter) for path, adapter in GENERATION.items()),
+            Route("/v1/messages/count_tokens", self.count_tokens, methods=["POST"]),
             Route("/api/tags", self.ollama_tags, methods=["GET"]),
             Route("/api/show", self.ollama_show, methods=["POST"]),
             Route("/api/ps", self.ollama_ps, methods=["GET"]),
@@ -336,6 +337,34 @@ class Server:
         text = "".join(f"# TYPE {n} {t}\n{n} {int(v) if t == 'counter' else v}\n"
                        for n, t, v in lines)  # fmt: skip
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+    async def count_tokens(self, request: Any) -> Any:
+        """Anthropic's ``/v1/messages/count_tokens``: the tokens of the prompt that a
+        message body makes on its model (system, tools and thinking included)."""
+        from starlette.concurrency import run_in_threadpool
+        from starlette.responses import JSONResponse
+
+        request.state.adapter = anthropic.MESSAGES  # errors are rendered in its shape
+        call = anthropic.count_call(await self._body(request))
+        model_id = self._model(call.model)
+        try:
+            req = await run_in_threadpool(lambda: Request.build(**call.options))
+        except GgrunError as e:
+            raise ApiError.of(e) from None
+        entry = await self._acquire(model_id)
+
+        def count() -> int:  # as Model.prepare renders and tokenizes it
+            m = entry.model
+            prompt = m.render_chat(req.messages or (), think=req.think, tools=req.offered_tools)
+            return len(m.tokenize_prompt(prompt))
+
+        try:
+            n = await run_in_threadpool(count)
+        except GgrunError as e:
+            raise ApiError.of(e) from None
+        finally:
+            self.pool.release(entry, None)
+        return JSONResponse(anthropic.count_body(n))
 
     # -- the one run path ------------------------------------------------------------
     async def _generate(self, request: Any, adapter: Adapter) -> Any:
@@ -537,12 +566,15 @@ def _adapter_of(request: Any) -> Adapter:
     if adapter is not None:
         return adapter  # type: ignore[no-any-return]
     path = request.url.path
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        return anthropic.MESSAGES
     return ollama.CHAT if path.startswith("/api/") else openai.CHAT
 
 
 GENERATION: dict[str, Adapter] = {
     "/v1/chat/completions": openai.CHAT,
     "/v1/completions": openai.COMPLETIONS,
+    "/v1/messages": anthropic.MESSAGES,
     "/api/chat": ollama.CHAT,
     "/api/generate": ollama.GENERATE,
 }

@@ -60,6 +60,7 @@ FLOORS: dict[str, int] = {
             "ggrun.api",
             "ggrun.api.openai",
             "ggrun.api.ollama",
+            "ggrun.api.anthropic",
             "ggrun.webpage",
             "ggrun.server",
             "ggrun",
