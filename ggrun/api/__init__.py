@@ -90,6 +90,48 @@ class Adapter(Protocol):
     def error(self, e: ApiError) -> dict[str, Any]: ...
 
 
+@dataclass(frozen=True)
+class EmbedCall:
+    """What an embeddings body asks for: texts to embed with a model."""
+
+    texts: tuple[str, ...]
+    model: str | None = None
+    keep_alive: float | None = None
+    wire: Mapping[str, Any] = field(default_factory=dict)  # the adapter's own settings
+
+
+class EmbedAdapter(Protocol):
+    """One API's embeddings: a body to an :class:`EmbedCall`, vectors to a body."""
+
+    def parse(self, body: Mapping[str, Any]) -> EmbedCall: ...
+
+    def render(
+        self, call: EmbedCall, vectors: list[list[float]], n_tokens: int, meta: Meta
+    ) -> dict[str, Any]: ...
+
+    def error(self, e: ApiError) -> dict[str, Any]: ...
+
+
+MAX_EMBED_TEXTS = 2048  # texts in one embeddings request (OpenAI's limit)
+
+
+def texts(value: Any, name: str) -> tuple[str, ...]:
+    """An embeddings input: a string or a non-empty list of strings."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or len(items) > MAX_EMBED_TEXTS:
+        raise bad(f"'{name}' must be a string or a list of 1 to {MAX_EMBED_TEXTS} strings", name)
+    for i, t in enumerate(items):
+        if not isinstance(t, str):
+            kind = "token ids (not supported: send text)" if isinstance(t, (int, list)) else (
+                type(t).__name__)  # fmt: skip
+            raise bad(f"'{name}'[{i}] must be a string, got {kind}", name)
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError:
+            raise bad(f"'{name}'[{i}] is not valid text (a lone surrogate)", name) from None
+    return tuple(items)
+
+
 def bad(message: str, param: str | None = None) -> ApiError:
     """A 400 for a body that is wrong (``param``: the field at fault)."""
     return ApiError(400, message, param=param)

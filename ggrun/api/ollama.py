@@ -3,9 +3,9 @@ results back in ollama's shape (NDJSON lines when streaming). No HTTP here.
 
 The subset that clients use (the ``ollama`` Python package, editor plugins, Open WebUI):
 ``model``, ``messages`` / ``prompt`` and ``system``, ``stream`` (default true), ``format``
-(``"json"`` or a JSON schema), ``think``, ``options`` (temperature, top_k, top_p,
-min_p, num_predict, num_ctx, seed, stop, repeat_penalty, repeat_last_n,
-presence_penalty, frequency_penalty), ``keep_alive``, ``tools``, ``logprobs`` and
+(``"json"`` or a JSON schema), ``think``, ``options`` (the sampling options of
+:data:`ggrun.sampling.OPTIONS` by their ollama names, ``num_predict``, ``num_ctx`` and
+``stop``), ``keep_alive``, ``tools``, ``logprobs`` and
 ``top_logprobs``. Anything else is a 400 that names it, and so is a field of the wrong
 type or out of range: every field is checked here, or by the request it becomes, before
 a model is loaded. ``keep_alive`` is clamped to :data:`MAX_KEEP_ALIVE`. As in ollama, a
@@ -22,23 +22,13 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from ggrun.api import Call, Event, Framing, Meta
+from ggrun import sampling
+from ggrun.api import Call, EmbedCall, Event, Framing, Meta, texts
 from ggrun.errors import ApiError, GgrunError
 from ggrun.textstream import Chunk, Result, TokenLogprob
 
 VERSION = "0.12.0"  # the ollama API version these endpoints follow
-OPTIONS = {
-    "temperature": "temperature",
-    "top_k": "top_k",
-    "top_p": "top_p",
-    "min_p": "min_p",
-    "seed": "seed",
-    "repeat_penalty": "repeat_penalty",
-    "repeat_last_n": "repeat_last_n",
-    "presence_penalty": "presence_penalty",
-    "frequency_penalty": "frequency_penalty",
-}
-INT_OPTIONS = {"top_k", "seed", "repeat_last_n"}  # the others are numbers (checked by the request)
+OPTIONS = sampling.wire_fields("ollama")  # options.NAME -> the option (the option table)
 COMMON = {"model", "stream", "format", "options", "keep_alive", "think", "logprobs", "top_logprobs"}
 CHAT_KEYS = COMMON | {"messages", "tools"}
 GENERATE_KEYS = COMMON | {"prompt", "system", "raw", "images", "suffix", "template", "context"}
@@ -105,13 +95,10 @@ def _options(body: Mapping[str, Any]) -> dict[str, Any]:
     )
     if unknown:
         raise _bad(f"options not supported by ggrun: {', '.join(unknown)[:200]}")
-    out = {OPTIONS[k]: v for k, v in opts.items() if k in OPTIONS and v is not None}
-    for k, v in list(out.items()):
-        if k not in INT_OPTIONS and isinstance(v, int) and not isinstance(v, bool):
-            try:
-                out[k] = float(v)
-            except OverflowError:
-                raise _bad(f"options.{k} must be a finite number") from None
+    try:
+        out = sampling.from_wire("ollama", opts, prefix="options.")
+    except GgrunError as e:
+        raise ApiError.of(e) from None
     n = opts.get("num_predict")
     if n is not None and _int("options.num_predict", n, -2, MAX_TOKENS) >= 0:
         out["max_tokens"] = n  # -1 (until the end) and -2 (fill the context): the room left
@@ -388,3 +375,45 @@ def show(model_id: str, card: dict[str, Any], info: Any) -> dict[str, Any]:
         "details": card["details"], "model_info": model_info,
         "capabilities": caps, "modified_at": card["modified_at"],
     }  # fmt: skip
+
+
+class _Embed:
+    """``POST /api/embed`` (``input``: a string or a list; ``embeddings`` back) and the
+    older ``/api/embeddings`` (``prompt``: one string; ``embedding`` back)."""
+
+    def __init__(self, legacy: bool) -> None:
+        self.legacy = legacy
+        self.field = "prompt" if legacy else "input"
+
+    def parse(self, body: Mapping[str, Any]) -> EmbedCall:
+        extra = set() if self.legacy else {"truncate", "dimensions"}
+        unknown = sorted(k for k in body if k not in {"model", self.field, "options",
+                                                      "keep_alive", *extra})  # fmt: skip
+        if unknown:
+            raise _bad(f"unknown field(s): {', '.join(unknown)[:200]}")
+        if body.get("dimensions") is not None:
+            raise _bad("not supported by ggrun: dimensions (vectors have the model's size)")
+        if not isinstance(body.get("truncate", True), bool):
+            raise _bad("'truncate' must be true or false")
+        if body.get("options") is not None and not isinstance(body["options"], dict):
+            raise _bad("'options' must be an object")
+        value = body.get(self.field)
+        if self.legacy and not isinstance(value, str):
+            raise _bad("'prompt' must be a string")
+        return EmbedCall(texts(value, self.field), body.get("model"),
+                         keep_alive(body.get("keep_alive")))  # fmt: skip
+
+    def render(self, call: EmbedCall, vectors: list[list[float]], n_tokens: int,
+               meta: Meta) -> dict[str, Any]:  # fmt: skip
+        if self.legacy:
+            return {"embedding": vectors[0]}
+        return {"model": meta.model, "embeddings": vectors,
+                "total_duration": _ns(time.perf_counter() - meta.t0),
+                "load_duration": _ns(meta.load_s), "prompt_eval_count": n_tokens}  # fmt: skip
+
+    def error(self, e: ApiError) -> dict[str, Any]:
+        return error_body(e)
+
+
+EMBED = _Embed(legacy=False)
+EMBEDDINGS = _Embed(legacy=True)

@@ -15,20 +15,12 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from ggrun.api import Call, Event, Framing, Meta, bad, check_fields
-from ggrun.errors import ApiError
+from ggrun import sampling
+from ggrun.api import Call, EmbedCall, Event, Framing, Meta, bad, check_fields, texts
+from ggrun.errors import ApiError, GgrunError
 from ggrun.textstream import Chunk, Result, TokenLogprob
 
-SAMPLING_KEYS = (
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-    "repeat_penalty",
-)
+SAMPLING_KEYS = tuple(sampling.wire_fields("openai"))  # read off the option table
 COMMON_KEYS = {
     "model",
     "stream",
@@ -84,7 +76,10 @@ def _check_fields(body: Mapping[str, Any], allowed: set[str]) -> None:
 
 
 def _sampling(body: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: body[k] for k in SAMPLING_KEYS if body.get(k) is not None}
+    try:
+        return sampling.from_wire("openai", body)
+    except GgrunError as e:
+        raise ApiError.of(e) from None
 
 
 def _max_tokens(body: Mapping[str, Any], *names: str) -> Any:
@@ -425,3 +420,42 @@ class _Adapter:
 
 CHAT = _Adapter(chat=True)
 COMPLETIONS = _Adapter(chat=False)
+
+
+class _Embeddings:
+    """``POST /v1/embeddings``: ``input`` a string or a list, ``encoding_format`` float or
+    base64 (little-endian float32, what the openai SDK asks for by default); the vectors
+    are the model's, mean-pooled and normalized: ``dimensions`` is refused."""
+
+    def parse(self, body: Mapping[str, Any]) -> EmbedCall:
+        check_fields(body, {"input", "model", "encoding_format", "dimensions", "user"})
+        if body.get("dimensions") is not None:
+            raise bad("not supported by ggrun: dimensions (vectors have the model's size)",
+                      "dimensions")  # fmt: skip
+        fmt = body.get("encoding_format") or "float"
+        if fmt not in ("float", "base64"):
+            raise bad("'encoding_format' must be float or base64", "encoding_format")
+        if "input" not in body:
+            raise bad("'input' is required", "input")
+        return EmbedCall(texts(body["input"], "input"), body.get("model"), wire={"format": fmt})
+
+    def render(self, call: EmbedCall, vectors: list[list[float]], n_tokens: int,
+               meta: Meta) -> dict[str, Any]:  # fmt: skip
+        def encode(v: list[float]) -> Any:
+            if call.wire.get("format") != "base64":
+                return v
+            import base64
+            import struct
+
+            return base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode("ascii")
+
+        data = [{"object": "embedding", "index": i, "embedding": encode(v)}
+                for i, v in enumerate(vectors)]  # fmt: skip
+        return {"object": "list", "data": data, "model": meta.model,
+                "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}  # fmt: skip
+
+    def error(self, e: ApiError) -> dict[str, Any]:
+        return error_body(e)
+
+
+EMBEDDINGS = _Embeddings()
