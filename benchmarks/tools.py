@@ -24,6 +24,7 @@ its calls can only show validity, so it runs with ``--tool-choice required``:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -283,7 +284,7 @@ def run_case(
                         temperature=0, max_tokens=200, **kw)  # fmt: skip
     job = m.prepare(req)
     if not grammar:  # prompting only: the tools are in the prompt, nothing constrains
-        job.grammar, job.activation = None, None
+        job = dataclasses.replace(job, grammar=None, activation=None)
     from ggrun.textstream import Result as R
 
     return R.collect(m.run(job))

@@ -140,7 +140,6 @@ class Batcher:
                     n_tokens=len(prepared.tokens),
                     n_ctx=self.slot_ctx,
                 )
-            prepared.index = index
             seq = self._decoder.start(self._free[-1], prepared, on_chunk=on_chunk)
         except GgrunError as e:
             return index, Result.failed(str(e), req.id)
@@ -150,25 +149,23 @@ class Batcher:
 
     def step(self) -> list[tuple[int, Result]]:
         """Decode once for every active slot; return the requests that finished."""
-        done = []
-        for seq in self._decoder.step() + [s for s in self._index.values() if s.finished]:
-            if seq.job.index not in self._index:
-                continue
-            self._release(seq)
-            done.append((seq.job.index, _final(seq)))
-        return done
+        self._decoder.step()
+        done = [(index, seq) for index, seq in self._index.items() if seq.finished]
+        for index, seq in done:
+            self._release(index, seq)
+        return [(index, _final(seq)) for index, seq in done]
 
     def cancel(self, index: int) -> bool:
         """Stop the request with input ``index`` now and free its slot (a client left)."""
         seq = self._index.get(index)
         if seq is None:
             return False
-        self._release(seq)
+        self._release(index, seq)
         return True
 
-    def _release(self, seq: Seq) -> None:
+    def _release(self, index: int, seq: Seq) -> None:
         self._decoder.release(seq)
-        del self._index[seq.job.index]
+        del self._index[index]
         self._free.append(seq.seq)
 
     def run(
@@ -372,15 +369,13 @@ def run_batch(
     the options they share (a dict's own fields win). Without ``slot_ctx``, each slot
     holds the longest prompt plus ``max_tokens``.
     """
-    jobs: list[Prepared] = []
+    jobs: list[tuple[int, Prepared]] = []
     failures: list[tuple[int, Result]] = []
     for i, req in enumerate(build_many(list(items), **common)):
         try:
             if isinstance(req, GgrunError):
                 raise req
-            job = model.prepare(req)
-            job.index = i
-            jobs.append(job)
+            jobs.append((i, model.prepare(req)))
         except GgrunError as e:
             rid = getattr(e, "request_id", req.id if isinstance(req, Request) else i)
             failures.append((i, Result.failed(str(e), rid)))
@@ -388,15 +383,15 @@ def run_batch(
     if not jobs:
         return
     if slot_ctx is None:
-        limits = [j.max_tokens for j in jobs]
+        limits = [j.max_tokens for _, j in jobs]
         most = None if any(x is None for x in limits) else max(x or 0 for x in limits)
-        slot_ctx = slot_context(model, [len(j.tokens) for j in jobs], most)
+        slot_ctx = slot_context(model, [len(j.tokens) for _, j in jobs], most)
     parallel = min(parallel, len(jobs))
     if on_start is not None:
         on_start(parallel, slot_ctx)
     logger.info("batch: %d slots of %d tokens", parallel, slot_ctx)
     with Batcher(model, parallel=parallel, slot_ctx=slot_ctx) as b:
-        yield from b.run((j.index, j) for j in jobs)
+        yield from b.run(jobs)
 
 
 def batch_stream(

@@ -33,13 +33,16 @@ from ggrun.tools import OPEN, looks_like_call
 logger = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Prepared:
-    """A request made ready for one model: rendered, tokenized, sampling resolved."""
+    """A request made ready for one model: rendered, tokenized, sampling resolved.
+
+    Built once by :meth:`ggrun.Model.prepare` and never changed: whoever runs it keeps
+    its own handle for it (a batch's index, a server's)."""
 
     request: Request
     tokens: list[int]
-    sampling: SamplingConfig
+    sampling: SamplingConfig  # as resolved: preset, family, overrides and the seed drawn
     chat: bool = False  # a chat reply: the thinking split applies
     starts_thinking: bool = False  # the prompt leaves a <think> block open
     grammar: str | None = None  # GBNF for the output (a constraint's, or the tool calls')
@@ -48,7 +51,6 @@ class Prepared:
     # (after the thought) or "tool" (when the model opens a tool call)
     speculative: str = "off"  # where guesses come from: off, lookup, draft or auto
     max_tokens: int | None = None  # the request's, or None (the room left) to think
-    index: int = 0  # a batch's or a server's handle for the request
 
     @property
     def lazy(self) -> bool:

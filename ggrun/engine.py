@@ -352,11 +352,20 @@ class Model:
             return False
         return templates.THINK_CLOSE not in opening or templates.starts_in_thinking(opening)
 
-    def prepare(self, request: Request, *, reuse_cache: bool = False) -> Prepared:
+    def prepare(
+        self, request: Request, *, reuse_cache: bool = False, slot_ctx: int | None = None
+    ) -> Prepared:
         """Render, tokenize and resolve ``request`` for this model; raise if it cannot run.
+
+        The result is final: it carries its max_tokens, grammar and speculation mode, and
+        nobody changes it after.
 
         With ``reuse_cache``, a prompt that extends the text the context holds keeps those
         tokens as they are (re-tokenizing a reply does not always give them back).
+        With ``slot_ctx``, the context the request will run in (a server's slot): a
+        prompt that does not fit raises :class:`ContextOverflow`, and so does a
+        ``max_tokens`` asked for that is more than the room the prompt leaves (the
+        default one is cut to that room, as without ``slot_ctx``).
         """
         self.weights.check_open()
         chat = request.messages is not None
@@ -383,26 +392,22 @@ class Model:
         think = request.think if chat else None
         cfg = self.sampling_for(think=think, preset=request.preset, **request.overrides)
         opening = prompt.opening if chat and isinstance(prompt, templates.Prompt) else ""
-        job = Prepared(request, tokens, cfg, chat=chat, max_tokens=request.max_tokens)
-        job.starts_thinking = self.thinks(None) and templates.starts_in_thinking(opening)
         thinks = chat and self.may_think(opening, request.think)
-        if thinks and request.default_max:
-            job.max_tokens = None  # room to think: as many as the context holds
-        c = request.constraint
-        if c is not None:
-            job.grammar = c.grammar
-            # a grammar that spells out the thought itself applies from the first token
-            if thinks and templates.THINK_CLOSE not in c.grammar:
-                job.activation = "think"
-        elif tools:
-            choice = request.tool_choice
-            job.grammar = tools_mod.call_grammar(tools, choice, request.parallel_tool_calls)
-            job.grammar_root = tools_mod.GRAMMAR_ROOT
-            job.activation = "tool" if choice.mode == "auto" else ("think" if thinks else None)
-        job.speculative = self._speculation(request, len(tokens))
-        if job.grammar is not None:
-            llama.check_grammar(self.weights, job.grammar, root=job.grammar_root, lazy=job.lazy)
-        return job
+        # room to think: a thinking reply without a max_tokens of its own gets the rest
+        max_tokens = None if thinks and request.default_max else request.max_tokens
+        if slot_ctx is not None:
+            check_room(len(tokens), None if request.default_max else max_tokens, slot_ctx)
+        grammar, root, activation = _grammar(request, thinks)
+        speculative = self._speculation(request, len(tokens))
+        if grammar is not None:
+            lazy = activation is not None
+            llama.check_grammar(self.weights, grammar, root=root, lazy=lazy)
+        return Prepared(
+            request, tokens, cfg, chat=chat,
+            starts_thinking=self.thinks(None) and templates.starts_in_thinking(opening),
+            grammar=grammar, grammar_root=root, activation=activation,
+            speculative=speculative, max_tokens=max_tokens,
+        )  # fmt: skip
 
     def _speculation(self, request: Request, n_prompt: int) -> str:
         """Where a request's guesses come from: its own choice, else the model's."""
@@ -525,6 +530,41 @@ def _request(prompt: str | Sequence[int] | Request, options: dict[str, Any]) -> 
     if isinstance(prompt, Request):
         return prompt.with_options(**options) if options else prompt
     return Request.build(prompt=prompt if isinstance(prompt, str) else list(prompt), **options)
+
+
+def _grammar(request: Request, thinks: bool) -> tuple[str | None, str, str | None]:
+    """The output's grammar, its root rule, and when it starts (``Prepared.activation``)."""
+    c = request.constraint
+    if c is not None:
+        # a grammar that spells out the thought itself applies from the first token
+        late = thinks and templates.THINK_CLOSE not in c.grammar
+        return c.grammar, "root", "think" if late else None
+    tools = request.offered_tools
+    if not tools:
+        return None, "root", None
+    choice = request.tool_choice
+    grammar = tools_mod.call_grammar(tools, choice, request.parallel_tool_calls)
+    when = "tool" if choice.mode == "auto" else ("think" if thinks else None)
+    return grammar, tools_mod.GRAMMAR_ROOT, when
+
+
+def check_room(n_prompt: int, max_tokens: int | None, n_ctx: int) -> None:
+    """Raise :class:`ContextOverflow` unless a prompt of ``n_prompt`` tokens leaves room
+    in ``n_ctx`` for one new token, and for ``max_tokens`` when it is given."""
+    room = n_ctx - n_prompt
+    if room < 1:
+        raise ContextOverflow(
+            f"the prompt has {n_prompt} tokens; the context holds {n_ctx}",
+            n_tokens=n_prompt,
+            n_ctx=n_ctx,
+        )
+    if max_tokens is not None and max_tokens > room:
+        raise ContextOverflow(
+            f"max_tokens {max_tokens} is more than the {room} tokens left in the "
+            f"{n_ctx}-token context after the prompt ({n_prompt} tokens)",
+            n_tokens=n_prompt,
+            n_ctx=n_ctx,
+        )
 
 
 def load(

@@ -397,26 +397,14 @@ class Server:
         return JSONResponse(reply.whole(Result("", "unload" if call.keep_alive == 0 else "load")))
 
     def _prepare(self, entry: Loaded, req: Request, asked: int | None) -> Any:
-        """Prepare the request (in a worker thread: templates, tokens, grammar)."""
-        job = entry.model.prepare(req)
-        slot = entry.engine.slot_ctx
-        room = slot - len(job.tokens)
-        if room < 1:
-            raise ApiError(
-                400,
-                f"the prompt has {len(job.tokens)} tokens; the context holds {slot}",
-                code="context_length_exceeded",
-            )
-        if asked is not None and asked > room:
-            raise ApiError(
-                400,
-                f"max_tokens {asked} is more than the {room} tokens left in the {slot}-token "
-                f"context after the prompt ({len(job.tokens)} tokens)",
-                param="max_tokens",
-                code="context_length_exceeded",
-            )
-        job.max_tokens = asked  # None: the room left
-        return job
+        """Prepare the request for its slot (in a worker thread: templates, tokens, grammar)."""
+        from ggrun.errors import ContextOverflow
+
+        try:
+            return entry.model.prepare(req, slot_ctx=entry.engine.slot_ctx)
+        except ContextOverflow as e:  # the prompt, or max_tokens past the room it leaves
+            param = "max_tokens" if asked is not None and e.n_tokens < e.n_ctx else None
+            raise ApiError(400, str(e), param=param, code="context_length_exceeded") from None
 
     async def _start(self, model_id: str, call: Call) -> _Run:
         """Validate and queue a request on its model; nothing queues before it is valid."""
@@ -425,7 +413,7 @@ class Server:
         options = dict(call.options)
         asked = options.pop("max_tokens", None)
         try:  # checked before a model is loaded for it
-            req = await run_in_threadpool(lambda: Request.build(**options, max_tokens=None))
+            req = await run_in_threadpool(lambda: Request.build(**options, max_tokens=asked))
         except GgrunError as e:
             raise ApiError.of(e) from None
         t0 = time.perf_counter()
