@@ -284,7 +284,8 @@ def run_case(
                         temperature=0, max_tokens=200, **kw)  # fmt: skip
     job = m.prepare(req)
     if not grammar:  # prompting only: the tools are in the prompt, nothing constrains
-        job = dataclasses.replace(job, grammar=None, activation=None)
+        run = job.run and dataclasses.replace(job.run, grammar_sha256=None)
+        job = dataclasses.replace(job, grammar=None, activation=None, run=run)
     from ggrun.textstream import Result as R
 
     return R.collect(m.run(job))

@@ -24,6 +24,7 @@ from typing import Any
 from ggrun import llama, speculative
 from ggrun.errors import GgrunError
 from ggrun.request import Request
+from ggrun.runinfo import RunInfo
 from ggrun.sampling import SamplingConfig
 from ggrun.speculative import Speculation
 from ggrun.templates import THINK_BUDGET_MESSAGE, THINK_OPEN
@@ -51,6 +52,7 @@ class Prepared:
     # (after the thought) or "tool" (when the model opens a tool call)
     speculative: str = "off"  # where guesses come from: off, lookup, draft or auto
     max_tokens: int | None = None  # the request's, or None (the room left) to think
+    run: RunInfo | None = None  # the run's manifest (on its final chunk and result)
 
     @property
     def lazy(self) -> bool:
@@ -155,6 +157,7 @@ class Decoder:
             starts_in_thinking=job.starts_thinking,
             tools=req.offered_tools,
             on_chunk=on_chunk,
+            run=job.run,
         )
         s = Sequence(seq, job, sampler, stream, limit, kv=kept, todo=job.tokens[n_keep:])
         if job.starts_thinking and self._over_budget(s):  # a budget of 0: no thought

@@ -32,6 +32,7 @@ from ggrun.gguffile import GGUFInfo, read_gguf
 from ggrun.hardware import Hardware, detect_hardware
 from ggrun.planner import Plan
 from ggrun.request import Request
+from ggrun.runinfo import RunInfo, seeded
 from ggrun.sampling import SamplingConfig
 from ggrun.textstream import Chunk, Result
 from ggrun.tools import Tool
@@ -357,8 +358,8 @@ class Model:
     ) -> Prepared:
         """Render, tokenize and resolve ``request`` for this model; raise if it cannot run.
 
-        The result is final: it carries its max_tokens, grammar and speculation mode, and
-        nobody changes it after.
+        The result is final: it carries its max_tokens, grammar, speculation mode and run
+        manifest (:class:`~ggrun.runinfo.RunInfo`), and nobody changes it after.
 
         With ``reuse_cache``, a prompt that extends the text the context holds keeps those
         tokens as they are (re-tokenizing a reply does not always give them back).
@@ -390,7 +391,7 @@ class Model:
         if not tokens:
             raise InvalidArgument("the prompt is empty")
         think = request.think if chat else None
-        cfg = self.sampling_for(think=think, preset=request.preset, **request.overrides)
+        cfg = seeded(self.sampling_for(think=think, preset=request.preset, **request.overrides))
         opening = prompt.opening if chat and isinstance(prompt, templates.Prompt) else ""
         thinks = chat and self.may_think(opening, request.think)
         # room to think: a thinking reply without a max_tokens of its own gets the rest
@@ -402,11 +403,15 @@ class Model:
         if grammar is not None:
             lazy = activation is not None
             llama.check_grammar(self.weights, grammar, root=root, lazy=lazy)
+        run = RunInfo.build(
+            model=self.path, sampling=cfg, grammar=grammar, speculative=speculative,
+            cache_type=self.config.cache_type,
+        )  # fmt: skip
         return Prepared(
             request, tokens, cfg, chat=chat,
             starts_thinking=self.thinks(None) and templates.starts_in_thinking(opening),
             grammar=grammar, grammar_root=root, activation=activation,
-            speculative=speculative, max_tokens=max_tokens,
+            speculative=speculative, max_tokens=max_tokens, run=run,
         )  # fmt: skip
 
     def _speculation(self, request: Request, n_prompt: int) -> str:

@@ -6,7 +6,8 @@ fields. A line that cannot be read (not UTF-8, not JSON, nested too deeply, long
 :data:`MAX_LINE`, not an object) becomes an error result; it never stops the batch.
 ``id`` defaults to the line number (1-based).
 
-Output: one JSON object per result, appended, flushed and fsynced as each finishes.
+Output: one JSON object per result, appended, flushed and fsynced as each finishes; a
+request that ran carries its ``run`` manifest (:meth:`ggrun.runinfo.RunInfo.record`).
 After a crash or Ctrl-C the file ends with complete lines, plus at most one torn line
 that :class:`ResultsFile` cuts off before appending again, and the ids already there
 are skipped: re-running the same command finishes the job, with every id exactly once.

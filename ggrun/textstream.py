@@ -4,7 +4,8 @@ Every generated token, whether from :meth:`ggrun.Model.stream` or from a batch s
 through one :class:`TextStream`: its bytes are assembled into UTF-8 text, stop strings
 cut the stream (holding back what could be the start of one), ``<think>…</think>`` is
 split from the answer, and the counts and speeds are kept. The last chunk carries the
-``finish_reason`` and the final statistics, with the same meaning on every path.
+``finish_reason``, the final statistics and the run's manifest
+(:class:`~ggrun.runinfo.RunInfo`), with the same meaning on every path.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from ggrun.errors import GgrunError
 from ggrun.templates import THINK_CLOSE, THINK_OPEN
 from ggrun.tools import CLOSE, OPEN, Tool, ToolCall, parse_call
+
+if TYPE_CHECKING:
+    from ggrun.runinfo import RunInfo
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class Chunk:
     tool_calls: list[ToolCall] = field(default_factory=list)  # calls completed in this chunk
     logprobs: list[TokenLogprob] = field(default_factory=list)  # of this chunk's tokens
     error: str | None = None  # on the last chunk: why the output cannot be used
+    run: RunInfo | None = None  # on the last chunk: the run's manifest
 
 
 # the counts and speeds a result takes from its stream's last chunk
@@ -95,6 +100,7 @@ class Result:
     error: str | None = None
     tool_calls: list[ToolCall] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    run: RunInfo | None = None  # what went into it (None for a request that never ran)
 
     @classmethod
     def from_last(
@@ -112,6 +118,7 @@ class Result:
             finish_reason=last.finish_reason or default_finish,
             reasoning=reasoning.strip() or None,
             error=last.error,
+            run=last.run,
             tool_calls=list(tool_calls or []),
             logprobs=list(logprobs or []),
             **{name: getattr(last, name) for name in STATS},
@@ -292,7 +299,8 @@ class ToolCallSplitter:
 class TextStream:
     """The pipeline of one sequence: feed it each sampled token, then :meth:`finish` it.
 
-    ``on_chunk`` (optional) sees every chunk this stream produces, the last one included.
+    ``on_chunk`` (optional) sees every chunk this stream produces, the last one included;
+    the last one carries ``run``, the run's manifest.
     """
 
     def __init__(
@@ -306,8 +314,10 @@ class TextStream:
         starts_in_thinking: bool = False,
         tools: tuple[Tool, ...] = (),
         on_chunk: Callable[[Chunk], Any] | None = None,
+        run: RunInfo | None = None,
     ) -> None:
         self._bytes = token_bytes
+        self.run = run
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._stopper = StopMatcher(stop)
         self._splitter = ThinkSplitter(starts_in_thinking) if split_thinking else None
@@ -428,6 +438,7 @@ class TextStream:
             tool_calls=calls,
             logprobs=lps,
             error=self.error,
+            run=self.run,
         )
         if self.on_chunk is not None:
             self.on_chunk(last)

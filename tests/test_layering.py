@@ -33,6 +33,7 @@ FLOORS: dict[str, int] = {
             "ggrun.hardware",
             "ggrun.planner",
             "ggrun.models",
+            "ggrun.runinfo",
             "ggrun.jsonl",
             "ggrun.tasks",
             "ggrun.tools",

@@ -90,8 +90,9 @@ def batch(
     """Run every request of INPUT_FILE with continuous batching; write one JSON line each.
 
     Each output line holds id, text, reasoning, data (with --json/--schema/--task),
-    finish_reason, prompt_tokens, completion_tokens and error. A line that fails on
-    its own gets an error and the batch goes on. Re-running the same command skips
+    finish_reason, prompt_tokens, completion_tokens, error and run (what went into it:
+    the model's sha256, versions, sampling and seed). A line that fails on its own gets
+    an error and the batch goes on. Re-running the same command skips
     the ids already in the output, so an interrupted run loses nothing.
 
       ggrun batch qwen2.5-coder-0.5b prompts.jsonl -o results.jsonl --parallel 8
@@ -204,6 +205,8 @@ def _record(result: Any) -> dict[str, Any]:
         generation_tps=round(result.generation_tps, 2),
         error=result.error,
     )
+    if result.run is not None:  # what went into it (a request that never ran has none)
+        rec["run"] = result.run.record()
     return rec
 
 

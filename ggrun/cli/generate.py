@@ -1,7 +1,8 @@
 """``ggrun generate``: one completion, streamed to stdout.
 
 Only the answer goes to stdout; notices, reasoning and statistics go to stderr, so
-``ggrun generate ... > out.txt`` is clean.
+``ggrun generate ... > out.txt`` (or ``--json ... | jq``) is clean. ``--stats`` also
+prints the run's manifest (:class:`~ggrun.runinfo.RunInfo`) there, as a line of JSON.
 """
 
 from __future__ import annotations
@@ -32,7 +33,12 @@ def generate(
         typer.Option("--raw", help="Complete the prompt as raw text, without the chat template."),
     ] = False,
     stats: Annotated[
-        bool, typer.Option("--stats", help="Print token counts and speeds to stderr at the end.")
+        bool,
+        typer.Option(
+            "--stats",
+            help="Print token counts, speeds and the run's manifest (model sha256, versions, "
+            "sampling, seed) to stderr at the end.",
+        ),
     ] = False,
     json_mode: options.JsonOpt = False,
     schema: options.SchemaOpt = None,
@@ -137,6 +143,10 @@ def generate(
             f"finish: {last.finish_reason}",
             file=sys.stderr,
         )
+        if last.run is not None:  # what went into it, to run it again
+            import json
+
+            print(f"ggrun: run {json.dumps(last.run.record())}", file=sys.stderr)
 
 
 MAX_PROMPT_BYTES = 64 << 20  # far past any context: a prompt file over it is not a prompt
