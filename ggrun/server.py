@@ -38,7 +38,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from ggrun.api import Adapter, Call, Event, Meta, Reply, anthropic, ollama, openai
+from ggrun.api import Adapter, Call, Event, Meta, Reply, anthropic, ollama, openai, responses
 from ggrun.batching import Waiter
 from ggrun.errors import ApiError, GgrunError
 from ggrun.pool import Loaded, Pool
@@ -562,6 +562,7 @@ def _adapter_of(request: Any) -> Adapter:
 GENERATION: dict[str, Adapter] = {
     "/v1/chat/completions": openai.CHAT,
     "/v1/completions": openai.COMPLETIONS,
+    "/v1/responses": responses.ADAPTER,
     "/v1/messages": anthropic.MESSAGES,
     "/api/chat": ollama.CHAT,
     "/api/generate": ollama.GENERATE,

@@ -61,6 +61,7 @@ FLOORS: dict[str, int] = {
             "ggrun.api",
             "ggrun.api.openai",
             "ggrun.api.ollama",
+            "ggrun.api.responses",
             "ggrun.api.anthropic",
             "ggrun.webpage",
             "ggrun.server",
