@@ -145,6 +145,11 @@ class Model:
         self._ctx: llama.Context | None = None
         self._decoder: Decoder | None = None
         self._kv: list[int] = []  # tokens whose cells the context holds (sequence 0)
+        # texts to vectors (Model.embed), on a context of its own made on first use
+        self.embedder = llama.Embedder(
+            self.weights, n_ctx=self.n_ctx, n_threads=self.n_threads,
+            n_threads_batch=self.n_threads_batch,
+        )  # fmt: skip
         # its recent replies, for the n-gram guesses of later requests (speculative decoding)
         self.memory = speculative_mod.Memory()
         self.draft: speculative_mod.DraftModel | None = None
@@ -197,6 +202,7 @@ class Model:
         if self._ctx is not None:
             self._ctx.close()
             self._ctx = None
+        self.embedder.close()
         self.weights.close()
         self._kv = []
 
@@ -529,6 +535,22 @@ class Model:
     def kv_tokens(self) -> list[int]:
         """The tokens whose keys and values the context holds now (sequence 0)."""
         return list(self._kv)
+
+    # -- embeddings -----------------------------------------------------------------
+    def embed(self, texts: str | Sequence[str]) -> list[list[float]]:
+        """One unit vector (L2 norm 1, ``n_embd`` floats) for each text, in order; a
+        string is one text (a list of one vector).
+
+        Any GGUF: pooled as its file says, else mean-pooled over the text's tokens (as
+        llama.cpp's ``--pooling mean``), then normalized. Texts are tokenized as text, and
+        several go through one decode. This runs on an embedding context of its own,
+        made on first use: generation and its KV cache are never disturbed. Thread-safe
+        (calls take turns on that context). A text over ``n_ctx`` tokens raises
+        :class:`ContextOverflow`; an empty one (on a model that adds no BOS token) or one
+        that is not a string, :class:`InvalidArgument`. ``model.embedder.embed(texts)``
+        gives the vectors as one float32 array and the token counts.
+        """
+        return self.embedder.embed(texts).tolist()
 
 
 def _request(prompt: str | Sequence[int] | Request, options: dict[str, Any]) -> Request:

@@ -17,8 +17,8 @@ def run(*args: str, input: str | None = None):  # type: ignore[no-untyped-def]
     return runner.invoke(app, list(args), input=input)
 
 
-COMMANDS = ("generate", "chat", "pull", "list", "rm", "convert", "batch", "bench", "serve",
-            "doctor", "fit")  # fmt: skip
+COMMANDS = ("generate", "chat", "pull", "list", "rm", "convert", "batch", "embed", "bench",
+            "serve", "doctor", "fit")  # fmt: skip
 
 
 def test_help_lists_commands() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from ggrun.cli import batch, bench, chat, convert, generate, hardware, models, serve
+from ggrun.cli import batch, bench, chat, convert, embed, generate, hardware, models, serve
 
 
 class _Formatter(logging.Formatter):
@@ -132,6 +132,7 @@ app.command("list")(models.list_models)
 app.command("rm")(models.rm)
 app.command("convert")(convert.convert)
 app.command("batch")(batch.batch)
+app.command("embed")(embed.embed)
 app.command("bench")(bench.bench)
 app.command("serve")(serve.serve)
 app.command("doctor")(hardware.doctor)
