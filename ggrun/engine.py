@@ -32,7 +32,7 @@ from ggrun.gguffile import GGUFInfo, read_gguf
 from ggrun.hardware import Hardware, detect_hardware
 from ggrun.planner import Plan
 from ggrun.request import Request
-from ggrun.runinfo import RunInfo, seeded
+from ggrun.runinfo import RunInfo
 from ggrun.sampling import SamplingConfig
 from ggrun.textstream import Chunk, Result
 from ggrun.tools import Tool
@@ -397,13 +397,16 @@ class Model:
         if not tokens:
             raise InvalidArgument("the prompt is empty")
         think = request.think if chat else None
-        cfg = seeded(self.sampling_for(think=think, preset=request.preset, **request.overrides))
+        cfg = self.sampling_for(think=think, preset=request.preset, **request.overrides)
+        cfg = cfg.seeded(llama.DEFAULT_SEED)  # a random seed, drawn here so the run names it
         opening = prompt.opening if chat and isinstance(prompt, templates.Prompt) else ""
         thinks = chat and self.may_think(opening, request.think)
         # room to think: a thinking reply without a max_tokens of its own gets the rest
         max_tokens = None if thinks and request.default_max else request.max_tokens
         if slot_ctx is not None:
             check_room(len(tokens), None if request.default_max else max_tokens, slot_ctx)
+            if max_tokens is None:  # the room left in that context, not in a larger one
+                max_tokens = slot_ctx - len(tokens)
         grammar, root, activation = _grammar(request, thinks)
         speculative = self._speculation(request, len(tokens))
         if grammar is not None:

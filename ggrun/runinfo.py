@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import secrets
 import stat
 import tempfile
 import threading
@@ -28,7 +27,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ggrun.llama import DEFAULT_SEED
 from ggrun.sampling import SamplingConfig
 
 logger = logging.getLogger(__name__)
@@ -48,7 +46,6 @@ class RunInfo:
     ggrun_version: str
     llama_cpp: str  # llama-cpp-python's version and the native build (ggml commit)
     sampling: tuple[tuple[str, Any], ...]  # the resolved settings, name and value
-    seed: int | None  # the seed the sampler drew with (None: greedy, no draw)
     grammar_sha256: str | None  # of the GBNF that constrained the output (16 hex)
     speculative: str  # off, lookup, draft or auto
     cache_type: str  # the KV cache's: f16, q8_0 or q4_0
@@ -63,13 +60,13 @@ class RunInfo:
         speculative: str,
         cache_type: str,
     ) -> RunInfo:
-        """A manifest for ``sampling`` (as resolved: its seed drawn by :func:`seeded`)."""
+        """A manifest for ``sampling`` as resolved, with the seed its draws use
+        (:meth:`~ggrun.sampling.SamplingConfig.seeded`; greedy decoding draws none)."""
         return cls(
             model_sha256=None if model is None else file_sha256(model),
             ggrun_version=ggrun_version(),
             llama_cpp=llama_cpp_build(),
             sampling=tuple(sampling.as_dict().items()),
-            seed=sampling.seed,
             grammar_sha256=None if grammar is None else text_digest(grammar),
             speculative=speculative,
             cache_type=cache_type,
@@ -91,16 +88,6 @@ class RunInfo:
         """``fp_`` and 12 hex digits of the whole manifest (OpenAI's ``system_fingerprint``)."""
         text = json.dumps(self.as_dict(), sort_keys=True, separators=(",", ":"))
         return "fp_" + hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def seeded(sampling: SamplingConfig) -> SamplingConfig:
-    """``sampling`` with the seed its draws will use: a random one when none was given
-    (llama.cpp would pick one it never tells), so that the manifest can name it. Greedy
-    decoding draws nothing and keeps None."""
-    if sampling.seed is not None or sampling.greedy:
-        return sampling
-    # below DEFAULT_SEED, which tells llama.cpp to pick one at random
-    return sampling.replace(seed=secrets.randbelow(DEFAULT_SEED))
 
 
 def text_digest(text: str) -> str:

@@ -23,7 +23,7 @@ HOMES = {"ggrun/sampling.py", "ggrun/llama.py"}  # the table, and where samplers
 
 # --- EXCLUDED FOR NOW: the API adapters, until they read their fields off the table
 # (sampling.wire_fields / sampling.from_wire). Remove these once they do.
-NOT_YET_CHECKED = ("ggrun/openai_api.py", "ggrun/ollama_api.py", "ggrun/api/")
+NOT_YET_CHECKED: tuple[str, ...] = ()
 
 
 def _docstrings(tree: ast.AST) -> set[int]:
