@@ -38,7 +38,18 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from ggrun.api import Adapter, Call, Event, Meta, Reply, anthropic, ollama, openai, responses
+from ggrun.api import (
+    Adapter,
+    Call,
+    EmbedAdapter,
+    Event,
+    Meta,
+    Reply,
+    anthropic,
+    ollama,
+    openai,
+    responses,
+)
 from ggrun.batching import Waiter
 from ggrun.errors import ApiError, GgrunError
 from ggrun.pool import Loaded, Pool
@@ -156,6 +167,7 @@ class Server:
             Route("/v1/models/{model_id:path}", self.model_card, methods=["GET"]),
             *(self._route(path, adapter) for path, adapter in GENERATION.items()),
             Route("/v1/messages/count_tokens", self.count_tokens, methods=["POST"]),
+            *(self._embed_route(path, adapter) for path, adapter in EMBEDDINGS.items()),
             Route("/api/tags", self.ollama_tags, methods=["GET"]),
             Route("/api/show", self.ollama_show, methods=["POST"]),
             Route("/api/ps", self.ollama_ps, methods=["GET"]),
@@ -180,6 +192,15 @@ class Server:
         async def endpoint(request: Any) -> Any:
             request.state.adapter = adapter  # errors are rendered in its shape
             return await self._generate(request, adapter)
+
+        return Route(path, endpoint, methods=["POST"])
+
+    def _embed_route(self, path: str, adapter: EmbedAdapter) -> Any:
+        from starlette.routing import Route
+
+        async def endpoint(request: Any) -> Any:
+            request.state.adapter = adapter
+            return await self._embed(request, adapter)
 
         return Route(path, endpoint, methods=["POST"])
 
@@ -376,7 +397,8 @@ class Server:
         if call.load_only:
             return await self._load(model_id, call, adapter)
         run = await self._start(model_id, call)
-        reply = adapter.reply(call, Meta(model_id, int(time.time()), run.t0, run.load_s))
+        meta = Meta(model_id, int(time.time()), run.t0, run.load_s, run.job.run)
+        reply = adapter.reply(call, meta)
         if call.stream:
             return self._stream(run, reply, adapter)
         result = await self._wait(request, run)
@@ -396,12 +418,15 @@ class Server:
         reply = adapter.reply(call, Meta(model_id, int(time.time()), time.perf_counter()))
         return JSONResponse(reply.whole(Result("", "unload" if call.keep_alive == 0 else "load")))
 
-    def _prepare(self, entry: Loaded, req: Request, asked: int | None) -> Any:
-        """Prepare the request for its slot (in a worker thread: templates, tokens, grammar)."""
+    def _prepare(self, entry: Loaded, req: Request, asked: int | None,
+                 context: int | None = None) -> Any:  # fmt: skip
+        """Prepare the request for its slot, or the smaller ``context`` it asks for (in a
+        worker thread: templates, tokens, grammar)."""
         from ggrun.errors import ContextOverflow
 
+        slot = min(entry.engine.slot_ctx, context or entry.engine.slot_ctx)
         try:
-            return entry.model.prepare(req, slot_ctx=entry.engine.slot_ctx)
+            return entry.model.prepare(req, slot_ctx=slot)
         except ContextOverflow as e:  # the prompt, or max_tokens past the room it leaves
             param = "max_tokens" if asked is not None and e.n_tokens < e.n_ctx else None
             raise ApiError(400, str(e), param=param, code="context_length_exceeded") from None
@@ -420,7 +445,7 @@ class Server:
         entry = await self._acquire(model_id)
         run = _Run(self.pool, entry, call.keep_alive, time.perf_counter() - t0, t0)
         try:
-            run.job = await run_in_threadpool(self._prepare, entry, req, asked)
+            run.job = await run_in_threadpool(self._prepare, entry, req, asked, call.context)
         except GgrunError as e:
             run.done()
             raise ApiError.of(e) from None
@@ -492,6 +517,25 @@ class Server:
 
         return EventSourceResponse(sse(), ping=15)
 
+    async def _embed(self, request: Any, adapter: EmbedAdapter) -> Any:
+        """Embeddings: the model's own embedding context (generation goes on beside it)."""
+        from starlette.concurrency import run_in_threadpool
+        from starlette.responses import JSONResponse
+
+        call = adapter.parse(await self._body(request))
+        model_id = self._model(call.model)
+        t0 = time.perf_counter()
+        entry = await self._acquire(model_id)
+        meta = Meta(model_id, int(time.time()), t0, time.perf_counter() - t0)
+        try:
+            done = await run_in_threadpool(entry.model.embedder.embed, list(call.texts))
+            vectors, n_tokens = done.tolist(), done.total_tokens
+        except GgrunError as e:
+            raise ApiError.of(e) from None
+        finally:
+            self.pool.release(entry, call.keep_alive)
+        return JSONResponse(adapter.render(call, vectors, n_tokens, meta))
+
     # -- the ollama listings ----------------------------------------------------------
     async def ollama_tags(self, request: Any) -> Any:
         from starlette.responses import JSONResponse
@@ -548,7 +592,7 @@ def _json(data: Any) -> str:
     return data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
 
 
-def _adapter_of(request: Any) -> Adapter:
+def _adapter_of(request: Any) -> Adapter | EmbedAdapter:
     """The adapter whose shape an error takes: the route's, else by the path (a 404)."""
     adapter = getattr(request.state, "adapter", None)
     if adapter is not None:
@@ -559,6 +603,11 @@ def _adapter_of(request: Any) -> Adapter:
     return ollama.CHAT if path.startswith("/api/") else openai.CHAT
 
 
+EMBEDDINGS: dict[str, EmbedAdapter] = {
+    "/v1/embeddings": openai.EMBEDDINGS,
+    "/api/embed": ollama.EMBED,
+    "/api/embeddings": ollama.EMBEDDINGS,
+}
 GENERATION: dict[str, Adapter] = {
     "/v1/chat/completions": openai.CHAT,
     "/v1/completions": openai.COMPLETIONS,

@@ -136,3 +136,27 @@ def test_logprobs_whole_and_streamed(server: str) -> None:
                                 logprobs=3)  # fmt: skip
     lp = comp.choices[0].logprobs
     assert len(lp.tokens) == len(lp.token_logprobs) == 4 and len(lp.top_logprobs[0]) == 3
+
+
+def test_num_ctx_is_the_request_context(oc: Any) -> None:
+    """ollama's num_ctx below the slot bounds the prompt and the reply; above, the slot."""
+    r = oc.chat(model=SMOL, messages=MSG, options={"temperature": 0, "num_ctx": 40,
+                                                   "repeat_penalty": 1.0})  # fmt: skip
+    assert r.prompt_eval_count + r.eval_count == 40 and r.done_reason == "length"
+    big = oc.chat(model=SMOL, messages=MSG, options={"num_ctx": 1 << 20, "num_predict": 4})
+    assert big.eval_count == 4
+    with pytest.raises(ollama.ResponseError) as e:
+        oc.chat(model=SMOL, messages=MSG, options={"num_ctx": 8})
+    assert e.value.status_code == 400 and "context holds 8" in str(e.value)
+
+
+def test_system_fingerprint_is_the_run_manifest(server: str) -> None:
+    c = openai.OpenAI(base_url=server + "/v1", api_key="none")
+    body: dict[str, Any] = {"model": SMOL, "messages": MSG, "max_tokens": 4, "temperature": 0}
+    a, b = c.chat.completions.create(**body), c.chat.completions.create(**body)
+    assert a.system_fingerprint and a.system_fingerprint.startswith("fp_")
+    assert a.system_fingerprint == b.system_fingerprint  # greedy: the same manifest
+    other = c.chat.completions.create(**{**body, "temperature": 0.5, "seed": 3})
+    assert other.system_fingerprint != a.system_fingerprint
+    chunks = list(c.chat.completions.create(**body, stream=True))
+    assert {ch.system_fingerprint for ch in chunks} == {a.system_fingerprint}

@@ -25,8 +25,8 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from ggrun.cli.app import app
 from ggrun.api.ollama import MAX_KEEP_ALIVE, keep_alive
+from ggrun.cli.app import app
 from ggrun.errors import ApiError
 from ggrun.pool import Pool
 from ggrun.server import Server

@@ -20,10 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ggrun.errors import ApiError
 from ggrun.textstream import Chunk, Result
+
+if TYPE_CHECKING:
+    from ggrun.runinfo import RunInfo
 
 Framing = Literal["sse", "ndjson"]
 
@@ -45,6 +48,7 @@ class Call:
     stream: bool = False
     keep_alive: float | None = None  # seconds to keep the model loaded (ollama)
     load_only: bool = False  # nothing to generate: load (or, keep_alive 0, unload) the model
+    context: int | None = None  # the most tokens of context it may use (ollama's num_ctx)
     wire: Mapping[str, Any] = field(default_factory=dict)  # the adapter's own settings
 
 
@@ -56,6 +60,7 @@ class Meta:
     created: int  # Unix time
     t0: float  # perf_counter at the start of the request
     load_s: float = 0.0  # seconds spent loading the model for it
+    run: RunInfo | None = None  # the run's manifest (None: nothing runs)
 
 
 class Reply(Protocol):

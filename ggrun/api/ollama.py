@@ -102,7 +102,7 @@ def _options(body: Mapping[str, Any]) -> dict[str, Any]:
     n = opts.get("num_predict")
     if n is not None and _int("options.num_predict", n, -2, MAX_TOKENS) >= 0:
         out["max_tokens"] = n  # -1 (until the end) and -2 (fill the context): the room left
-    if opts.get("num_ctx") is not None:  # the server's --ctx holds: checked, not used
+    if opts.get("num_ctx") is not None:  # the request's context (Call.context)
         _int("options.num_ctx", opts["num_ctx"], 1, MAX_TOKENS)
     if opts.get("stop") is not None:
         out["stop"] = opts["stop"]
@@ -304,7 +304,9 @@ class _Adapter:
                 Request.build(**check)
             except GgrunError as e:
                 raise ApiError.of(e) from None
-        return Call(options, body.get("model"), body.get("stream", True), ka, load_only)
+        num_ctx = (body.get("options") or {}).get("num_ctx")  # checked by _options
+        return Call(options, body.get("model"), body.get("stream", True), ka, load_only,
+                    context=num_ctx)  # fmt: skip
 
     def reply(self, call: Call, meta: Meta) -> _Reply:
         return _Reply(meta, self.piece)

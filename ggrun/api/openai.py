@@ -373,7 +373,12 @@ class _Reply:
         self.n_calls = 0
 
     def _chunk(self, c: Chunk | None, finish: str | None = None) -> dict[str, Any]:
-        return chunk_body(self.rid, self.meta.model, self.meta.created, self.chat, c, finish)
+        d = chunk_body(self.rid, self.meta.model, self.meta.created, self.chat, c, finish)
+        return {**d, **self._fingerprint()}
+
+    def _fingerprint(self) -> dict[str, Any]:
+        run = self.meta.run
+        return {"system_fingerprint": run.fingerprint} if run is not None else {}
 
     def head(self) -> list[Event]:
         return [Event(self._chunk(None))] if self.chat else []
@@ -396,7 +401,8 @@ class _Reply:
         return [Event(d), Event("[DONE]")]
 
     def whole(self, r: Result) -> dict[str, Any]:
-        return {**final_body(self.rid, self.meta.model, r, self.chat), "created": self.meta.created}
+        body = final_body(self.rid, self.meta.model, r, self.chat)
+        return {**body, "created": self.meta.created, **self._fingerprint()}
 
 
 class _Adapter:

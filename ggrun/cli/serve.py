@@ -100,9 +100,8 @@ def serve(
         -d '{"messages":[{"role":"user","content":"hi"}]}'
     """
     from ggrun import models
-    from ggrun.errors import InvalidArgument
     from ggrun.api.ollama import keep_alive as duration
-    from ggrun.errors import ApiError
+    from ggrun.errors import ApiError, InvalidArgument
     from ggrun.pool import Pool
     from ggrun.server import check_address
     from ggrun.server import serve as run
