@@ -5,11 +5,14 @@ One ``ggrun serve`` process; each round sends one streaming request per adapter 
 shuffled order (interleaved, so the machine's drift hits them all alike), a one-message
 chat asking for ``max_tokens`` 1 (greedy). Time to first byte is from sending the
 request to the first byte of the response body; "whole" is to its last byte. Medians and
-spread (p10-p90) over ``--reps`` rounds, after a burn-in. The prompt is the same for
-every adapter and the KV cache of the slot keeps it, so the figures are the HTTP, parsing
-and rendering overhead plus one decode step.
+spread (p10-p90) over ``--reps`` rounds, after a burn-in. The chat adapters render the
+same messages to the same prompt, so their "whole" times differ only by parsing and
+rendering; the completions row has a shorter prompt (no template). The first byte is
+protocol: OpenAI chat and Responses send an event before generating (the role chunk,
+``response.created``), ollama and Anthropic (whose ``message_start`` carries the prompt's
+token counts) with the first token.
 
-    python benchmarks/adapters.py --model SmolLM2-135M-Instruct.Q4_1 --reps 30
+    python benchmarks/adapters.py --model smollm2-135m --reps 30
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ def spread(xs: list[float]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="SmolLM2-135M-Instruct.Q4_1")
+    ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--burn-in", type=int, default=3)
@@ -108,14 +111,18 @@ def main() -> None:
         proc.terminate()
         proc.wait(timeout=60)
     base_ttfb = statistics.median(t[0] for t in times["openai chat"])
+    base_whole = statistics.median(t[1] for t in times["openai chat"])
     print(f"{path.name}, {a.threads} threads, 1-token replies, median (p10-p90) of {a.reps}")
-    print("| adapter | time to first byte ms | whole answer ms | TTFB / openai chat |")
-    print("|---|---:|---:|---:|")
+    print("| adapter | time to first byte ms | whole answer ms | TTFB / openai chat "
+          "| whole / openai chat |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|")
     rows = []
     for name, ts in times.items():
         ttfb = [t[0] for t in ts]
+        whole = [t[1] for t in ts]
         ratio = statistics.median(ttfb) / base_ttfb
-        print(f"| {name} | {spread(ttfb)} | {spread([t[1] for t in ts])} | {ratio:.2f} |")
+        wratio = statistics.median(whole) / base_whole
+        print(f"| {name} | {spread(ttfb)} | {spread(whole)} | {ratio:.2f} | {wratio:.2f} |")
         rows.append({"adapter": name, "ttfb_ms": [t[0] * 1e3 for t in ts],
                      "whole_ms": [t[1] * 1e3 for t in ts], "ratio": ratio})  # fmt: skip
     if a.out:
