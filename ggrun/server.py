@@ -103,6 +103,36 @@ def _depth(value: Any) -> int:
     return deepest
 
 
+def _lone_surrogate(body: dict[str, Any]) -> str | None:
+    """Where the first string (a value or a key) that is not valid text is, as
+    ``a.b[2]``; None when every one is (an echoed field would otherwise fail as the
+    reply is encoded, and a tool's text would reach the tokenizer as broken UTF-8)."""
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        pass
+    stack: list[tuple[Any, str]] = [(body, "")]
+    while stack:
+        v, at = stack.pop()
+        items = v.items() if isinstance(v, dict) else enumerate(v) if isinstance(v, list) else ()
+        for k, x in items:
+            here = f"{at}[{k}]" if isinstance(k, int) else f"{at}.{k}" if at else k
+            for text in (k, x):
+                if isinstance(text, str) and not _encodes(text):
+                    return repr(here)[1:-1] if text is k else here
+            stack.append((x, here))
+    return None  # unreachable: dumps failed on some string
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -270,6 +300,10 @@ class Server:
             raise ApiError(400, "the body must be a JSON object")
         if _depth(body) > MAX_DEPTH:
             raise ApiError(400, f"the body is nested deeper than {MAX_DEPTH} levels")
+        where = _lone_surrogate(body)
+        if where is not None:  # JSON allows "\ud800"; UTF-8, templates and llama.cpp do not
+            raise ApiError(400, f"{where[:200]} is not valid text (it holds a lone surrogate)",
+                           param=where.split(".")[0].split("[")[0][:100] or None)  # fmt: skip
         return body
 
     def _model(self, model: Any) -> str:

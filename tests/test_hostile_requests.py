@@ -376,6 +376,36 @@ def test_malformed_bodies_are_400s_that_say_why(server: str, body: Any, what: st
     assert what in r.json()["error"]["message"] or r.json()["error"]["param"] == what
 
 
+# A lone surrogate is legal JSON but not text: in a field an adapter echoes (Responses'
+# tools, metadata, user) it made the reply fail to encode (a 500 and a traceback); in a
+# tool's text it reached the tokenizer as broken UTF-8. Every route refuses it up front.
+SURROGATES = [
+    ("/v1/responses", b'{"input": "hi", "user": "\\ud800"}', "user"),
+    ("/v1/responses", b'{"input": "hi", "metadata": {"\\ud800": "x"}}', "metadata"),
+    ("/v1/responses", b'{"input": "hi", "tools": [{"type": "function", "name": "f", '
+     b'"description": "\\udfff", "parameters": {"type": "object"}}]}', "tools"),
+    ("/v1/responses", b'{"input": "hi", "tools": [{"type": "function", "name": "f", '
+     b'"parameters": {"type": "object", "properties": {"\\ud800": {}}}}]}', "tools"),
+    ("/v1/messages/count_tokens", b'{"messages": [{"role": "user", "content": "x"}], '
+     b'"tools": [{"name": "f", "description": "\\ud800", "input_schema": {"type": "object"}}]}',
+     "tools"),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], '
+     b'"response_format": {"type": "json_schema", "json_schema": {"schema": '
+     b'{"type": "string", "enum": ["\\ud800"]}}}}', "response_format"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "body", "param"), SURROGATES)
+def test_a_lone_surrogate_anywhere_is_a_400(server: str, path: str, body: bytes,
+                                            param: str) -> None:  # fmt: skip
+    r = _post(server, body, path=path)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert "lone surrogate" in err["message"], err
+    if path != "/v1/messages/count_tokens":  # Anthropic's shape has no param
+        assert err["param"] == param
+
+
 def test_requests_from_a_web_page_are_refused(server: str) -> None:
     port = server.rsplit(":", 1)[1]
     r = _post(server, {"messages": MSG}, {**H, "Host": "evil.example"})
