@@ -123,6 +123,8 @@ def from_dict(d: Mapping[str, Any], where: str = "tool") -> Tool:
     desc = fn.get("description", "")
     if not isinstance(desc, str):
         raise InvalidArgument(f"{where}.function.description must be a string")
+    if not isinstance(fn.get("strict", False), (bool, type(None))):
+        raise InvalidArgument(f"{where}.function.strict must be true or false")
     params = fn.get("parameters", {"type": "object", "properties": {}})
     if not isinstance(params, dict) or params.get("type", "object") != "object":
         raise InvalidArgument(f"{where}.function.parameters must be an object schema")

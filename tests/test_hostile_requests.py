@@ -169,6 +169,37 @@ def test_a_bad_option_names_its_field(options: dict[str, Any], field: str) -> No
         Request.build(**{"prompt": "x", **options})
 
 
+@pytest.mark.parametrize(
+    ("parse", "body", "param"),
+    [
+        ("chat", {"messages": [{"role": "user", "content": "hi"}], "user": 5}, "user"),
+        ("completions", {"prompt": "hi", "user": ["x"]}, "user"),
+        ("embeddings", {"input": "x", "user": {"id": 1}}, "user"),
+    ],
+)
+def test_openai_user_must_be_a_string(parse: str, body: dict[str, Any], param: str) -> None:
+    """``user`` was let through as any type (a number, a list) on the OpenAI routes."""
+    from ggrun.api import openai
+    from ggrun.errors import ApiError
+
+    adapter = {"chat": openai.CHAT, "completions": openai.COMPLETIONS,
+               "embeddings": openai.EMBEDDINGS}[parse]  # fmt: skip
+    with pytest.raises(ApiError) as e:
+        adapter.parse(body)
+    assert e.value.status == 400 and e.value.param == param
+    adapter.parse({**body, "user": "someone"})  # a string is fine
+
+
+def test_a_tools_strict_flag_is_a_boolean() -> None:
+    from ggrun import tools
+
+    fn = {"name": "f", "parameters": {"type": "object"}}
+    with pytest.raises(InvalidArgument, match="strict must be true or false"):
+        tools.from_dict({"type": "function", "function": {**fn, "strict": "yes"}})
+    for ok in (True, False, None):
+        tools.from_dict({"type": "function", "function": {**fn, "strict": ok}})
+
+
 def test_a_stop_string_is_a_string() -> None:
     assert Request.build(prompt="x", stop="leash").stop == ("leash",)
 

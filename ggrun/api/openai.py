@@ -66,6 +66,7 @@ def _check_fields(body: Mapping[str, Any], allowed: set[str]) -> None:
         raise bad(f"not supported by ggrun: {', '.join(unsupported)}", unsupported[0])
     if not isinstance(body.get("stream", False), bool):
         raise bad("'stream' must be true or false", "stream")
+    _user(body)
     so = body.get("stream_options")
     if so is not None and (
         not isinstance(so, dict)
@@ -73,6 +74,12 @@ def _check_fields(body: Mapping[str, Any], allowed: set[str]) -> None:
         or not isinstance(so.get("include_usage", False), bool)
     ):
         raise bad("'stream_options' may only hold include_usage (a boolean)", "stream_options")
+
+
+def _user(body: Mapping[str, Any]) -> None:
+    """``user``: an end user's id for abuse monitoring; checked, with no effect here."""
+    if not isinstance(body.get("user", ""), (str, type(None))):
+        raise bad("'user' must be a string", "user")
 
 
 def _sampling(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -435,6 +442,7 @@ class _Embeddings:
 
     def parse(self, body: Mapping[str, Any]) -> EmbedCall:
         check_fields(body, {"input", "model", "encoding_format", "dimensions", "user"})
+        _user(body)
         if body.get("dimensions") is not None:
             raise bad("not supported by ggrun: dimensions (vectors have the model's size)",
                       "dimensions")  # fmt: skip
