@@ -156,6 +156,7 @@ class Decoder:
             split_thinking=job.chat,
             starts_in_thinking=job.starts_thinking,
             tools=req.offered_tools,
+            must_call=req.tool_choice.mode not in ("auto", "none"),
             on_chunk=on_chunk,
             run=job.run,
         )

@@ -313,10 +313,12 @@ class TextStream:
         split_thinking: bool = False,
         starts_in_thinking: bool = False,
         tools: tuple[Tool, ...] = (),
+        must_call: bool = False,  # tool_choice required or named: the reply is a call
         on_chunk: Callable[[Chunk], Any] | None = None,
         run: RunInfo | None = None,
     ) -> None:
         self._bytes = token_bytes
+        self._must_call = must_call and bool(tools)
         self.run = run
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._stopper = StopMatcher(stop)
@@ -418,6 +420,9 @@ class TextStream:
         if self._calls is not None:
             rest, cut = self._calls.flush()
             answer += rest
+            # a call the grammar forces may be cut off in its opening tag ("<tool_"), which
+            # the splitter hands back as text: that reply is no call, so it is no answer
+            cut = cut or (self._must_call and not self.tool_calls and reason == "length")
             if cut:
                 self.error = self.error or (
                     f"the output was cut off inside a tool call (finish_reason={reason}) "

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from ggrun.textstream import STATS, Chunk, Result, StopMatcher, ToolCallSplitter
+from ggrun.textstream import STATS, Chunk, Result, StopMatcher, TextStream, ToolCallSplitter
+from ggrun.tools import Tool
 
 
 def test_a_result_takes_every_stat_of_its_last_chunk() -> None:
@@ -23,6 +24,24 @@ def test_tool_calls_are_taken_out_of_the_content() -> None:
     assert content == "" and calls == ['{"name": "f"}']
     assert s.in_call
     assert s.flush() == ("", True)  # cut off inside the second call
+
+
+def _cut_in_the_opening_tag(must_call: bool) -> Chunk:
+    pieces = [b"<", b"tool", b"_"]  # max_tokens ran out inside "<tool_call>"
+    s = TextStream(lambda t: pieces[t], n_prompt=1, tools=(Tool("f", "", {}),),
+                   must_call=must_call)  # fmt: skip
+    for t in range(3):
+        s.feed(t)
+    return s.finish("length")
+
+
+def test_a_forced_call_cut_off_in_its_opening_tag_is_an_error() -> None:
+    """tool_choice required, cut off after "<tool_": the partial tag came back as the
+    reply's text with no call and no error (a 200 whose content is "<tool_")."""
+    last = _cut_in_the_opening_tag(must_call=True)
+    assert last.error is not None and "cut off inside a tool call" in last.error
+    last = _cut_in_the_opening_tag(must_call=False)  # auto: the model may have meant text
+    assert last.error is None
 
 
 def test_a_stop_string_split_across_tokens() -> None:
