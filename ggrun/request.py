@@ -111,7 +111,8 @@ def _int(name: str, v: Any, lo: int, hi: int) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
         raise InvalidArgument(f"{name} must be an integer, got {_kind(v)}")
     if not lo <= v <= hi:
-        raise InvalidArgument(f"{name} must be in [{lo}, {hi}], got {v}")
+        shown = v if abs(v) < 10**40 else f"a number of {len(str(abs(v)))} digits"
+        raise InvalidArgument(f"{name} must be in [{lo}, {hi}], got {shown}")
     return v
 
 

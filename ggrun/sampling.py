@@ -142,7 +142,8 @@ OPTIONS: tuple[Option, ...] = (
            flag="--mirostat-tau", help="Mirostat's target surprise, in bits per token."),
     Option("mirostat_eta", float, 0.1, 0, 1,
            flag="--mirostat-eta", help="Mirostat's learning rate."),
-    Option("seed", int, None, 0, 2**32 - 1, presets=False, tasks=False,
+    # 2**32 - 1 is llama.cpp's "pick one at random": a seed given must be below it
+    Option("seed", int, None, 0, 2**32 - 2, presets=False, tasks=False,
            flag="--seed", help="Random seed: the same seed and settings give the same output."),
 )  # fmt: skip
 BY_NAME: Mapping[str, Option] = MappingProxyType({o.name: o for o in OPTIONS})

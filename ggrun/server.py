@@ -255,11 +255,9 @@ class Server:
         if self.api_key is None:
             return
         given = request.headers.get("authorization", "").encode("utf-8", "replace")
-        key = request.headers.get("x-api-key")
-        ok = hmac.compare_digest(given, f"Bearer {self.api_key}".encode())
-        if key is not None:
-            ok = hmac.compare_digest(key.encode("utf-8", "replace"), self.api_key.encode())
-        if not ok:
+        key = request.headers.get("x-api-key", "").encode("utf-8", "replace")
+        bearer = hmac.compare_digest(given, f"Bearer {self.api_key}".encode())
+        if not (hmac.compare_digest(key, self.api_key.encode()) | bearer):  # both compared
             raise ApiError(
                 401,
                 "invalid or missing API key (Authorization: Bearer KEY, or x-api-key: KEY)",
@@ -360,7 +358,10 @@ class Server:
         from starlette.responses import JSONResponse
 
         self._auth(request)
-        model_id = self._model(request.path_params["model_id"] or None)
+        name = request.path_params["model_id"]
+        if not name:
+            raise ApiError(404, "name a model: /v1/models/{id}", code="model_not_found")
+        model_id = self._model(name)
         return JSONResponse(openai.model_card(model_id, self.created))
 
     async def metrics(self, request: Any) -> Any:

@@ -156,6 +156,8 @@ def test_schema_sizes_are_bounded_before_the_converter_inlines_them() -> None:
         ({"repeat_penalty": 1e300}, "repeat_penalty"),  # inf as llama.cpp's float before
         ({"top_k": 1.5}, "top_k"),
         ({"seed": -1}, "seed"),
+        ({"seed": 2**32 - 1}, "seed"),  # llama.cpp's "a random seed": never reproducible
+        ({"max_tokens": 10**400}, "max_tokens"),
         ({"think": "yes"}, "think"),
         ({"stop": [1, 2]}, "stop[0]"),
         ({"stop": ["x"] * 100}, "stop"),
@@ -506,3 +508,26 @@ def test_output_that_fails_its_checks_is_not_a_200(server: str) -> None:
     body = {"messages": MSG, "response_format": rf, "max_tokens": 3, "temperature": 1.0}
     r = _post(server, body)
     assert r.status_code == 422 and "cut off" in r.json()["error"]["message"]
+
+
+def test_a_huge_number_is_not_echoed_whole() -> None:
+    with pytest.raises(InvalidArgument) as e:
+        Request.build(prompt="x", max_tokens=10**400)
+    assert len(str(e.value)) < 120 and "401 digits" in str(e.value)
+
+
+def test_either_key_header_lets_in_and_a_wrong_one_never(server: str) -> None:
+    body = {"messages": MSG, "max_tokens": 1}
+    plain = {"Content-Type": "application/json"}
+    assert _post(server, body, {**plain, "x-api-key": KEY}).status_code == 200
+    assert _post(server, body, {**H, "x-api-key": "wrong"}).status_code == 200  # Bearer is right
+    assert _post(server, body, {**plain, "x-api-key": KEY, "Authorization": "Bearer no"}
+                 ).status_code == 200  # fmt: skip
+    assert _post(server, body, {**plain, "x-api-key": "wrong"}).status_code == 401
+    assert _post(server, body, {**plain, "x-api-key": ""}).status_code == 401
+
+
+def test_a_model_card_needs_a_name(server: str) -> None:
+    r = httpx.get(server + "/v1/models/", headers=H)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    assert httpx.get(server + "/v1/models/nope", headers=H).status_code == 404

@@ -94,8 +94,8 @@ def test_ollama_list_show_ps_and_errors(oc: Any) -> None:
         oc.chat(model="nope", messages=MSG)
     assert e.value.status_code == 404 and "nope" in e.value.error
     with pytest.raises(ollama.ResponseError) as e:
-        oc.chat(model=SMOL, messages=MSG, options={"mirostat": 2})
-    assert e.value.status_code == 400 and "mirostat" in e.value.error
+        oc.chat(model=SMOL, messages=MSG, options={"num_gpu": 2})
+    assert e.value.status_code == 400 and "num_gpu" in e.value.error
 
 
 def test_several_models_swap_and_unload(server: str, oc: Any) -> None:
