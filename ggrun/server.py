@@ -1,11 +1,12 @@
 """``ggrun serve``: HTTP (Starlette on uvicorn) over the batch engine.
 
-This module is only HTTP: it checks who asks and what arrives, hands the body to an
-API adapter (:mod:`ggrun.openai_api`), builds the one :class:`~ggrun.request.Request`,
+This module is routes, one run path and the models' lifecycle: it checks who asks and
+what arrives, hands the body to the route's API adapter (:mod:`ggrun.api`: it knows the
+wire format, this module does not), builds the one :class:`~ggrun.request.Request`,
 makes it ready for the model (template, tokens, grammar check) *before* anything is
 queued, and hands it to the :class:`~ggrun.batching.Engine` thread, which decodes all
-requests together. Chunks come back through a queue, as server-sent events or as one
-JSON body.
+requests together. Chunks come back through a queue and the adapter renders them, as
+server-sent events, NDJSON lines or one JSON body.
 
 What holds for every request (the README's Security section):
 - ``Host`` must be an IP address, ``localhost``, the bound name or one given with
