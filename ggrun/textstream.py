@@ -61,6 +61,7 @@ class Chunk:
     logprobs: list[TokenLogprob] = field(default_factory=list)  # of this chunk's tokens
     error: str | None = None  # on the last chunk: why the output cannot be used
     run: RunInfo | None = None  # on the last chunk: the run's manifest
+    stop_sequence: str | None = None  # on the last chunk: the stop string that ended it
 
 
 # the counts and speeds a result takes from its stream's last chunk
@@ -101,6 +102,7 @@ class Result:
     tool_calls: list[ToolCall] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     run: RunInfo | None = None  # what went into it (None for a request that never ran)
+    stop_sequence: str | None = None  # the stop string that ended it (None: another end)
 
     @classmethod
     def from_last(
@@ -119,6 +121,7 @@ class Result:
             reasoning=reasoning.strip() or None,
             error=last.error,
             run=last.run,
+            stop_sequence=last.stop_sequence,
             tool_calls=list(tool_calls or []),
             logprobs=list(logprobs or []),
             **{name: getattr(last, name) for name in STATS},
@@ -152,6 +155,7 @@ class StopMatcher:
     stops: tuple[str, ...]
     pending: str = ""
     hold: int = field(init=False)
+    matched: str | None = field(default=None, init=False)  # the stop string that cut it
 
     def __post_init__(self) -> None:
         self.stops = tuple(s for s in self.stops if s)
@@ -161,8 +165,9 @@ class StopMatcher:
         if not self.stops:
             return text, False
         self.pending += text
-        cut = min((i for i in (self.pending.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
+        found = [(i, s) for s in self.stops if (i := self.pending.find(s)) >= 0]
+        if found:
+            cut, self.matched = min(found, key=lambda f: f[0])
             out, self.pending = self.pending[:cut], ""
             return out, True
         keep = len(self.pending) - self.hold if self.hold else len(self.pending)
@@ -444,6 +449,7 @@ class TextStream:
             logprobs=lps,
             error=self.error,
             run=self.run,
+            stop_sequence=self._stopper.matched if reason == "stop" else None,
         )
         if self.on_chunk is not None:
             self.on_chunk(last)

@@ -122,8 +122,12 @@ def test_stop_sequences_cut_where_they_match(client: Any) -> None:
                                stop_sequences=[stop])  # fmt: skip
     cut = r.content[0].text if r.content else ""
     assert cut == text[: text.index(stop)] and stop not in cut
-    # ggrun cannot tell a stop sequence from the end of the turn (see the adapter)
-    assert r.stop_reason in ("end_turn", "stop_sequence")
+    assert r.stop_reason == "stop_sequence" and r.stop_sequence == stop
+    with client.messages.stream(model=SMOL, max_tokens=48, messages=ask, extra_body=GREEDY,
+                                stop_sequences=["nothing like this", stop]) as s:  # fmt: skip
+        final = s.get_final_message()
+    assert final.stop_reason == "stop_sequence" and final.stop_sequence == stop
+    assert whole.stop_reason != "stop_sequence" and whole.stop_sequence is None
 
 
 # ---------------------------------------------------------------- messages.stream

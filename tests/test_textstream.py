@@ -49,3 +49,9 @@ def test_a_stop_string_split_across_tokens() -> None:
     a, hit_a = m.feed("abc ST")  # what could start the stop string is held back
     b, hit_b = m.feed("OP and more")
     assert (a + b, hit_a, hit_b) == ("abc ", False, True)
+    assert m.matched == "STOP"
+
+
+def test_the_first_stop_string_in_the_text_is_the_one_matched() -> None:
+    m = StopMatcher(("later", "soon", "never"))
+    assert m.matched is None and m.feed("x soon later")[1] and m.matched == "soon"

@@ -28,8 +28,8 @@ it, and a field ggrun does not implement is a 400 that names it.
 
 Usage follows Anthropic's meaning: ``input_tokens`` are the prompt tokens that were not
 read from the cache (``cache_read_input_tokens``); the two add up to what
-``count_tokens`` gives for the same body. ggrun cannot tell a stop sequence from the end
-of the turn, so ``stop_reason`` is ``end_turn`` for both (and ``stop_sequence`` null).
+``count_tokens`` gives for the same body. A stop string that ended the reply is
+``stop_reason`` ``stop_sequence``, with the string in ``stop_sequence``.
 """
 
 from __future__ import annotations
@@ -396,6 +396,8 @@ def usage(r: Result | Chunk) -> dict[str, Any]:
 
 
 def stop_reason(r: Result) -> str:
+    if r.stop_sequence is not None:
+        return "stop_sequence"
     return STOP_REASONS.get(r.finish_reason, "end_turn")
 
 
@@ -423,7 +425,7 @@ class _Reply:
     def _message(self, content: list[dict[str, Any]], r: Result | Chunk,
                  reason: str | None) -> dict[str, Any]:  # fmt: skip
         return {"id": self.id, "type": "message", "role": "assistant", "model": self.meta.model,
-                "content": content, "stop_reason": reason, "stop_sequence": None,
+                "content": content, "stop_reason": reason, "stop_sequence": r.stop_sequence,
                 "usage": usage(r)}  # fmt: skip
 
     def _start(self, first: Chunk | Result) -> list[Event]:
@@ -431,7 +433,7 @@ class _Reply:
         if self.started:
             return []
         self.started = True
-        message = self._message([], first, None)
+        message = {**self._message([], first, None), "stop_sequence": None}
         message["usage"]["output_tokens"] = 0
         return [_event({"type": "message_start", "message": message})]
 
@@ -482,7 +484,7 @@ class _Reply:
         if r.error is not None:
             status = 400 if r.finish_reason == "error" else 422
             return [_event(error_body(ApiError(status, r.error)))]
-        delta = {"stop_reason": stop_reason(r), "stop_sequence": None}
+        delta = {"stop_reason": stop_reason(r), "stop_sequence": r.stop_sequence}
         return [
             *self._start(r),
             *self._close(),
