@@ -59,7 +59,8 @@ def client_run(base: str, clients: int, requests: int, max_tokens: int) -> dict[
                         if not line.startswith("data:") or line.endswith("[DONE]"):
                             continue
                         ev = json.loads(line[5:])
-                        if first is None and ev["choices"][0]["delta"].get("content"):
+                        choices = ev["choices"]  # [] in the last one, with the usage
+                        if first is None and choices and choices[0]["delta"].get("content"):
                             first = time.perf_counter() - t0
                         if ev.get("usage"):
                             with lock:

@@ -222,7 +222,10 @@ class Server:
 
         async def endpoint(request: Any) -> Any:
             request.state.adapter = adapter  # errors are rendered in its shape
-            return await self._generate(request, adapter)
+            call = adapter.parse(await self._body(request))
+            response = await self._generate(request, adapter, call)
+            response.headers.update(call.headers)  # the adapter's notes (ignored options)
+            return response
 
         return Route(path, endpoint, methods=["POST"])
 
@@ -424,11 +427,10 @@ class Server:
         return JSONResponse(anthropic.count_body(n))
 
     # -- the one run path ------------------------------------------------------------
-    async def _generate(self, request: Any, adapter: Adapter) -> Any:
-        """Every API's generation: body -> call -> request -> the engine -> its reply."""
+    async def _generate(self, request: Any, adapter: Adapter, call: Call) -> Any:
+        """Every API's generation: call -> request -> the engine -> its reply."""
         from starlette.responses import JSONResponse
 
-        call = adapter.parse(await self._body(request))
         model_id = self._model(call.model)
         if call.load_only:
             return await self._load(model_id, call, adapter)

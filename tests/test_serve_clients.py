@@ -94,8 +94,44 @@ def test_ollama_list_show_ps_and_errors(oc: Any) -> None:
         oc.chat(model="nope", messages=MSG)
     assert e.value.status_code == 404 and "nope" in e.value.error
     with pytest.raises(ollama.ResponseError) as e:
-        oc.chat(model=SMOL, messages=MSG, options={"num_gpu": 2})
-    assert e.value.status_code == 400 and "num_gpu" in e.value.error
+        oc.chat(model=SMOL, messages=MSG, options={"tfs_z": 1.0})  # gone from ollama too
+    assert e.value.status_code == 400 and "tfs_z" in e.value.error
+
+
+def test_ollama_runner_options_are_ignored_and_named(server: str, oc: Any) -> None:
+    opts = {"num_thread": 4, "num_gpu": 2, "use_mmap": True, "temperature": 0, "num_predict": 4}
+    assert oc.chat(model=SMOL, messages=MSG, options=opts).message.content
+    body = {"model": SMOL, "messages": MSG, "stream": False, "options": opts}
+    r = httpx.post(server + "/api/chat", json=body, timeout=60)
+    assert r.status_code == 200 and r.json()["message"]["content"]
+    assert r.headers["X-Ggrun-Ignored-Options"] == "num_thread,num_gpu,use_mmap"
+    with httpx.stream("POST", server + "/api/generate", timeout=60,
+                      json={"model": SMOL, "prompt": "Hi", "options": opts}) as r:  # fmt: skip
+        assert r.headers["X-Ggrun-Ignored-Options"] == "num_thread,num_gpu,use_mmap"
+        assert r.read()
+
+
+def test_langchain_ollama_with_runner_options(server: str) -> None:
+    lc = pytest.importorskip("langchain_ollama")
+    llm = lc.ChatOllama(model=SMOL, base_url=server, num_thread=4, num_gpu=1, temperature=0,
+                        num_predict=8)  # fmt: skip
+    assert llm.invoke("hi").content
+
+
+def test_openai_reasoning_effort_and_usage_in_a_last_chunk(server: str) -> None:
+    c = openai.OpenAI(base_url=server + "/v1", api_key="none")
+    args = {"model": SMOL, "messages": MSG, "max_tokens": 8, "temperature": 0}
+    for effort in ("none", "low", "high"):
+        assert c.chat.completions.create(**args, reasoning_effort=effort).choices[0].message
+    r = c.chat.completions.create(**args, store=False, metadata={"k": "v"}, user="u",
+                                  service_tier="auto", prompt_cache_key="p")  # fmt: skip
+    assert r.choices[0].message.content
+    events = list(c.chat.completions.create(**args, stream=True,
+                                            stream_options={"include_usage": True}))  # fmt: skip
+    *body, last = events
+    assert last.choices == [] and last.usage.completion_tokens == r.usage.completion_tokens
+    assert body[-1].choices[0].finish_reason and all(ev.usage is None for ev in body)
+    assert "".join(ev.choices[0].delta.content or "" for ev in body) == r.choices[0].message.content
 
 
 def test_several_models_swap_and_unload(server: str, oc: Any) -> None:

@@ -50,6 +50,7 @@ class Call:
     load_only: bool = False  # nothing to generate: load (or, keep_alive 0, unload) the model
     context: int | None = None  # the most tokens of context it may use (ollama's num_ctx)
     wire: Mapping[str, Any] = field(default_factory=dict)  # the adapter's own settings
+    headers: Mapping[str, str] = field(default_factory=dict)  # HTTP headers for the answer
 
 
 @dataclass(frozen=True)

@@ -6,15 +6,18 @@ The subset that clients use (the ``ollama`` Python package, editor plugins, Open
 (``"json"`` or a JSON schema), ``think``, ``options`` (the sampling options of
 :data:`ggrun.sampling.OPTIONS` by their ollama names, ``num_predict``, ``num_ctx`` and
 ``stop``), ``keep_alive``, ``tools``, ``logprobs`` and
-``top_logprobs``. Anything else is a 400 that names it, and so is a field of the wrong
-type or out of range: every field is checked here, or by the request it becomes, before
-a model is loaded. ``keep_alive`` is clamped to :data:`MAX_KEEP_ALIVE`. As in ollama, a
-chat without messages or a generate without a prompt only loads the model (or, with
-``keep_alive`` 0, unloads it).
+``top_logprobs``. The options of :data:`IGNORED_OPTIONS` set up ollama's own runner and
+mean nothing to a server that has loaded its model: they are accepted and ignored, named
+in one warning log line and the :data:`IGNORED_HEADER` header. Anything else is a 400 that
+names it, and so is a field of the wrong type or out of range: every field is checked
+here, or by the request it becomes, before a model is loaded. ``keep_alive`` is clamped
+to :data:`MAX_KEEP_ALIVE`. As in ollama, a chat without messages or a generate without a
+prompt only loads the model (or, with ``keep_alive`` 0, unloads it).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
@@ -29,6 +32,11 @@ from ggrun.textstream import Chunk, Result, TokenLogprob
 
 VERSION = "0.12.0"  # the ollama API version these endpoints follow
 OPTIONS = sampling.wire_fields("ollama")  # options.NAME -> the option (the option table)
+# ollama's runner options (api/types.go Runner, and older ones clients still send): they
+# do not apply to a server; accepted (a number or a boolean), named in a warning, ignored.
+IGNORED_OPTIONS = ("num_thread", "num_gpu", "num_batch", "use_mmap", "num_keep", "numa",
+                   "low_vram", "main_gpu", "use_mlock", "vocab_only", "f16_kv")  # fmt: skip
+IGNORED_HEADER = "X-Ggrun-Ignored-Options"  # the ignored options a request gave, by name
 COMMON = {"model", "stream", "format", "options", "keep_alive", "think", "logprobs", "top_logprobs"}
 CHAT_KEYS = COMMON | {"messages", "tools"}
 GENERATE_KEYS = COMMON | {"prompt", "system", "raw", "images", "suffix", "template", "context"}
@@ -36,6 +44,7 @@ MAX_KEEP_ALIVE = 365 * 86400.0  # seconds: a longer keep_alive is this (negative
 MAX_TOKENS = 1 << 30  # num_predict and num_ctx
 DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|\u00b5s|ms|s|m|h)")
+logger = logging.getLogger(__name__)
 
 
 def _bad(message: str) -> ApiError:
@@ -90,11 +99,13 @@ def _options(body: Mapping[str, Any]) -> dict[str, Any]:
         return {}
     if not isinstance(opts, dict):
         raise _bad("'options' must be an object")
-    unknown = sorted(
-        k for k in opts if k not in OPTIONS and k not in ("num_predict", "num_ctx", "stop")
-    )
+    known = {*OPTIONS, *IGNORED_OPTIONS, "num_predict", "num_ctx", "stop"}
+    unknown = sorted(k for k in opts if k not in known)
     if unknown:
         raise _bad(f"options not supported by ggrun: {', '.join(unknown)[:200]}")
+    for k in IGNORED_OPTIONS:
+        if not isinstance(opts.get(k, 0), (int, float, bool, type(None))):
+            raise _bad(f"options.{k} must be a number or a boolean")
     try:
         out = sampling.from_wire("ollama", opts, prefix="options.")
     except GgrunError as e:
@@ -304,9 +315,13 @@ class _Adapter:
                 Request.build(**check)
             except GgrunError as e:
                 raise ApiError.of(e) from None
-        num_ctx = (body.get("options") or {}).get("num_ctx")  # checked by _options
+        opts = body.get("options") or {}  # checked by _options
+        ignored = ",".join(k for k in IGNORED_OPTIONS if k in opts)
+        if ignored:
+            logger.warning("options ignored (they do not apply to a server): %s", ignored)
         return Call(options, body.get("model"), body.get("stream", True), ka, load_only,
-                    context=num_ctx)  # fmt: skip
+                    context=opts.get("num_ctx"),
+                    headers={IGNORED_HEADER: ignored} if ignored else {})  # fmt: skip
 
     def reply(self, call: Call, meta: Meta) -> _Reply:
         return _Reply(meta, self.piece)

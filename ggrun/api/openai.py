@@ -5,7 +5,9 @@ sent events when streaming, ending with ``[DONE]``). No HTTP here (that is
 
 Every field is checked: a wrong type or value is an :class:`ApiError` (a 400 with
 OpenAI's error body) naming it, and a field ggrun does not implement is a 400 that
-names it, never silently ignored.
+names it. The fields of :data:`IGNORED_KEYS` mean nothing to a local server: they are
+checked, then ignored on purpose (``store: true`` too: it only keeps the completion in
+OpenAI's dashboard). ``reasoning_effort`` maps to thinking by :data:`REASONING_EFFORT`.
 """
 
 from __future__ import annotations
@@ -21,18 +23,31 @@ from ggrun.errors import ApiError, GgrunError
 from ggrun.textstream import Chunk, Result, TokenLogprob
 
 SAMPLING_KEYS = tuple(sampling.wire_fields("openai"))  # read off the option table
+# Fields that mean nothing to a local server: type-checked, then ignored on purpose.
+IGNORED_KEYS = ("store", "metadata", "service_tier", "user", "safety_identifier",
+                "prompt_cache_key")  # fmt: skip
+MAX_METADATA = 16  # metadata's keys (OpenAI's limit)
+# reasoning_effort -> (think, thinking budget in tokens; None: no budget). An explicit
+# think, chat_template_kwargs or reasoning_budget wins over it.
+REASONING_EFFORT: Mapping[str, tuple[bool, int | None]] = {
+    "none": (False, None),
+    "minimal": (False, None),
+    "low": (True, 512),
+    "medium": (True, 2048),
+    "high": (True, None),
+}
 COMMON_KEYS = {
     "model",
     "stream",
     "stream_options",
     "max_tokens",
     "stop",
-    "user",
     "response_format",
     "n",
     "logit_bias",
     "logprobs",
     *SAMPLING_KEYS,
+    *IGNORED_KEYS,
 }
 CHAT_KEYS = COMMON_KEYS | {
     "messages",
@@ -40,6 +55,7 @@ CHAT_KEYS = COMMON_KEYS | {
     "chat_template_kwargs",
     "think",
     "reasoning_budget",
+    "reasoning_effort",
     "top_logprobs",
     "tools",
     "tool_choice",
@@ -66,7 +82,7 @@ def _check_fields(body: Mapping[str, Any], allowed: set[str]) -> None:
         raise bad(f"not supported by ggrun: {', '.join(unsupported)}", unsupported[0])
     if not isinstance(body.get("stream", False), bool):
         raise bad("'stream' must be true or false", "stream")
-    _user(body)
+    _ignored(body)
     so = body.get("stream_options")
     if so is not None and (
         not isinstance(so, dict)
@@ -80,6 +96,23 @@ def _user(body: Mapping[str, Any]) -> None:
     """``user``: an end user's id for abuse monitoring; checked, with no effect here."""
     if not isinstance(body.get("user", ""), (str, type(None))):
         raise bad("'user' must be a string", "user")
+
+
+def _ignored(body: Mapping[str, Any]) -> None:
+    """The fields of :data:`IGNORED_KEYS`: checked, with no effect here."""
+    _user(body)
+    for name in ("service_tier", "safety_identifier", "prompt_cache_key"):
+        if not isinstance(body.get(name, ""), (str, type(None))):
+            raise bad(f"'{name}' must be a string", name)
+    if not isinstance(body.get("store", False), (bool, type(None))):
+        raise bad("'store' must be true or false", "store")
+    meta = body.get("metadata")
+    if meta is not None and (
+        not isinstance(meta, dict)
+        or len(meta) > MAX_METADATA
+        or not all(isinstance(v, str) for v in meta.values())
+    ):
+        raise bad(f"'metadata' must map up to {MAX_METADATA} keys to strings", "metadata")
 
 
 def _sampling(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -124,13 +157,27 @@ def _schema(schema: Any) -> dict[str, Any]:
     return schema
 
 
+def _effort(body: Mapping[str, Any]) -> tuple[bool | None, int | None]:
+    """``reasoning_effort`` as (think, budget) by :data:`REASONING_EFFORT`; (None, None)
+    when absent."""
+    v = body.get("reasoning_effort")
+    if v is None:
+        return None, None
+    if not isinstance(v, str) or v not in REASONING_EFFORT:
+        raise bad(f"'reasoning_effort' must be one of {', '.join(REASONING_EFFORT)}",
+                  "reasoning_effort")  # fmt: skip
+    return REASONING_EFFORT[v]
+
+
 def _budget(body: Mapping[str, Any]) -> Any:
-    """``reasoning_budget`` (llama.cpp's server) or ``chat_template_kwargs.thinking_budget``;
-    -1 means no budget."""
+    """``reasoning_budget`` (llama.cpp's server) or ``chat_template_kwargs.thinking_budget``,
+    else ``reasoning_effort``'s; -1 means no budget."""
     kw = body.get("chat_template_kwargs")
     v = body.get("reasoning_budget")
     if v is None and isinstance(kw, dict):
         v = kw.get("thinking_budget")
+    if v is None:  # reasoning_effort's budget, when thinking is on
+        return _effort(body)[1] if _think(body) else None
     return None if v == -1 else v
 
 
@@ -150,7 +197,7 @@ def _think(body: Mapping[str, Any]) -> bool | None:
     think = body.get("think")
     if think is not None and not isinstance(think, bool):
         raise bad("'think' must be true or false", "think")
-    return think
+    return _effort(body)[0] if think is None else think
 
 
 def _content(m: Mapping[str, Any], i: int) -> str:
@@ -402,10 +449,10 @@ class _Reply:
     def end(self, r: Result) -> list[Event]:
         if r.error is not None:
             return [Event(error_body(ApiError(400, r.error))), Event("[DONE]")]
-        d = self._chunk(None, r.finish_reason)
-        if self.include_usage:
-            d["usage"] = usage(r)
-        return [Event(d), Event("[DONE]")]
+        out = [Event(self._chunk(None, r.finish_reason))]
+        if self.include_usage:  # as OpenAI: usage in a last chunk of its own, no choices
+            out.append(Event({**self._chunk(None), "choices": [], "usage": usage(r)}))
+        return [*out, Event("[DONE]")]
 
     def whole(self, r: Result) -> dict[str, Any]:
         body = final_body(self.rid, self.meta.model, r, self.chat)
