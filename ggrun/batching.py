@@ -196,6 +196,8 @@ def _final(seq: Seq) -> Result:
     if result.error is None:
         try:
             structured.check_result(result, seq.job.request.constraint)
+        except structured.IncompleteOutput as e:  # max_tokens cut it off
+            result.error, result.cut = str(e), True
         except GgrunError as e:
             result.error = str(e)
     return result

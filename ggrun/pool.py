@@ -120,8 +120,8 @@ class Pool:
         entry.busy -= 1
         entry.last_used = time.monotonic()
         self._expire(entry, keep_alive)
-        if entry.expires is not None and entry.expires <= entry.last_used:
-            self.sweep()
+        if entry.expires is not None and entry.expires <= time.monotonic():  # keep_alive 0
+            self.sweep()  # now: /api/ps no longer lists it when the answer comes
 
     def _expire(self, entry: Loaded, keep_alive: float | None) -> None:
         ka = self.keep_alive if keep_alive is None else keep_alive

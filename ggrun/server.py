@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import ipaddress
 import json
@@ -439,7 +440,7 @@ class Server:
         reply = adapter.reply(call, meta)
         if call.stream:
             return self._stream(run, reply, adapter)
-        result = await self._wait(request, run)
+        result = _served(await self._wait(request, run))
         if result.error is not None:
             if result.finish_reason == "error":
                 raise ApiError(400, result.error)
@@ -534,7 +535,9 @@ class Server:
                 for e in reply.head():
                     yield e
                 async for item in run.items():
-                    for e in reply.end(item) if isinstance(item, Result) else reply.chunk(item):
+                    out = reply.end(_served(item)) if isinstance(item, Result) else (
+                        reply.chunk(item))  # fmt: skip
+                    for e in out:
                         yield e
             finally:
                 run.cancel()  # no-op when done
@@ -628,6 +631,13 @@ class Server:
 
 def _json(data: Any) -> str:
     return data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+
+
+def _served(r: Result) -> Result:
+    """A reply cut off by max_tokens is a finish (``length``) as OpenAI and ollama answer
+    it, not an error: the client sees the reason and acts on it. A failure of another kind
+    keeps its error; the CLI and the Python API keep the strict error for a cut too."""
+    return dataclasses.replace(r, error=None) if r.cut and r.error is not None else r
 
 
 def _adapter_of(request: Any) -> Adapter | EmbedAdapter:

@@ -60,6 +60,7 @@ class Chunk:
     tool_calls: list[ToolCall] = field(default_factory=list)  # calls completed in this chunk
     logprobs: list[TokenLogprob] = field(default_factory=list)  # of this chunk's tokens
     error: str | None = None  # on the last chunk: why the output cannot be used
+    cut: bool = False  # on the last chunk: the error is only that max_tokens cut it off
     run: RunInfo | None = None  # on the last chunk: the run's manifest
     stop_sequence: str | None = None  # on the last chunk: the stop string that ended it
 
@@ -99,6 +100,7 @@ class Result:
     data: Any = None
     id: Any = None
     error: str | None = None
+    cut: bool = False  # the error is only that max_tokens cut the output off
     tool_calls: list[ToolCall] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     run: RunInfo | None = None  # what went into it (None for a request that never ran)
@@ -120,6 +122,7 @@ class Result:
             finish_reason=last.finish_reason or default_finish,
             reasoning=reasoning.strip() or None,
             error=last.error,
+            cut=last.cut,
             run=last.run,
             stop_sequence=last.stop_sequence,
             tool_calls=list(tool_calls or []),
@@ -334,6 +337,7 @@ class TextStream:
         self.logprobs: list[TokenLogprob] = []  # of the answer's tokens (not the thought's)
         self._lp_pending: list[TokenLogprob] = []
         self.error: str | None = None
+        self.cut = False  # the error is only that max_tokens cut the output off
         self.on_chunk = on_chunk
         self.stats = Chunk(prompt_tokens=n_prompt, cached_tokens=n_cached)
         self.t_start = time.perf_counter()
@@ -424,11 +428,12 @@ class TextStream:
         answer, calls = self._take_calls(answer)
         if self._calls is not None:
             rest, cut = self._calls.flush()
-            answer += rest
             # a call the grammar forces may be cut off in its opening tag ("<tool_"), which
-            # the splitter hands back as text: that reply is no call, so it is no answer
-            cut = cut or (self._must_call and not self.tool_calls and reason == "length")
-            if cut:
+            # the splitter hands back as text: that reply is no call, and the tag no text
+            forced_cut = self._must_call and not self.tool_calls and reason == "length"
+            answer += "" if forced_cut else rest
+            if cut or forced_cut:
+                self.cut = self.error is None and reason == "length"
                 self.error = self.error or (
                     f"the output was cut off inside a tool call (finish_reason={reason}) "
                     "before it was complete; raise max_tokens"
@@ -448,6 +453,7 @@ class TextStream:
             tool_calls=calls,
             logprobs=lps,
             error=self.error,
+            cut=self.cut,
             run=self.run,
             stop_sequence=self._stopper.matched if reason == "stop" else None,
         )

@@ -111,6 +111,16 @@ def test_max_tokens_cuts_the_reply(client: Any) -> None:
     assert r.stop_reason == "max_tokens" and r.usage.output_tokens == 3
 
 
+def test_a_schema_cut_off_by_max_tokens_is_stop_reason_max_tokens(client: Any) -> None:
+    schema = {"type": "object", "properties": {"colour": {"type": "string"}},
+              "required": ["colour"]}  # fmt: skip
+    fmt = {"output_config": {"format": {"type": "json_schema", "schema": schema}}, **GREEDY}
+    r = client.messages.create(model=SMOL, max_tokens=3, messages=MSG, extra_body=fmt)
+    assert r.stop_reason == "max_tokens"  # a 200, as the API answers it, not an error
+    with client.messages.stream(model=SMOL, max_tokens=3, messages=MSG, extra_body=fmt) as s:
+        assert s.get_final_message().stop_reason == "max_tokens"
+
+
 def test_stop_sequences_cut_where_they_match(client: Any) -> None:
     ask = [{"role": "user", "content": "Count from 1 to 20, separated by commas."}]
     whole = client.messages.create(model=SMOL, max_tokens=48, messages=ask, extra_body=GREEDY)

@@ -275,11 +275,13 @@ def test_a_forced_call_streamed(server: str) -> None:
     assert events[-1]["response"]["output"] == [item_done["item"]]
 
 
-def test_a_call_cut_off_is_an_error_event(server: str) -> None:
+def test_a_call_cut_off_is_an_incomplete_response(server: str) -> None:
     events = _events(server, model=QWEN, input=ASK, tools=[WEATHER], tool_choice="required",
                      max_output_tokens=4, temperature=0)  # fmt: skip
-    assert events[-1]["type"] == "error" and events[-1]["code"] == "invalid_output"
-    assert "cut off" in events[-1]["message"]
+    assert not any(e["type"] == "error" for e in events)
+    assert events[-1]["type"] == "response.incomplete"
+    details = events[-1]["response"]["incomplete_details"]
+    assert details == {"reason": "max_output_tokens"}
 
 
 # ---------------------------------------------------------------- structured output

@@ -148,6 +148,33 @@ def test_several_models_swap_and_unload(server: str, oc: Any) -> None:
     assert not oc.ps().models  # keep_alive 0 unloaded it after the request
 
 
+def test_ollama_load_and_unload(oc: Any) -> None:
+    """ollama's documented load and unload: nothing to generate loads the model; the same
+    with keep_alive 0 unloads it."""
+    g = oc.generate(model=SMOL, prompt="")
+    assert (g.done, g.done_reason, g.response) == (True, "load", "")
+    assert [m.model for m in oc.ps().models] == [SMOL]
+    c = oc.chat(model=QWEN, messages=[])  # --max-loaded 1: it takes SMOL's place
+    assert (c.done, c.done_reason, c.message.content) == (True, "load", "")
+    assert [m.model for m in oc.ps().models] == [QWEN]
+    c = oc.chat(model=QWEN, messages=[], keep_alive=0)
+    assert (c.done, c.done_reason) == (True, "unload")
+    assert not oc.ps().models
+    oc.generate(model=SMOL, prompt="")
+    g = oc.generate(model=SMOL, prompt="", keep_alive=0)
+    assert (g.done, g.done_reason) == (True, "unload") and not oc.ps().models
+
+
+def test_ollama_format_cut_off_is_done_reason_length(oc: Any) -> None:
+    schema = {"type": "object", "properties": {"colour": {"type": "string"}},
+              "required": ["colour"]}  # fmt: skip
+    opts = {"temperature": 0, "num_predict": 3}
+    r = oc.chat(model=SMOL, messages=MSG, format=schema, options=opts)
+    assert r.done and r.done_reason == "length"  # as ollama answers it, not an error
+    parts = list(oc.chat(model=SMOL, messages=MSG, format=schema, options=opts, stream=True))
+    assert parts[-1].done and parts[-1].done_reason == "length"
+
+
 def test_logprobs_whole_and_streamed(server: str) -> None:
     c = openai.OpenAI(base_url=server + "/v1", api_key="none")
     args = {"model": SMOL, "messages": MSG, "max_tokens": 8, "temperature": 0,

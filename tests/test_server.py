@@ -288,3 +288,49 @@ def test_a_bad_tool_is_a_400_that_names_it(server: str) -> None:
     r = httpx.post(server + "/v1/chat/completions", headers=h, json={
         "messages": [{"role": "user", "content": "x"}], "tools": [bad]})  # fmt: skip
     assert r.status_code == 400 and "multipleOf" in r.json()["error"]["message"]
+
+
+# ---------------------------------------------------------------- cut off by max_tokens
+
+
+def test_a_parse_cut_off_by_max_tokens_is_openais_length_error(client: Any) -> None:
+    """A json_schema reply cut off by max_tokens is a 200 with finish_reason length, as
+    OpenAI answers it: the openai SDK's parse raises its own LengthFinishReasonError."""
+    from pydantic import BaseModel
+
+    class Person(BaseModel):
+        name: str
+        age: int
+
+    with pytest.raises(openai.LengthFinishReasonError):
+        client.chat.completions.parse(
+            model="SmolLM2-135M-Instruct.Q4_1", max_tokens=5, temperature=0,
+            messages=[{"role": "user", "content": "Invent a person."}], response_format=Person,
+        )  # fmt: skip
+
+
+def test_a_streamed_schema_cut_off_ends_with_length_not_an_error(server: str) -> None:
+    rf = {"type": "json_schema", "json_schema": {"name": "p", "schema": SCHEMA}}
+    body = {"messages": [{"role": "user", "content": "Invent a person."}], "stream": True,
+            "response_format": rf, "max_tokens": 5, "temperature": 0}  # fmt: skip
+    h = {"Authorization": f"Bearer {KEY}"}
+    with httpx.stream("POST", server + "/v1/chat/completions", headers=h, json=body) as r:
+        assert r.status_code == 200
+        lines = [ln[6:] for ln in r.iter_lines() if ln.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    events = [json.loads(ln) for ln in lines[:-1]]
+    assert not any("error" in e for e in events)
+    assert [c["finish_reason"] for e in events for c in e["choices"]][-1] == "length"
+    text = "".join(c["delta"].get("content") or "" for e in events for c in e["choices"])
+    assert text.startswith("{")  # what was generated, cut off
+
+
+def test_a_forced_tool_call_cut_off_is_a_200_with_length(client: Any) -> None:
+    r = client.chat.completions.create(
+        model="SmolLM2-135M-Instruct.Q4_1", tools=[WEATHER], tool_choice="required",
+        messages=[{"role": "user", "content": "Weather in Rome?"}], max_tokens=3,
+        temperature=0,
+    )  # fmt: skip
+    choice = r.choices[0]
+    assert choice.finish_reason == "length" and not choice.message.tool_calls
+    assert "<tool" not in (choice.message.content or "")  # no partial call markup

@@ -12,7 +12,8 @@ def test_a_result_takes_every_stat_of_its_last_chunk() -> None:
     shared = {f.name for f in dataclasses.fields(Chunk)} & {
         f.name for f in dataclasses.fields(Result)
     }
-    numeric = {n for n in shared if isinstance(getattr(Chunk(), n), (int, float))}
+    values = {n: getattr(Chunk(), n) for n in shared}
+    numeric = {n for n, v in values.items() if type(v) in (int, float)}  # a flag is no count
     assert numeric == set(STATS)  # a new count on Chunk reaches Result, or this fails
 
 
@@ -40,8 +41,20 @@ def test_a_forced_call_cut_off_in_its_opening_tag_is_an_error() -> None:
     reply's text with no call and no error (a 200 whose content is "<tool_")."""
     last = _cut_in_the_opening_tag(must_call=True)
     assert last.error is not None and "cut off inside a tool call" in last.error
+    assert last.cut and last.text == ""  # max_tokens cut it; the partial tag is no text
     last = _cut_in_the_opening_tag(must_call=False)  # auto: the model may have meant text
     assert last.error is None
+
+
+def test_a_call_left_open_at_the_end_of_the_text_is_no_cut() -> None:
+    """Only max_tokens cuts (finish_reason length): the server answers that with a 200;
+    a call the model left open when it stopped is a failure of the output."""
+    pieces = [b"<tool_call>", b'{"name": "f"']
+    s = TextStream(lambda t: pieces[t], n_prompt=1, tools=(Tool("f", "", {}),))
+    for t in range(2):
+        s.feed(t)
+    last = s.finish("stop")
+    assert last.error is not None and not last.cut
 
 
 def test_a_stop_string_split_across_tokens() -> None:
