@@ -1,14 +1,21 @@
-"""Test helpers: copies of real GGUF files with changed metadata (gguf-py's own copier)."""
+"""Test helpers: copies of real GGUF files with changed metadata (gguf-py's own copier),
+and a ``ggrun serve`` process for a test module."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import gguf
+import httpx
 from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
 
 QWEN3_TEMPLATE = (Path(__file__).parent / "data" / "qwen3_template.jinja").read_text()
@@ -92,3 +99,35 @@ def wait_for_lines(proc: subprocess.Popen[Any], path: Path, n: int, timeout: flo
         if path.exists() and path.read_text().count("\n") >= n:
             return
         time.sleep(0.05)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serving(args: list[str], home: Path, wait: float = 120) -> Iterator[str]:
+    """``ggrun serve ARGS`` on a free port with ``GGRUN_HOME=home``: its base URL once
+    ``/health`` answers; at the end, SIGTERM and a check that it shut down cleanly."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "ggrun", "serve", *args, "--port", str(port)]
+    env = {**os.environ, "GGRUN_HOME": str(home)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + wait
+    try:
+        while True:
+            try:
+                if httpx.get(base + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, f"{base} did not become healthy in {wait} s"
+        yield base
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and b"Traceback" not in out, out.decode()

@@ -6,9 +6,6 @@ that name the field."""
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.test_server import _free_port, _wait_healthy
+from tests.helpers import serving
 
 ollama = pytest.importorskip("ollama")
 openai = pytest.importorskip("openai")
@@ -27,17 +24,9 @@ TEXTS = ["The cat sat on the mat.", "A cat was sitting on the rug.", "Stock pric
 
 @pytest.fixture(scope="module")
 def server(qwen_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = _free_port()
-    cmd = [sys.executable, "-m", "ggrun", "serve", str(qwen_path), "--port", str(port),
-           "--parallel", "1", "--ctx", "512"]  # fmt: skip
-    env = {**os.environ, "GGRUN_HOME": str(tmp_path_factory.mktemp("home"))}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    _wait_healthy(base, proc)
-    yield base
-    proc.terminate()
-    out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0 and b"Traceback" not in out, out.decode()
+    args = [str(qwen_path), "--parallel", "1", "--ctx", "512"]
+    with serving(args, tmp_path_factory.mktemp("home")) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")

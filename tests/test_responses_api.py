@@ -9,11 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +23,7 @@ from ggrun.errors import ApiError
 from ggrun.request import Request
 from ggrun.textstream import Chunk, Result
 from ggrun.tools import ToolCall
-from tests.helpers import QWEN3_TEMPLATE, rewrite_gguf
+from tests.helpers import QWEN3_TEMPLATE, rewrite_gguf, serving
 
 openai = pytest.importorskip("openai")
 from openai.types.responses import Response, ResponseStreamEvent  # noqa: E402
@@ -56,36 +51,15 @@ WEATHER = {"type": "function", "name": "get_weather", "description": "The weathe
 ASK = "What is the weather in Paris, in celsius?"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(smol_path: Path, qwen_path: Path,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:  # fmt: skip
     think = rewrite_gguf(smol_path, tmp_path_factory.mktemp("t") / f"{THINK}.gguf",
                          template=THINKING_ONLY)  # fmt: skip
-    port = _free_port()
-    cmd = [sys.executable, "-m", "ggrun", "serve", str(smol_path), str(qwen_path), str(think),
-           "--port", str(port), "--parallel", "2", "--ctx", "1024",
-           "--max-loaded", "3"]  # fmt: skip
-    env = {**os.environ, "GGRUN_HOME": str(tmp_path_factory.mktemp("home"))}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(base + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-        assert proc.poll() is None
-    yield base
-    proc.terminate()
-    out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0 and b"Traceback" not in out, out.decode()
+    args = [str(smol_path), str(qwen_path), str(think), "--parallel", "2", "--ctx", "1024",
+            "--max-loaded", "3"]  # fmt: skip
+    with serving(args, tmp_path_factory.mktemp("home")) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")

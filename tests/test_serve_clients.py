@@ -4,10 +4,6 @@ and several models behind one server (loaded on first use, swapped, unloaded).""
 from __future__ import annotations
 
 import math
-import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,39 +13,21 @@ import httpx
 import jsonschema
 import pytest
 
+from tests.helpers import serving
+
 ollama = pytest.importorskip("ollama")
 openai = pytest.importorskip("openai")
 
 SMOL, QWEN = "SmolLM2-135M-Instruct.Q4_1", "qwen2.5-coder-0.5b-instruct-q4_k_m"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(smol_path: Path, qwen_path: Path,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:  # fmt: skip
-    port = _free_port()
-    cmd = [sys.executable, "-m", "ggrun", "serve", str(smol_path), str(qwen_path), "--port",
-           str(port), "--parallel", "2", "--ctx", "1024", "--max-loaded", "1"]  # fmt: skip
-    env = {**os.environ, "GGRUN_HOME": str(tmp_path_factory.mktemp("home"))}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(base + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-        assert proc.poll() is None
-    yield base
-    proc.terminate()
-    out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0 and b"Traceback" not in out, out.decode()
+    args = [str(smol_path), str(qwen_path), "--parallel", "2", "--ctx", "1024",
+            "--max-loaded", "1"]  # fmt: skip
+    with serving(args, tmp_path_factory.mktemp("home")) as base:
+        yield base
 
 
 @pytest.fixture()
