@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.decode import resolve, summary  # noqa: E402
 from ggrun import hardware  # noqa: E402
 from ggrun.engine import LoadConfig, Model  # noqa: E402
 
@@ -38,15 +38,6 @@ WORDS = """the a model text vector search query document index embedding cat dog
 river data python function returns list value error file server request token quick brown
 fox jumps over lazy small large fast slow green blue red yesterday today because while after
 before under between without through against during"""
-
-
-def resolve(model: str) -> Path:
-    p = Path(model)
-    if p.exists():
-        return p
-    from tests.conftest import fetch
-
-    return fetch(model)
 
 
 def corpus(n: int, min_words: int, max_words: int, seed: int = 0) -> list[str]:
@@ -99,14 +90,6 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     t0 = time.perf_counter()
     out = fn()
     return time.perf_counter() - t0, out
-
-
-def summary(xs: list[float]) -> dict[str, float]:
-    return {
-        "median": statistics.median(xs),
-        "stdev": statistics.stdev(xs) if len(xs) > 1 else 0.0,
-        "n": len(xs),
-    }
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from ggrun import hardware, llama
+from ggrun import llama
 from ggrun.cli.app import app
 from ggrun.engine import Model
 from ggrun.errors import ContextOverflow, GgrunError, InvalidArgument
@@ -252,33 +252,11 @@ def llama_config(**extra: Any) -> Any:
 def oracle(qwen_path: Path) -> Iterator[Any]:
     """``Llama(embedding=True, pooling_type=MEAN)`` with its defaults (flash attention
     off, as in ggrun's embedding context), on the same weight buffers as ggrun (this
-    build's AMX kernels crash here)."""
-    import llama_cpp
-    import llama_cpp.llama_cpp as native
+    build's AMX kernels crash here): the benchmark's own reference side."""
+    from benchmarks.embed_bench import llama_cpp_side
 
-    default = native.llama_model_default_params
-
-    def params() -> Any:
-        p = default()
-        p.use_extra_bufts = hardware.extra_buffers_safe()
-        return p
-
-    native.llama_model_default_params = params
-    try:
-        ref = llama_cpp.Llama(
-            model_path=str(qwen_path),
-            embedding=True,
-            pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
-            n_ctx=512,
-            n_batch=512,
-            n_threads=2,
-            n_threads_batch=2,
-            verbose=False,
-        )
-    finally:
-        native.llama_model_default_params = default
-    yield ref
-    ref.close()
+    with llama_cpp_side(qwen_path, n_ctx=512, threads=2) as ref:
+        yield ref
 
 
 def test_same_vectors_as_llama_cpp_python(model: Model, oracle: Any) -> None:
