@@ -103,3 +103,22 @@ def isolated_home(
     monkeypatch.setenv("GGRUN_HOME", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return home
+
+
+@pytest.fixture
+def custom_presets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A copy of the presets folder that the test may change (``GGRUN_PRESETS``), with
+    the cached sampling presets and model aliases read again before and after."""
+    import shutil
+
+    from ggrun import models, sampling
+    from ggrun.presets import presets_dir
+
+    d = tmp_path / "presets"
+    shutil.copytree(presets_dir(), d)
+    monkeypatch.setenv("GGRUN_PRESETS", str(d))
+    models._load_aliases.cache_clear()
+    sampling.load_presets.cache_clear()
+    yield d
+    models._load_aliases.cache_clear()
+    sampling.load_presets.cache_clear()

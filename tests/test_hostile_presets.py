@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import tracemalloc
@@ -12,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from ggrun import models, sampling
+from ggrun import models
 from ggrun.errors import PresetError
-from ggrun.presets import load_yaml, presets_dir
+from ggrun.presets import load_yaml
 from ggrun.tasks import load_task
 
 LAUGHS = "\n".join(  # nine levels of nine aliases: 9**9 (387 million) strings
@@ -70,18 +69,6 @@ def test_small_aliases_still_work(tmp_path: Path) -> None:
     path.write_text("base: &b {temperature: 0.5, top_k: 20}\ndefault: *b\n")
     data = load_yaml(path)
     assert data["default"] == {"temperature": 0.5, "top_k": 20}
-
-
-@pytest.fixture
-def custom_presets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    d = tmp_path / "presets"
-    shutil.copytree(presets_dir(), d)
-    monkeypatch.setenv("GGRUN_PRESETS", str(d))
-    models._load_aliases.cache_clear()
-    sampling.load_presets.cache_clear()
-    yield d
-    models._load_aliases.cache_clear()
-    sampling.load_presets.cache_clear()
 
 
 def _with_file(presets: Path, name: str) -> None:

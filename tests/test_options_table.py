@@ -196,20 +196,6 @@ def test_the_cli_takes_typical_p_and_mirostat(smol_path: Path) -> None:
     assert bad.exit_code != 0 and "--mirostat" in bad.output
 
 
-@pytest.fixture
-def custom_presets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    import shutil
-
-    from ggrun.presets import presets_dir
-
-    d = tmp_path / "presets"
-    shutil.copytree(presets_dir(), d)
-    monkeypatch.setenv("GGRUN_PRESETS", str(d))
-    sampling.load_presets.cache_clear()
-    yield d
-    sampling.load_presets.cache_clear()
-
-
 def test_a_preset_sets_typical_p_and_mirostat(custom_presets: Path) -> None:
     path = custom_presets / "sampling.yaml"
     path.write_text("steady:\n  typical_p: 0.9\n  mirostat: 2\n  mirostat_eta: 0.2\n")

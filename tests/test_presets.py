@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
 from ggrun import sampling
 from ggrun.errors import InvalidArgument, PresetError
-from ggrun.presets import presets_dir
 
 
 def test_precedence() -> None:
@@ -34,16 +32,6 @@ def test_invalid_values(bad: dict[str, float]) -> None:
 def test_unknown_preset() -> None:
     with pytest.raises(PresetError, match="unknown sampling preset 'nope'"):
         sampling.resolve(preset="nope")
-
-
-@pytest.fixture
-def custom_presets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    d = tmp_path / "presets"
-    shutil.copytree(presets_dir(), d)
-    monkeypatch.setenv("GGRUN_PRESETS", str(d))
-    sampling.load_presets.cache_clear()
-    yield d
-    sampling.load_presets.cache_clear()
 
 
 @pytest.mark.parametrize(
