@@ -15,6 +15,7 @@ fails the step.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -57,6 +58,13 @@ class Prepared:
     @property
     def lazy(self) -> bool:
         return self.activation is not None
+
+    def with_sampling(self, sampling: SamplingConfig) -> Prepared:
+        """The same job drawn with other sampling settings (another seed: one of ``n``
+        choices, or a redraw); its run manifest names them."""
+        run = None if self.run is None else dataclasses.replace(
+            self.run, sampling=tuple(sampling.as_dict().items()))  # fmt: skip
+        return dataclasses.replace(self, sampling=sampling, run=run)
 
 
 @dataclass
