@@ -40,6 +40,11 @@ class GrammarError(GgrunError):
     """A grammar or JSON schema cannot be used to constrain generation."""
 
 
+class SchemaMismatch(GrammarError):
+    """A value the grammar let through fails a schema check that only validation holds
+    (``multipleOf``, number bounds, ``uniqueItems``, ...): another draw can pass it."""
+
+
 class TemplateError(GgrunError):
     """A chat template failed to render, or tried something the sandbox forbids."""
 
