@@ -150,6 +150,7 @@ BY_NAME: Mapping[str, Option] = MappingProxyType({o.name: o for o in OPTIONS})
 SAMPLING_FIELDS = tuple(BY_NAME)
 PRESET_FIELDS = tuple(o.name for o in OPTIONS if o.presets)
 TASK_FIELDS = tuple(o.name for o in OPTIONS if o.tasks)
+REDRAW_TEMPERATURE = 0.7  # a greedy reply that failed a check is drawn again at this
 GREEDY: Mapping[str, Any] = MappingProxyType({"temperature": 0.0})  # always the likeliest token
 
 
@@ -270,6 +271,21 @@ class SamplingConfig:
         if self.seed is not None or self.greedy:
             return self
         return self.replace(seed=secrets.randbelow(below))
+
+    def nth(self, i: int) -> SamplingConfig:
+        """The settings of draw ``i`` of several from one request (0: these): its seed
+        plus ``i``, so that ``n`` choices differ and a seeded request repeats them.
+        Greedy decoding has one answer and keeps it."""
+        if i == 0 or self.greedy or self.seed is None:
+            return self
+        return self.replace(seed=(self.seed + i) % (2**32 - 1))
+
+    def redrawn(self, attempt: int) -> SamplingConfig:
+        """The settings for drawing a failed reply again (``attempt`` 1, 2, ...): the
+        next seeds; a greedy request samples at :data:`REDRAW_TEMPERATURE`, since its one
+        answer has just failed."""
+        cfg = self.replace(temperature=REDRAW_TEMPERATURE, seed=0) if self.greedy else self
+        return cfg.nth(attempt)
 
 
 @dataclass(frozen=True)
