@@ -32,11 +32,17 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ggrun import llama, structured
+from ggrun import llama, redraw, structured
 from ggrun.decoder import Decoder, Prepared
 from ggrun.decoder import Sequence as Seq
 from ggrun.engine import Model
-from ggrun.errors import ContextOverflow, GgrunError, InsufficientMemory, InvalidArgument
+from ggrun.errors import (
+    ContextOverflow,
+    GgrunError,
+    InsufficientMemory,
+    InvalidArgument,
+    SchemaMismatch,
+)
 from ggrun.request import Request, build_many
 from ggrun.textstream import Chunk, Result
 
@@ -67,6 +73,8 @@ class Batcher:
         self._decoder = Decoder(self._ctx, model.is_end, memory=model.memory)
         self._free = list(range(parallel - 1, -1, -1))
         self._index: dict[int, Seq] = {}  # request index -> its running sequence
+        # request index -> (draws so far, its chunk callback): requests that may be redrawn
+        self._redraws: dict[int, tuple[int, Callable[[Chunk], Any] | None]] = {}
         logger.info("batch context: %d slots of %d tokens", parallel, slot_ctx)
 
     def _check_memory(self) -> None:
@@ -126,8 +134,12 @@ class Batcher:
         index: int,
         job: Request | Prepared,
         on_chunk: Callable[[Chunk], Any] | None = None,
+        *,
+        redraw: bool = True,
     ) -> tuple[int, Result] | None:
-        """Start a request in a free slot; one that cannot run comes back as a failure."""
+        """Start a request in a free slot; one that cannot run comes back as a failure.
+        With ``redraw``, a reply that fails a check no grammar holds is drawn again
+        (:mod:`ggrun.redraw`) before it is reported (not for a stream: its chunks are out)."""
         if not self._free:
             raise GgrunError("no free batch slot")
         req = job.request if isinstance(job, Prepared) else job
@@ -145,18 +157,34 @@ class Batcher:
             return index, Result.failed(str(e), req.id)
         self._free.pop()
         self._index[index] = seq
+        if redraw:
+            self._redraws.setdefault(index, (0, on_chunk))
         return None
 
     def step(self) -> list[tuple[int, Result]]:
         """Decode once for every active slot; return the requests that finished."""
         self._decoder.step()
         done = [(index, seq) for index, seq in self._index.items() if seq.finished]
+        out: list[tuple[int, Result]] = []
         for index, seq in done:
             self._release(index, seq)
-        return [(index, _final(seq)) for index, seq in done]
+            result = _final(seq)
+            draws, on_chunk = self._redraws.pop(index, (-1, None))
+            job = redraw.again(seq.job, draws + 1) if result.redraw and draws >= 0 else None
+            if job is None:
+                out.append((index, result))
+                continue
+            logger.info("request %s: %s; drawing it again", index, result.error)
+            self._redraws[index] = (draws + 1, on_chunk)
+            failed = self.admit(index, job, on_chunk)
+            if failed is not None:
+                self._redraws.pop(index, None)
+                out.append(failed)
+        return out
 
     def cancel(self, index: int) -> bool:
         """Stop the request with input ``index`` now and free its slot (a client left)."""
+        self._redraws.pop(index, None)
         seq = self._index.get(index)
         if seq is None:
             return False
@@ -198,6 +226,8 @@ def _final(seq: Seq) -> Result:
             structured.check_result(result, seq.job.request.constraint)
         except structured.IncompleteOutput as e:  # max_tokens cut it off
             result.error, result.cut = str(e), True
+        except SchemaMismatch as e:  # a check no grammar holds: another draw may pass
+            result.error, result.redraw = str(e), True
         except GgrunError as e:
             result.error = str(e)
     return result
@@ -212,6 +242,7 @@ class Waiter:
 
     on_chunk: Callable[[Chunk], Any]
     on_done: Callable[[Result], Any]
+    redraw: bool = True  # a reply that fails a check no grammar holds is drawn again
 
 
 @dataclass
@@ -307,7 +338,10 @@ class Engine:
             self._waiters.pop(index, None)
         for index, job in admit:
             waiter = self._waiters.get(index)
-            failed = self.batcher.admit(index, job, waiter.on_chunk if waiter else None)
+            failed = self.batcher.admit(
+                index, job, waiter.on_chunk if waiter else None,
+                redraw=waiter.redraw if waiter else True,
+            )  # fmt: skip
             if failed is not None:
                 self._done(*failed)
         self.stats.peak_active = max(self.stats.peak_active, self.batcher.active)

@@ -23,11 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ggrun import hardware, llama, planner, sampling, structured, templates
+from ggrun import hardware, llama, planner, redraw, sampling, structured, templates
 from ggrun import speculative as speculative_mod
 from ggrun import tools as tools_mod
 from ggrun.decoder import Decoder, Prepared
-from ggrun.errors import ContextOverflow, InvalidArgument, UnsupportedArchitecture
+from ggrun.errors import (
+    ContextOverflow,
+    InvalidArgument,
+    SchemaMismatch,
+    UnsupportedArchitecture,
+)
 from ggrun.gguffile import GGUFInfo, read_gguf
 from ggrun.hardware import Hardware, detect_hardware
 from ggrun.planner import Plan
@@ -486,9 +491,19 @@ class Model:
         return self.complete(Request.build(messages=list(messages), **options))
 
     def complete(self, request: Request) -> Result:
-        """Run ``request`` to the end; parse and check structured output and tool calls."""
-        result = Result.collect(self.run(self.prepare(request)))
-        return structured.check_result(result, request.constraint)
+        """Run ``request`` to the end; parse and check structured output and tool calls.
+        A reply that fails a check no grammar holds is drawn again (:mod:`ggrun.redraw`)."""
+        job, attempt = self.prepare(request), 0
+        while True:
+            result = Result.collect(self.run(job))
+            try:
+                return structured.check_result(result, request.constraint)
+            except SchemaMismatch:
+                attempt += 1
+                nxt = redraw.again(job, attempt)
+                if nxt is None:
+                    raise
+                job = nxt
 
     def run_task(self, name: str, text: str, **options: Any) -> Result:
         """Run a few-shot task preset (``presets/tasks/NAME.yaml`` or a path) on ``text``."""

@@ -40,6 +40,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from ggrun import redraw
 from ggrun.api import (
     Adapter,
     Call,
@@ -171,9 +172,11 @@ class Server:
         max_body: int = MAX_BODY,
         host: str = "127.0.0.1",
         extra_hosts: Iterable[str] = (),
+        allow_repeated_calls: bool = False,
     ) -> None:
         self.pool = pool
         self.api_key = api_key
+        self.allow_repeated_calls = allow_repeated_calls  # else a repeat is drawn again
         self.max_body = max_body
         self.created = int(time.time())
         self.app = _HostCheck(self._build(), allowed_hosts(host, extra_hosts))
@@ -483,21 +486,18 @@ class Server:
         t0 = time.perf_counter()
         entry = await self._acquire(model_id)
         run = _Run(self.pool, entry, call.keep_alive, time.perf_counter() - t0, t0)
+        run.redraw = not call.stream  # a streamed answer cannot take back what it sent
+        run.remake = lambda r: self._prepare(entry, r, asked, call.context)
+        run.stop_repeats = bool(req.offered_tools) and not (
+            call.allow_repeated_calls or self.allow_repeated_calls)  # fmt: skip
         try:
-            run.job = await run_in_threadpool(self._prepare, entry, req, asked, call.context)
+            run.submit(await run_in_threadpool(run.remake, req))
         except GgrunError as e:
             run.done()
             raise ApiError.of(e) from None
         except BaseException:
             run.done()
             raise
-        loop = asyncio.get_running_loop()
-        waiter = Waiter(
-            on_chunk=lambda c: loop.call_soon_threadsafe(run.queue.put_nowait, c),
-            on_done=lambda r: loop.call_soon_threadsafe(run.queue.put_nowait, r),
-        )
-        run.index = entry.engine.next_index()
-        entry.engine.submit(run.index, run.job, waiter)
         return run
 
     async def _wait(self, request: Any, run: _Run) -> Result:
@@ -510,7 +510,7 @@ class Server:
         watch = asyncio.ensure_future(gone())
         try:
             while True:
-                get = asyncio.ensure_future(run.queue.get())
+                get = asyncio.ensure_future(run.next())
                 await asyncio.wait({get, watch}, return_when=asyncio.FIRST_COMPLETED)
                 if not get.done():
                     get.cancel()
@@ -518,6 +518,9 @@ class Server:
                     raise ApiError(499, "the client closed the request")
                 item = get.result()
                 if isinstance(item, Result):
+                    if run.repeats(item.tool_calls):
+                        await run.close_tools()
+                        continue
                     run.done()
                     return item
         except asyncio.CancelledError:
@@ -535,6 +538,9 @@ class Server:
                 for e in reply.head():
                     yield e
                 async for item in run.items():
+                    if isinstance(item, Chunk) and run.repeats(item.tool_calls):
+                        await run.close_tools()  # this call never goes out
+                        continue
                     out = reply.end(_served(item)) if isinstance(item, Result) else (
                         reply.chunk(item))  # fmt: skip
                     for e in out:
@@ -667,20 +673,62 @@ GENERATION: dict[str, Adapter] = {
 
 
 class _Run:
-    """One request in flight: its queue of chunks, and its claim on the model."""
+    """One request in flight: its queue of chunks, and its claim on the model.
+
+    Its current draw is one engine request; a redraw (:mod:`ggrun.redraw`) replaces it
+    with another, and what the one before still reports is dropped."""
 
     def __init__(self, pool: Pool, entry: Loaded, keep_alive: float | None, load_s: float,
                  t0: float) -> None:  # fmt: skip
         self.pool, self.entry, self.keep_alive = pool, entry, keep_alive
         self.load_s, self.t0 = load_s, t0
-        self.queue: asyncio.Queue[Chunk | Result] = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[int, Chunk | Result]] = asyncio.Queue()
         self.index = -1
         self.job: Any = None
+        self.redraw = True  # the engine draws a reply that fails a schema check again
+        self.stop_repeats = False  # a call already answered is drawn again, tools closed
+        self.remake: Callable[[Request], Any] = lambda r: None  # prepare, for this slot
         self._released = False
+
+    def submit(self, job: Any) -> None:
+        """Queue ``job`` as the current draw (ending the one before, if any)."""
+        if self.index >= 0:
+            self.entry.engine.cancel(self.index)
+        loop = asyncio.get_running_loop()
+        index = self.index = self.entry.engine.next_index()
+
+        def put(item: Chunk | Result) -> None:
+            loop.call_soon_threadsafe(self.queue.put_nowait, (index, item))
+
+        self.job = job
+        self.entry.engine.submit(index, job, Waiter(put, put, redraw=self.redraw))
+
+    def repeats(self, calls: list[Any]) -> bool:
+        return self.stop_repeats and redraw.repeated(self.job.request, calls)
+
+    async def close_tools(self) -> None:
+        """Draw the reply again with tool calls closed (once): the model repeated a call
+        the conversation has already answered."""
+        from starlette.concurrency import run_in_threadpool
+
+        logger.info("a tool call repeats one already answered; drawing the reply again")
+        self.stop_repeats = False
+        try:
+            job = await run_in_threadpool(self.remake, redraw.closed(self.job.request))
+        except GgrunError as e:
+            raise ApiError.of(e) from None
+        self.submit(job)
+
+    async def next(self) -> Chunk | Result:
+        """The current draw's next chunk, or its result."""
+        while True:
+            index, item = await self.queue.get()
+            if index == self.index:
+                return item
 
     async def items(self) -> AsyncIterator[Chunk | Result]:
         while True:
-            item = await self.queue.get()
+            item = await self.next()
             yield item
             if isinstance(item, Result):
                 self.done()
@@ -715,6 +763,7 @@ def serve(
     port: int = 8080,
     api_key: str | None = None,
     extra_hosts: Iterable[str] = (),
+    allow_repeated_calls: bool = False,
 ) -> None:
     """Run the server until Ctrl-C (exit 130) or SIGTERM (exit 0), shutting down cleanly.
 
@@ -734,7 +783,8 @@ def serve(
     def on_signal(signum: int, frame: Any) -> None:
         raise _Stop(signum)
 
-    server = Server(pool, api_key=api_key, host=host, extra_hosts=extra_hosts)
+    server = Server(pool, api_key=api_key, host=host, extra_hosts=extra_hosts,
+                    allow_repeated_calls=allow_repeated_calls)  # fmt: skip
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         uvicorn.run(

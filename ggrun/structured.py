@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ggrun.errors import GrammarError
+from ggrun.errors import GrammarError, SchemaMismatch
 from ggrun.files import read_text
 
 SUPPORTED = frozenset({
@@ -376,7 +376,7 @@ def check_result(result: Any, constraint: Constraint | None) -> Any:
     if result.error is not None:
         if result.finish_reason == "length":
             raise IncompleteOutput(result.error, result)
-        raise GrammarError(result.error)
+        raise (SchemaMismatch if result.redraw else GrammarError)(result.error)
     if constraint is None:
         return result
     if result.finish_reason == "length":

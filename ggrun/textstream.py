@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Self
 
-from ggrun.errors import GgrunError
+from ggrun.errors import GgrunError, SchemaMismatch
 from ggrun.templates import THINK_CLOSE, THINK_OPEN
 from ggrun.tools import CLOSE, OPEN, Tool, ToolCall, parse_call
 
@@ -61,6 +61,7 @@ class Chunk:
     logprobs: list[TokenLogprob] = field(default_factory=list)  # of this chunk's tokens
     error: str | None = None  # on the last chunk: why the output cannot be used
     cut: bool = False  # on the last chunk: the error is only that max_tokens cut it off
+    redraw: bool = False  # on the last chunk: the error is a check another draw can pass
     run: RunInfo | None = None  # on the last chunk: the run's manifest
     stop_sequence: str | None = None  # on the last chunk: the stop string that ended it
 
@@ -101,6 +102,7 @@ class Result:
     id: Any = None
     error: str | None = None
     cut: bool = False  # the error is only that max_tokens cut the output off
+    redraw: bool = False  # the error is a schema check that another draw can pass
     tool_calls: list[ToolCall] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     run: RunInfo | None = None  # what went into it (None for a request that never ran)
@@ -123,6 +125,7 @@ class Result:
             reasoning=reasoning.strip() or None,
             error=last.error,
             cut=last.cut,
+            redraw=last.redraw,
             run=last.run,
             stop_sequence=last.stop_sequence,
             tool_calls=list(tool_calls or []),
@@ -338,6 +341,7 @@ class TextStream:
         self._lp_pending: list[TokenLogprob] = []
         self.error: str | None = None
         self.cut = False  # the error is only that max_tokens cut the output off
+        self.redraw = False  # the error is a schema check that another draw can pass
         self.on_chunk = on_chunk
         self.stats = Chunk(prompt_tokens=n_prompt, cached_tokens=n_cached)
         self.t_start = time.perf_counter()
@@ -413,8 +417,9 @@ class TextStream:
         for t in texts:
             try:
                 calls.append(parse_call(t, self._tools))
-            except GgrunError as e:  # only without the grammar (it makes calls valid)
-                self.error = self.error or str(e)
+            except GgrunError as e:  # a check the grammar cannot hold, or no grammar
+                if self.error is None:
+                    self.error, self.redraw = str(e), isinstance(e, SchemaMismatch)
         self.tool_calls += calls
         return content, calls
 
@@ -454,6 +459,7 @@ class TextStream:
             logprobs=lps,
             error=self.error,
             cut=self.cut,
+            redraw=self.redraw,
             run=self.run,
             stop_sequence=self._stopper.matched if reason == "stop" else None,
         )

@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ggrun.errors import GrammarError, InvalidArgument
+from ggrun.errors import GrammarError, InvalidArgument, SchemaMismatch
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # fullmatch only: "$" would let "name\n" by
@@ -293,8 +293,8 @@ def parse_call(text: str, tools: tuple[Tool, ...]) -> ToolCall:
     args = data["arguments"]
     try:
         jsonschema.validate(args, tool.parameters)
-    except jsonschema.ValidationError as e:
-        raise GrammarError(
+    except jsonschema.ValidationError as e:  # a check the grammar cannot hold (multipleOf)
+        raise SchemaMismatch(
             f"the call to {tool.name} does not match its schema: {e.message}"
         ) from None
     return ToolCall(tool.name, args)

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from ggrun.runinfo import RunInfo
 
 Framing = Literal["sse", "ndjson"]
+# ggrun's own field in every chat API: true lets the model repeat a tool call that the
+# conversation has already answered (polling tools); see ggrun.redraw
+REPEATS = "allow_repeated_calls"
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class Call:
     context: int | None = None  # the most tokens of context it may use (ollama's num_ctx)
     wire: Mapping[str, Any] = field(default_factory=dict)  # the adapter's own settings
     headers: Mapping[str, str] = field(default_factory=dict)  # HTTP headers for the answer
+    allow_repeated_calls: bool = False  # a tool call already answered may come again
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ggrun import sampling
-from ggrun.api import Call, Event, Framing, Meta, bad, check_fields, flag
+from ggrun.api import REPEATS, Call, Event, Framing, Meta, bad, check_fields, flag
 from ggrun.errors import ApiError, GgrunError
 from ggrun.textstream import Chunk, Result
 from ggrun.tools import ToolCall
@@ -51,7 +51,7 @@ COUNT_KEYS = frozenset(
      "cache_control"}
 )  # fmt: skip
 KEYS = COUNT_KEYS | {"max_tokens", "stop_sequences", "stream", "metadata", "service_tier",
-                     *SAMPLING}  # fmt: skip
+                     REPEATS, *SAMPLING}  # fmt: skip
 MAX_BLOCKS = 1000  # content blocks in one message
 JOIN = "\n\n"  # between text blocks of one turn
 BLOCK_KEYS = {
@@ -509,7 +509,8 @@ class _Adapter:
     def parse(self, body: Mapping[str, Any]) -> Call:
         options, omit = _parse(body, counting=False)
         stream = flag(body, "stream", False)
-        return Call(options, body.get("model"), stream, wire={"omit_thinking": omit})
+        return Call(options, body.get("model"), stream, wire={"omit_thinking": omit},
+                    allow_repeated_calls=flag(body, REPEATS, False))  # fmt: skip
 
     def reply(self, call: Call, meta: Meta) -> _Reply:
         return _Reply(meta, bool(call.wire.get("omit_thinking")))

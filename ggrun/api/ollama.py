@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ggrun import sampling
-from ggrun.api import Call, EmbedCall, Event, Framing, Meta, texts
+from ggrun.api import REPEATS, Call, EmbedCall, Event, Framing, Meta, flag, texts
 from ggrun.errors import ApiError, GgrunError
 from ggrun.textstream import Chunk, Result, TokenLogprob
 
@@ -38,7 +38,7 @@ IGNORED_OPTIONS = ("num_thread", "num_gpu", "num_batch", "use_mmap", "num_keep",
                    "low_vram", "main_gpu", "use_mlock", "vocab_only", "f16_kv")  # fmt: skip
 IGNORED_HEADER = "X-Ggrun-Ignored-Options"  # the ignored options a request gave, by name
 COMMON = {"model", "stream", "format", "options", "keep_alive", "think", "logprobs", "top_logprobs"}
-CHAT_KEYS = COMMON | {"messages", "tools"}
+CHAT_KEYS = COMMON | {"messages", "tools", REPEATS}
 GENERATE_KEYS = COMMON | {"prompt", "system", "raw", "images", "suffix", "template", "context"}
 MAX_KEEP_ALIVE = 365 * 86400.0  # seconds: a longer keep_alive is this (negative: forever)
 MAX_TOKENS = 1 << 30  # num_predict and num_ctx
@@ -321,7 +321,8 @@ class _Adapter:
             logger.warning("options ignored (they do not apply to a server): %s", ignored)
         return Call(options, body.get("model"), body.get("stream", True), ka, load_only,
                     context=opts.get("num_ctx"),
-                    headers={IGNORED_HEADER: ignored} if ignored else {})  # fmt: skip
+                    headers={IGNORED_HEADER: ignored} if ignored else {},
+                    allow_repeated_calls=flag(body, REPEATS, False))  # fmt: skip
 
     def reply(self, call: Call, meta: Meta) -> _Reply:
         return _Reply(meta, self.piece)

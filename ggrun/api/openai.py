@@ -18,7 +18,18 @@ from collections.abc import Mapping
 from typing import Any
 
 from ggrun import sampling
-from ggrun.api import Call, EmbedCall, Event, Framing, Meta, bad, check_fields, texts
+from ggrun.api import (
+    REPEATS,
+    Call,
+    EmbedCall,
+    Event,
+    Framing,
+    Meta,
+    bad,
+    check_fields,
+    flag,
+    texts,
+)
 from ggrun.errors import ApiError, GgrunError
 from ggrun.textstream import Chunk, Result, TokenLogprob
 
@@ -60,6 +71,7 @@ CHAT_KEYS = COMMON_KEYS | {
     "tools",
     "tool_choice",
     "parallel_tool_calls",
+    REPEATS,
 }
 COMPLETION_KEYS = COMMON_KEYS | {"prompt", "echo", "suffix", "best_of"}
 MAX_CONTENT_PARTS = 1000
@@ -469,7 +481,8 @@ class _Adapter:
         options = chat_options(body) if self.chat else completion_options(body)
         so = body.get("stream_options") or {}
         return Call(options, body.get("model"), bool(body.get("stream")),
-                    wire={"include_usage": bool(so.get("include_usage"))})  # fmt: skip
+                    wire={"include_usage": bool(so.get("include_usage"))},
+                    allow_repeated_calls=flag(body, REPEATS, False))  # fmt: skip
 
     def reply(self, call: Call, meta: Meta) -> _Reply:
         return _Reply(call, meta, self.chat)

@@ -41,7 +41,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ggrun import sampling
-from ggrun.api import Call, Event, Framing, Meta, bad, check_fields, flag
+from ggrun.api import REPEATS, Call, Event, Framing, Meta, bad, check_fields, flag
 from ggrun.api.openai import error_body
 from ggrun.errors import ApiError, GgrunError
 from ggrun.textstream import Chunk, Result, TokenLogprob
@@ -53,7 +53,8 @@ KEYS = frozenset({
     "tools", "tool_choice", "parallel_tool_calls", "text", "reasoning", "include",
     "top_logprobs", "metadata", "user", "safety_identifier", "prompt_cache_key",
     "prompt_cache_retention", "service_tier", "truncation", "max_tool_calls",
-    "store", "previous_response_id", "conversation", "background", "prompt", *SAMPLING,
+    "store", "previous_response_id", "conversation", "background", "prompt", REPEATS,
+    *SAMPLING,
 })  # fmt: skip
 STATELESS = "ggrun keeps no responses"
 EFFORTS = {"none": False, "minimal": False, "low": True, "medium": True, "high": True,
@@ -679,7 +680,8 @@ class _Adapter:
         except GgrunError as e:
             raise ApiError.of(e) from None
         stream = flag(body, "stream", False)
-        return Call(opts, body.get("model"), stream, wire={"echo": echo})
+        return Call(opts, body.get("model"), stream, wire={"echo": echo},
+                    allow_repeated_calls=flag(body, REPEATS, False))  # fmt: skip
 
     def reply(self, call: Call, meta: Meta) -> _Reply:
         return _Reply(call, meta)

@@ -85,6 +85,15 @@ def serve(
         Path | None,
         typer.Option("--api-key-file", help="Read the API key from this file (first line)."),
     ] = None,
+    allow_repeated_calls: Annotated[
+        bool,
+        typer.Option(
+            "--allow-repeated-calls",
+            help="Let the model repeat a tool call the conversation has already answered "
+            "(polling tools). By default such a reply is drawn again with tool calls "
+            "closed, so that small models answer from the result instead of looping.",
+        ),
+    ] = False,
     *,
     opts: dict[str, Any],
 ) -> None:
@@ -148,7 +157,8 @@ def serve(
         f"({parallel} slots of {slot} tokens); Ctrl-C stops",
         file=sys.stderr,
     )
-    run(pool, host=host, port=port, api_key=api_key, extra_hosts=hosts)
+    run(pool, host=host, port=port, api_key=api_key, extra_hosts=hosts,
+        allow_repeated_calls=allow_repeated_calls)  # fmt: skip
 
 
 def _read_key(path: Path) -> str:
