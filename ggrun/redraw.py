@@ -41,17 +41,18 @@ def _key(name: str, arguments: Any) -> tuple[str, str]:
 
 def answered(messages: Sequence[Any]) -> set[tuple[str, str]]:
     """The calls (name, arguments) of the assistant's messages that a later ``tool``
-    message answers: by ``tool_call_id``, or, for calls without an id, by coming next."""
+    message answers: by ``tool_call_id``, or by coming after it where either has no id
+    (ollama's messages have none)."""
     out: set[tuple[str, str]] = set()
-    for i, m in enumerate(messages):
-        if m.role != "assistant" or not m.tool_calls:
-            continue
-        later = [x for x in messages[i + 1 :] if x.role == "tool"]
-        ids = {x.tool_call_id for x in later}
-        for c in m.tool_calls:
-            if later and (c.get("id") is None or c.get("id") in ids):
-                fn = c["function"]
-                out.add(_key(fn["name"], fn.get("arguments", {})))
+    ids: set[str | None] = set()  # of the tool messages after the one at hand
+    for m in reversed(messages):
+        if m.role == "tool":
+            ids.add(m.tool_call_id)
+        elif m.role == "assistant" and ids:
+            for c in m.tool_calls:
+                if c.get("id") is None or c.get("id") in ids or None in ids:
+                    fn = c["function"]
+                    out.add(_key(fn["name"], fn.get("arguments", {})))
     return out
 
 

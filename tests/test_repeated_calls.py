@@ -147,14 +147,13 @@ def test_openai_sdk_round_trip_ends_in_text(server: str) -> None:
 
 
 @pytest.mark.slow
-def test_openai_agents_round_trip_ends_in_text(server: str) -> None:
+@pytest.mark.parametrize("api", ["chat_completions", "responses"])
+def test_openai_agents_round_trip_ends_in_text(server: str, api: str) -> None:
     agents = pytest.importorskip("agents")
     agents.set_tracing_disabled(True)
-    model = agents.OpenAIChatCompletionsModel(
-        model=QWEN15,
-        openai_client=openai.AsyncOpenAI(base_url=server + "/v1", api_key="unused",
-                                         max_retries=0),  # fmt: skip
-    )
+    client = openai.AsyncOpenAI(base_url=server + "/v1", api_key="unused", max_retries=0)
+    model = (agents.OpenAIChatCompletionsModel if api == "chat_completions"
+             else agents.OpenAIResponsesModel)(model=QWEN15, openai_client=client)  # fmt: skip
     cities = []
 
     @agents.function_tool
@@ -163,9 +162,9 @@ def test_openai_agents_round_trip_ends_in_text(server: str) -> None:
         cities.append(city)
         return ANSWER
 
+    settings = agents.ModelSettings(temperature=0, max_tokens=80)
     agent = agents.Agent(name="weather", instructions="Use the tools.", tools=[get_weather],
-                         model=model,
-                         model_settings=agents.ModelSettings(temperature=0, max_tokens=80))  # fmt: skip
+                         model=model, model_settings=settings)  # fmt: skip
     result = asyncio.run(agents.Runner.run(agent, "What is the weather in Lisbon?",
                                            max_turns=4))  # fmt: skip
     assert cities == ["Lisbon"]  # called once, not again and again
