@@ -404,6 +404,7 @@ class Model:
         think = request.think if chat else None
         cfg = self.sampling_for(think=think, preset=request.preset, **request.overrides)
         cfg = cfg.seeded(llama.DEFAULT_SEED)  # a random seed, drawn here so the run names it
+        cfg.check_vocab(self.weights.n_vocab)  # token ids, before llama.cpp sees them
         opening = prompt.opening if chat and isinstance(prompt, templates.Prompt) else ""
         thinks = chat and self.may_think(opening, request.think)
         # room to think: a thinking reply without a max_tokens of its own gets the rest

@@ -21,6 +21,7 @@ Every native object here has ``close()`` and frees its memory deterministically.
 from __future__ import annotations
 
 import ctypes
+import math
 import sys
 import time
 from collections import Counter, deque
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from ggrun.errors import GgrunError, GrammarError, InvalidModelFile
+from ggrun.errors import GgrunError, GrammarError, InvalidArgument, InvalidModelFile
 
 # -------------------------------------------------------------------- log routing
 
@@ -593,18 +594,39 @@ def _penalized(s: SamplerSettings) -> bool:
     return s.repeat_penalty != 1.0 or bool(s.presence_penalty or s.frequency_penalty)
 
 
-def build_chain(s: SamplerSettings, vocab_size: int, *, penalty_last_n: int | None = None) -> Any:
-    """A native sampler chain (top-k, typical-p, top-p, min-p, temperature, seeded draw or
-    greedy; with mirostat, temperature and mirostat's draw).
+BAN = -100.0  # a logit bias this low bans the token (OpenAI's meaning), at any temperature
 
-    ``penalty_last_n`` puts llama.cpp's own penalties sampler first, over that many
-    tokens (the reference the in-place fast path is tested against).
+
+def _logit_bias(ll: Any, pairs: Sequence[tuple[int, float]], vocab_size: int) -> Any:
+    """llama.cpp's logit-bias sampler over checked ``(token id, bias)`` pairs; a bias of
+    :data:`BAN` becomes minus infinity."""
+    if any(not 0 <= t < vocab_size for t, _ in pairs):  # checked by Model.prepare already
+        raise InvalidArgument(f"a logit bias names a token id not below {vocab_size}")
+    arr = (ll.llama_logit_bias * len(pairs))()
+    for k, (t, b) in enumerate(pairs):
+        arr[k] = ll.llama_logit_bias(t, -math.inf if b <= BAN else b)
+    return ll.llama_sampler_init_logit_bias(vocab_size, len(pairs), arr)  # it copies arr
+
+
+def build_chain(s: SamplerSettings, vocab_size: int, *, penalty_last_n: int | None = None) -> Any:
+    """A native sampler chain (logit biases, top-k, typical-p, top-p, min-p, temperature,
+    seeded draw or greedy; with mirostat, temperature and mirostat's draw).
+
+    ``penalty_last_n`` puts llama.cpp's own penalties sampler first (after the biases, as
+    llama.cpp's common sampler), over that many tokens (the reference the in-place fast
+    path is tested against; that one penalizes before the biases).
     """
     ll = _ll()
     params = ll.llama_sampler_chain_default_params()
     params.no_perf = True
     chain = ll.llama_sampler_chain_init(params)
     add = ll.llama_sampler_chain_add
+    if s.logit_bias:
+        try:
+            add(chain, _logit_bias(ll, s.logit_bias, vocab_size))
+        except BaseException:
+            ll.llama_sampler_free(chain)
+            raise
     if penalty_last_n is not None and _penalized(s):
         add(
             chain,
@@ -645,7 +667,7 @@ class Sampler:
     """Picks a sequence's next token from one row of logits; call :meth:`close` when done.
 
     - Plain greedy decoding takes the argmax of the logits (llama.cpp's chain would first
-      copy all ~150k candidates).
+      copy all ~150k candidates); with logit biases it goes through the chain.
     - Penalties are applied in place to the logits of the tokens seen (:class:`_Penalties`).
     - A grammar is checked against the sampled token first, as llama.cpp's common sampler
       does; only when it rejects the token are all candidates filtered and the token
@@ -694,7 +716,8 @@ class Sampler:
                 self._grammar = _init_grammar(ctx.weights, text, start)
                 self._cand = _Candidates(ctx.n_vocab)
                 self._one = (ll.llama_token_data * 1)()
-            if settings.temperature != 0 or grammar is not None or reference_penalties:
+            if (settings.temperature != 0 or grammar is not None or reference_penalties
+                    or settings.logit_bias):  # fmt: skip
                 ref = last_n if reference_penalties else None
                 self._chain = build_chain(settings, ctx.n_vocab, penalty_last_n=ref)
         except BaseException:

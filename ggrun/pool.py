@@ -116,6 +116,11 @@ class Pool:
         entry.busy += 1
         return entry
 
+    def share(self, entry: Loaded) -> Loaded:
+        """One more claim on a model already held (another choice of the same request);
+        released like the first."""
+        return self._use(entry)
+
     def release(self, entry: Loaded, keep_alive: float | None = None) -> None:
         entry.busy -= 1
         entry.last_used = time.monotonic()

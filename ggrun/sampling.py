@@ -42,13 +42,26 @@ logger = logging.getLogger(__name__)
 APIS = ("openai", "responses", "ollama", "anthropic")
 LLAMA_SERVER = ("openai", "responses", "ollama")  # llama.cpp's server and ollama: every option
 
+TOKEN_MAP = dict  # an option's kind: token id -> number (OpenAI's logit_bias)
+MAX_TOKEN_ID = 2**31 - 1  # a key past this is no token of any model (llama_token is int32)
+
+
+def _token_id(k: Any) -> int | None:
+    """A map's key as a token id: an integer, or a JSON key of ASCII digits; None when it
+    is neither (a model's vocabulary bounds it later: :meth:`SamplingConfig.check_vocab`)."""
+    if isinstance(k, str) and k.isascii() and k.isdigit() and len(k) <= 10:
+        k = int(k)
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= MAX_TOKEN_ID:
+        return None
+    return k
+
 
 @dataclass(frozen=True)
 class Option:
     """One sampling option: a row of :data:`OPTIONS`."""
 
     name: str  # the Python keyword, the preset and task key, the attribute of a config
-    kind: type  # int or float
+    kind: type  # int, float, or dict: a map of token ids to numbers in lo..hi (TOKEN_MAP)
     default: Any
     lo: float  # the range: lo..hi, each end closed unless lo_open / hi_open
     hi: float
@@ -60,6 +73,7 @@ class Option:
     renamed: tuple[tuple[str, str], ...] = ()  # (api, name) where an API spells it otherwise
     presets: bool = True  # a sampling preset may set it
     tasks: bool = True  # a task file may set it
+    most: int = 0  # a map's most entries
 
     def wire_name(self, api: str) -> str | None:
         """Its name in ``api``'s request body; None where that API has no such field."""
@@ -68,19 +82,52 @@ class Option:
         return dict(self.renamed).get(api, self.name if api in self.apis else None)
 
     def has_kind(self, v: Any) -> bool:
-        """Whether ``v`` is of this option's type (an integer also passes for a number)."""
+        """Whether ``v`` is of this option's type (an integer also passes for a number;
+        a map is a mapping, or a sequence of pairs: a config's own, the CLI's)."""
+        if self.kind is TOKEN_MAP:
+            return isinstance(v, (Mapping, tuple, list))
         return not isinstance(v, bool) and isinstance(v, int if self.kind is int else (int, float))
 
     def check(self, v: Any, where: str | None = None) -> Any:
-        """``v`` type- and range-checked (a number as a float); :class:`InvalidArgument`
-        naming the field (``where``, by default the option's name) when it is wrong."""
+        """``v`` type- and range-checked (a number as a float; a map as its sorted
+        ``(token id, number)`` pairs); :class:`InvalidArgument` naming the field (``where``,
+        by default the option's name) when it is wrong."""
         where = where or self.name
+        if self.kind is TOKEN_MAP:
+            return self._check_map(v, where)
+        return self._check_one(v, where)
+
+    def _check_map(self, v: Any, where: str) -> tuple[tuple[int, float], ...]:
+        """A map of token ids (integers, or their digits as a JSON key) to numbers."""
         if not self.has_kind(v):
             kind = "null" if v is None else type(v).__name__
-            what = "an integer" if self.kind is int else "a number"
-            raise InvalidArgument(f"{where} must be {what}, got {kind}")
+            raise InvalidArgument(f"{where} must map token ids to numbers, got {kind}")
+        items = list(v.items()) if isinstance(v, Mapping) else list(v)
+        if len(items) > self.most:
+            raise InvalidArgument(f"{where} may hold at most {self.most} tokens, got {len(items)}")
+        out: dict[int, float] = {}
+        for item in items:
+            if not (isinstance(item, tuple) and len(item) == 2):
+                raise InvalidArgument(f"{where} must map token ids to numbers")
+            k, x = item
+            token = _token_id(k)
+            if token is None:
+                raise InvalidArgument(
+                    f"{where} keys must be token ids (whole numbers from 0), got {_shown(k)!r}"
+                )
+            if token in out:
+                raise InvalidArgument(f"{where} names token {token} twice")
+            out[token] = self._check_one(x, f"{where}[{token}]", float)
+        return tuple(sorted(out.items()))
+
+    def _check_one(self, v: Any, where: str, kind: type | None = None) -> Any:
+        kind = kind or self.kind
+        if isinstance(v, bool) or not isinstance(v, int if kind is int else (int, float)):
+            got = "null" if v is None else type(v).__name__
+            what = "an integer" if kind is int else "a number"
+            raise InvalidArgument(f"{where} must be {what}, got {got}")
         x = v
-        if self.kind is float:
+        if kind is float:
             try:
                 x = float(v)
             except OverflowError:  # an integer past any float (10**401)
@@ -145,6 +192,12 @@ OPTIONS: tuple[Option, ...] = (
     # 2**32 - 1 is llama.cpp's "pick one at random": a seed given must be below it
     Option("seed", int, None, 0, 2**32 - 2, presets=False, tasks=False,
            flag="--seed", help="Random seed: the same seed and settings give the same output."),
+    # OpenAI's: applied before every other sampler, as llama.cpp's common sampler does;
+    # -100 bans the token outright (minus infinity), +100 all but forces it
+    Option("logit_bias", TOKEN_MAP, (), -100, 100, apis=("openai",), most=300,
+           presets=False, tasks=False, flag="--logit-bias",
+           help="Add N (-100 to 100) to token ID's logit, as ID=N; -100 bans the token. "
+           "Repeatable."),
 )  # fmt: skip
 BY_NAME: Mapping[str, Option] = MappingProxyType({o.name: o for o in OPTIONS})
 SAMPLING_FIELDS = tuple(BY_NAME)
@@ -263,6 +316,18 @@ class SamplingConfig:
 
     def replace(self, **changes: Any) -> SamplingConfig:
         return SamplingConfig(**{**self._values, **changes})
+
+    def check_vocab(self, n_vocab: int) -> None:
+        """:class:`InvalidArgument` when a token map names a token past a vocabulary of
+        ``n_vocab`` (checked before llama.cpp sees the ids)."""
+        for o in OPTIONS:
+            if o.kind is TOKEN_MAP:
+                past = [t for t, _ in self._values[o.name] if t >= n_vocab]
+                if past:
+                    raise InvalidArgument(
+                        f"{o.name} names token {past[0]}, but the model's vocabulary has "
+                        f"{n_vocab} tokens (ids 0 to {n_vocab - 1})"
+                    )
 
     def seeded(self, below: int) -> SamplingConfig:
         """This config with the seed its draws will use: when none was given, a random

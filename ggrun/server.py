@@ -44,6 +44,7 @@ from ggrun import redraw
 from ggrun.api import (
     Adapter,
     Call,
+    Choices,
     EmbedAdapter,
     Event,
     Meta,
@@ -439,17 +440,24 @@ class Server:
         if call.load_only:
             return await self._load(model_id, call, adapter)
         run = await self._start(model_id, call)
+        runs = _choices(run, call.n)
         meta = Meta(model_id, int(time.time()), run.t0, run.load_s, run.job.run)
         reply = adapter.reply(call, meta)
         if call.stream:
-            return self._stream(run, reply, adapter)
-        result = _served(await self._wait(request, run))
-        if result.error is not None:
-            if result.finish_reason == "error":
-                raise ApiError(400, result.error)
-            raise ApiError(422, f"the output failed its checks: {result.error}",
-                           code="invalid_output")  # fmt: skip
-        return JSONResponse(reply.whole(result))
+            return self._stream(runs, reply, adapter)
+        results = []
+        try:
+            for r in runs:
+                result = _served(await self._wait(request, r))
+                if result.error is not None:
+                    raise _failed(result)  # the other choices are cancelled
+                results.append(result)
+        finally:
+            for r in runs:
+                r.cancel()  # no-op when done
+        if len(results) > 1:
+            return JSONResponse(_many(reply).whole_of(results))
+        return JSONResponse(reply.whole(results[0]))
 
     async def _load(self, model_id: str, call: Call, adapter: Adapter) -> Any:
         """A call with nothing to generate loads the model (or, keep_alive 0, unloads it)."""
@@ -529,24 +537,29 @@ class Server:
         finally:
             watch.cancel()
 
-    def _stream(self, run: _Run, reply: Reply, adapter: Adapter) -> Any:
-        """The reply's events as they come, framed as the adapter says; a client that
-        goes away frees its slot at the next step."""
+    def _stream(self, runs: list[_Run], reply: Reply, adapter: Adapter) -> Any:
+        """The reply's events as they come (of each choice, when ``runs`` are several),
+        framed as the adapter says; a client that goes away frees its slots at the next
+        step."""
 
         async def events() -> AsyncIterator[Event]:
             try:
+                chunk_of, end_of = _renderers(reply, len(runs))
                 for e in reply.head():
                     yield e
-                async for item in run.items():
-                    if isinstance(item, Chunk) and run.repeats(item.tool_calls):
-                        await run.close_tools()  # this call never goes out
+                async for i, item in _merged(runs):
+                    if isinstance(item, Chunk) and runs[i].repeats(item.tool_calls):
+                        await runs[i].close_tools()  # this call never goes out
                         continue
-                    out = reply.end(_served(item)) if isinstance(item, Result) else (
-                        reply.chunk(item))  # fmt: skip
+                    item = _served(item) if isinstance(item, Result) else item
+                    out = end_of(i, item) if isinstance(item, Result) else chunk_of(i, item)
                     for e in out:
                         yield e
+                    if isinstance(item, Result) and item.error is not None:
+                        return  # the error ends the stream (and the other choices)
             finally:
-                run.cancel()  # no-op when done
+                for run in runs:
+                    run.cancel()  # no-op when done
 
         if adapter.framing == "ndjson":
             from starlette.responses import StreamingResponse
@@ -646,6 +659,63 @@ def _served(r: Result) -> Result:
     return dataclasses.replace(r, error=None) if r.cut and r.error is not None else r
 
 
+def _failed(r: Result) -> ApiError:
+    """The error of a reply that failed: a 400, or a 422 for output that failed its checks."""
+    assert r.error is not None
+    if r.finish_reason == "error":
+        return ApiError(400, r.error)
+    return ApiError(422, f"the output failed its checks: {r.error}", code="invalid_output")
+
+
+def _choices(run: _Run, n: int) -> list[_Run]:
+    """``run`` (choice 0) and ``n - 1`` more of its job, choice ``i`` drawn with its
+    seed plus ``i`` (:meth:`~ggrun.sampling.SamplingConfig.nth`): OpenAI's ``n``."""
+    runs = [run]
+    try:
+        for i in range(1, n):
+            runs.append(run.twin(run.job.with_sampling(run.job.sampling.nth(i))))
+    except BaseException:
+        for r in runs:
+            r.cancel()
+        raise
+    return runs
+
+
+def _many(reply: Reply) -> Choices:
+    """The reply of a call of several choices: its adapter read ``n`` and renders it."""
+    assert isinstance(reply, Choices), "an adapter that reads n answers with Choices"
+    return reply
+
+
+def _renderers(reply: Reply, n: int) -> tuple[Callable[[int, Chunk], list[Event]],
+                                              Callable[[int, Result], list[Event]]]:  # fmt: skip
+    """How choice ``i``'s chunks and finish are rendered."""
+    if n > 1:
+        many = _many(reply)
+        return many.chunk_of, many.end_of
+    return (lambda i, c: reply.chunk(c)), (lambda i, r: reply.end(r))
+
+
+async def _merged(runs: list[_Run]) -> AsyncIterator[tuple[int, Chunk | Result]]:
+    """Each run's chunks and result as they come, with the run's place in ``runs``; a
+    run is done once its result has been taken."""
+    waits = {asyncio.ensure_future(r.next()): i for i, r in enumerate(runs)}
+    try:
+        while waits:
+            ready, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for f in sorted(ready, key=waits.__getitem__):
+                i = waits.pop(f)
+                item = f.result()
+                yield i, item
+                if isinstance(item, Result):
+                    runs[i].done()
+                else:
+                    waits[asyncio.ensure_future(runs[i].next())] = i
+    finally:
+        for f in waits:
+            f.cancel()
+
+
 def _adapter_of(request: Any) -> Adapter | EmbedAdapter:
     """The adapter whose shape an error takes: the route's, else by the path (a 404)."""
     adapter = getattr(request.state, "adapter", None)
@@ -703,6 +773,19 @@ class _Run:
         self.job = job
         self.entry.engine.submit(index, job, Waiter(put, put, redraw=self.redraw))
 
+    def twin(self, job: Any) -> _Run:
+        """Another run of this request that draws ``job`` (one more of its choices): its
+        own queue, engine request and claim on the model."""
+        twin = _Run(self.pool, self.pool.share(self.entry), self.keep_alive, self.load_s,
+                    self.t0)  # fmt: skip
+        twin.redraw, twin.stop_repeats, twin.remake = self.redraw, self.stop_repeats, self.remake
+        try:
+            twin.submit(job)
+        except BaseException:
+            twin.done()
+            raise
+        return twin
+
     def repeats(self, calls: list[Any]) -> bool:
         return self.stop_repeats and redraw.repeated(self.job.request, calls)
 
@@ -725,14 +808,6 @@ class _Run:
             index, item = await self.queue.get()
             if index == self.index:
                 return item
-
-    async def items(self) -> AsyncIterator[Chunk | Result]:
-        while True:
-            item = await self.next()
-            yield item
-            if isinstance(item, Result):
-                self.done()
-                return
 
     def cancel(self) -> None:
         if not self._released and self.index >= 0:

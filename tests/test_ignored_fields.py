@@ -40,7 +40,9 @@ def test_openai_fields_of_no_meaning_are_accepted_and_ignored(
     ({"service_tier": 1}, "service_tier"), ({"user": 5}, "user"),
     ({"safety_identifier": {}}, "safety_identifier"),
     ({"prompt_cache_key": []}, "prompt_cache_key"),
-    ({"n": 2}, "n"), ({"logit_bias": {"1": 5}}, "logit_bias"), ({"nope": 1}, "nope"),
+    ({"n": 0}, "n"), ({"n": 17}, "n"), ({"n": 1.5}, "n"), ({"n": True}, "n"),
+    ({"logit_bias": {"1": 101}}, "logit_bias"), ({"logit_bias": {"x": 1}}, "logit_bias"),
+    ({"logit_bias": [[1, 5]]}, "logit_bias"), ({"nope": 1}, "nope"),
     ({"reasoning_effort": "max"}, "reasoning_effort"),
     ({"reasoning_effort": 1}, "reasoning_effort"),
 ])  # fmt: skip

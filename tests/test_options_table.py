@@ -94,9 +94,13 @@ def test_the_scan_reads_code_not_prose() -> None:
     assert "temperature" not in words
 
 
+SCALARS = [o for o in sampling.OPTIONS if o.kind is not sampling.TOKEN_MAP]
+
+
 def test_each_row_is_well_formed() -> None:
     for o in sampling.OPTIONS:
-        assert o.kind in (int, float), o.name
+        assert o.kind in (int, float, sampling.TOKEN_MAP), o.name
+        assert (o.kind is sampling.TOKEN_MAP) == (o.most > 0), o.name
         assert o.lo < o.hi and o.help and o.flag.startswith("--"), o.name
         assert o.default is None or o.check(o.default) == o.default, o.name
         assert set(o.apis) <= set(sampling.APIS), o.name
@@ -129,7 +133,7 @@ def test_task_keys_come_from_the_table() -> None:
     assert "settings" not in TASK_KEYS  # the field that holds them is not a key
 
 
-@pytest.mark.parametrize("o", sampling.OPTIONS, ids=lambda o: o.name)
+@pytest.mark.parametrize("o", SCALARS, ids=lambda o: o.name)
 def test_every_option_is_range_checked_once(o: sampling.Option) -> None:
     bad = o.hi + 1 if o.kind is int else o.hi * 2 + 1
     with pytest.raises(InvalidArgument, match=rf"^{o.name} must be .*, got ") as err:
@@ -141,10 +145,32 @@ def test_every_option_is_range_checked_once(o: sampling.Option) -> None:
     assert Request.build(prompt="x", **{o.name: good}).overrides == {o.name: good}
 
 
+def test_a_token_map_is_checked_once() -> None:
+    assert Request.build(prompt="x", logit_bias={"9": -100, 2: 1}).overrides == {
+        "logit_bias": ((2, 1.0), (9, -100.0))
+    }
+    for bad, says in [
+        ({"1": 101}, r"^logit_bias\[1\] must be between -100 and 100, got 101"),
+        ({"1": "2"}, r"^logit_bias\[1\] must be a number, got str"),
+        ({"1": float("nan")}, r"^logit_bias\[1\] must be a finite number"),
+        ({"x": 1}, r"^logit_bias keys must be token ids"),
+        ({True: 1}, r"^logit_bias keys must be token ids"),
+        ({"4294967296": 1}, r"^logit_bias keys must be token ids"),
+        ({"\u0661": 1}, r"^logit_bias keys must be token ids"),  # a digit, not ASCII
+        ({str(i): 1 for i in range(301)}, r"^logit_bias may hold at most 300 tokens"),
+        ("1=2", r"^logit_bias must map token ids to numbers, got str"),
+    ]:
+        with pytest.raises(InvalidArgument, match=says):
+            Request.build(prompt="x", logit_bias=bad)
+
+
 def test_wire_fields() -> None:
     assert sampling.wire_fields("anthropic") == {n: n for n in ("temperature", "top_k", "top_p")}
-    for api in ("openai", "responses", "ollama"):
-        assert set(sampling.wire_fields(api).values()) == set(sampling.SAMPLING_FIELDS)
+    assert set(sampling.wire_fields("openai").values()) == set(sampling.SAMPLING_FIELDS)
+    for api in ("responses", "ollama"):  # neither has OpenAI's logit_bias
+        assert set(sampling.wire_fields(api).values()) == set(sampling.SAMPLING_FIELDS) - {
+            "logit_bias"
+        }
     with pytest.raises(ValueError):
         sampling.wire_fields("grpc")
     body: dict[str, Any] = {"top_k": 5, "temperature": 1, "seed": None, "model": "m"}

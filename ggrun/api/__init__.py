@@ -8,7 +8,8 @@ An :class:`Adapter` knows one wire format and nothing of HTTP or models:
   does not implement is an :class:`~ggrun.errors.ApiError` that names it.
 - :meth:`Adapter.reply` starts the rendering of one answer: a :class:`Reply` turns the
   stream's chunks and its final result into :class:`Event` objects (streaming) or into
-  one body.
+  one body; a call of several choices (``Call.n``) gets a reply that is also a
+  :class:`Choices`.
 - :meth:`Adapter.error` renders an :class:`~ggrun.errors.ApiError` in the API's shape.
 - :attr:`Adapter.framing` names how events travel: ``"sse"`` (server-sent events, with
   an ``event:`` name where the API has one) or ``"ndjson"`` (one JSON object a line).
@@ -18,9 +19,9 @@ An :class:`Adapter` knows one wire format and nothing of HTTP or models:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from ggrun.errors import ApiError
 from ggrun.textstream import Chunk, Result
@@ -55,6 +56,7 @@ class Call:
     wire: Mapping[str, Any] = field(default_factory=dict)  # the adapter's own settings
     headers: Mapping[str, str] = field(default_factory=dict)  # HTTP headers for the answer
     allow_repeated_calls: bool = False  # a tool call already answered may come again
+    n: int = 1  # choices to draw, each with its own seed (OpenAI's n; a Choices reply)
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,26 @@ class Reply(Protocol):
 
     def whole(self, r: Result) -> dict[str, Any]:
         """The answer as one body (not streaming; ``r`` has no error)."""
+        ...
+
+
+@runtime_checkable
+class Choices(Protocol):
+    """A reply of several choices of one call (``Call.n``, OpenAI's ``n``): each choice's
+    chunks and finish carry its index ``i``; the usage (over every choice) and the end of
+    the stream come once, after the last choice ends. An adapter that reads ``n`` from a
+    body answers with a reply that is one."""
+
+    def chunk_of(self, i: int, c: Chunk) -> list[Event]:
+        """Events for one chunk of choice ``i``."""
+        ...
+
+    def end_of(self, i: int, r: Result) -> list[Event]:
+        """Choice ``i``'s finish (the error when ``r.error`` is set; the stream ends)."""
+        ...
+
+    def whole_of(self, results: Sequence[Result]) -> dict[str, Any]:
+        """The answer as one body: choice ``i`` is ``results[i]`` (none has an error)."""
         ...
 
 

@@ -8,13 +8,16 @@ OpenAI's error body) naming it, and a field ggrun does not implement is a 400 th
 names it. The fields of :data:`IGNORED_KEYS` mean nothing to a local server: they are
 checked, then ignored on purpose (``store: true`` too: it only keeps the completion in
 OpenAI's dashboard). ``reasoning_effort`` maps to thinking by :data:`REASONING_EFFORT`.
+``n`` (up to :data:`MAX_CHOICES`) draws that many choices, each with its own seed; the
+sampling fields, ``logit_bias`` among them, are the option table's.
 """
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ggrun import sampling
@@ -38,6 +41,7 @@ SAMPLING_KEYS = tuple(sampling.wire_fields("openai"))  # read off the option tab
 IGNORED_KEYS = ("store", "metadata", "service_tier", "user", "safety_identifier",
                 "prompt_cache_key")  # fmt: skip
 MAX_METADATA = 16  # metadata's keys (OpenAI's limit)
+MAX_CHOICES = 16  # n: choices one request may draw (OpenAI allows 128)
 # reasoning_effort -> (think, thinking budget in tokens; None: no budget). An explicit
 # think, chat_template_kwargs or reasoning_budget wins over it.
 REASONING_EFFORT: Mapping[str, tuple[bool, int | None]] = {
@@ -55,7 +59,6 @@ COMMON_KEYS = {
     "stop",
     "response_format",
     "n",
-    "logit_bias",
     "logprobs",
     *SAMPLING_KEYS,
     *IGNORED_KEYS,
@@ -82,9 +85,7 @@ def _check_fields(body: Mapping[str, Any], allowed: set[str]) -> None:
     unsupported = [
         name
         for name, ok in (
-            ("n", body.get("n") in (None, 1)),
             ("best_of", body.get("best_of") in (None, 1)),
-            ("logit_bias", not body.get("logit_bias")),
             ("echo", body.get("echo") in (None, False)),
             ("suffix", body.get("suffix") in (None, "")),
         )
@@ -130,8 +131,20 @@ def _ignored(body: Mapping[str, Any]) -> None:
 def _sampling(body: Mapping[str, Any]) -> dict[str, Any]:
     try:
         return sampling.from_wire("openai", body)
-    except GgrunError as e:
-        raise ApiError.of(e) from None
+    except GgrunError as e:  # the message starts with the field's name
+        name = re.match(r"\w*", str(e))
+        field = name.group() if name and name.group() in SAMPLING_KEYS else None
+        raise ApiError(400, str(e), param=field) from None
+
+
+def _choices(body: Mapping[str, Any]) -> int:
+    """``n``: how many choices to draw (absent or null: one)."""
+    n = body.get("n")
+    if n is None:
+        return 1
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CHOICES:
+        raise bad(f"'n' must be an integer from 1 to {MAX_CHOICES}", "n")
+    return n
 
 
 def _max_tokens(body: Mapping[str, Any], *names: str) -> Any:
@@ -314,48 +327,54 @@ def completion_options(body: Mapping[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------- responses
 
 
-def usage(r: Result | Chunk) -> dict[str, Any]:
+def usage(r: Result | Chunk, *more: Result) -> dict[str, Any]:
+    """OpenAI's ``usage`` of ``r``; ``more``: the other choices drawn from the same prompt,
+    whose completion tokens add up (the prompt counts once, as OpenAI counts it)."""
+    completion = r.completion_tokens + sum(m.completion_tokens for m in more)
+    reasoning = r.reasoning_tokens + sum(m.reasoning_tokens for m in more)
     u: dict[str, Any] = {
         "prompt_tokens": r.prompt_tokens,
-        "completion_tokens": r.completion_tokens,
-        "total_tokens": r.prompt_tokens + r.completion_tokens,
+        "completion_tokens": completion,
+        "total_tokens": r.prompt_tokens + completion,
     }
-    if r.reasoning_tokens:
-        u["completion_tokens_details"] = {"reasoning_tokens": r.reasoning_tokens}
+    if reasoning:
+        u["completion_tokens_details"] = {"reasoning_tokens": reasoning}
     if r.cached_tokens:
         u["prompt_tokens_details"] = {"cached_tokens": r.cached_tokens}
     return u
 
 
-def final_body(rid: str, model_id: str, r: Result, chat: bool) -> dict[str, Any]:
-    """A whole (non-streamed) response."""
-    if chat:
-        msg: dict[str, Any] = {"role": "assistant", "content": r.text}
-        if r.reasoning:
-            msg["reasoning_content"] = r.reasoning
-        if r.tool_calls:
-            msg["tool_calls"] = [c.as_openai() for c in r.tool_calls]
-            msg["content"] = r.text or None
-        choice: dict[str, Any] = {"index": 0, "message": msg, "finish_reason": r.finish_reason}
-        choice["logprobs"] = chat_logprobs(r.logprobs) if r.logprobs else None
-        obj = "chat.completion"
-    else:
-        choice = {"index": 0, "text": r.text, "finish_reason": r.finish_reason}
-        choice["logprobs"] = completion_logprobs(r.logprobs) if r.logprobs else None
-        obj = "text_completion"
+def final_body(rid: str, model_id: str, results: Sequence[Result], chat: bool) -> dict[str, Any]:
+    """A whole (non-streamed) response: choice ``i`` is ``results[i]``."""
     return {
         "id": rid,
-        "object": obj,
+        "object": "chat.completion" if chat else "text_completion",
         "created": int(time.time()),
         "model": model_id,
-        "choices": [choice],
-        "usage": usage(r),
+        "choices": [_choice(i, r, chat) for i, r in enumerate(results)],
+        "usage": usage(*results),
     }
 
 
+def _choice(i: int, r: Result, chat: bool) -> dict[str, Any]:
+    if not chat:
+        lp = completion_logprobs(r.logprobs) if r.logprobs else None
+        return {"index": i, "text": r.text, "finish_reason": r.finish_reason, "logprobs": lp}
+    msg: dict[str, Any] = {"role": "assistant", "content": r.text}
+    if r.reasoning:
+        msg["reasoning_content"] = r.reasoning
+    if r.tool_calls:
+        msg["tool_calls"] = [c.as_openai() for c in r.tool_calls]
+        msg["content"] = r.text or None
+    choice: dict[str, Any] = {"index": i, "message": msg, "finish_reason": r.finish_reason}
+    choice["logprobs"] = chat_logprobs(r.logprobs) if r.logprobs else None
+    return choice
+
+
 def chunk_body(rid: str, model_id: str, created: int, chat: bool, c: Chunk | None,
-               finish: str | None = None) -> dict[str, Any]:  # fmt: skip
-    """One streamed event: a delta, or (``c`` None) the first or the last event."""
+               finish: str | None = None, index: int = 0) -> dict[str, Any]:  # fmt: skip
+    """One streamed event of choice ``index``: a delta, or (``c`` None) the first or the
+    last event."""
     if chat:
         delta: dict[str, Any] = {}
         if c is None and finish is None:
@@ -365,12 +384,12 @@ def chunk_body(rid: str, model_id: str, created: int, chat: bool, c: Chunk | Non
                 delta["content"] = c.text
             if c.reasoning:
                 delta["reasoning_content"] = c.reasoning
-        choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+        choice: dict[str, Any] = {"index": index, "delta": delta, "finish_reason": finish}
         if c is not None and c.logprobs:
             choice["logprobs"] = chat_logprobs(c.logprobs)
         obj = "chat.completion.chunk"
     else:
-        choice = {"index": 0, "text": c.text if c else "", "finish_reason": finish}
+        choice = {"index": index, "text": c.text if c else "", "finish_reason": finish}
         if c is not None and c.logprobs:
             choice["logprobs"] = completion_logprobs(c.logprobs)
         obj = "text_completion"
@@ -432,14 +451,18 @@ def model_card(model_id: str, created: int) -> dict[str, Any]:
 
 
 class _Reply:
+    """One answer of ``call.n`` choices (a :class:`~ggrun.api.Choices`); a plain reply's
+    methods are choice 0's."""
+
     def __init__(self, call: Call, meta: Meta, chat: bool) -> None:
-        self.chat, self.meta = chat, meta
+        self.chat, self.meta, self.n = chat, meta, call.n
         self.rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         self.include_usage = bool(call.wire.get("include_usage"))
-        self.n_calls = 0
+        self.n_calls = [0] * call.n  # each choice's tool calls sent so far
+        self.ended: dict[int, Result] = {}  # the choices that have finished
 
-    def _chunk(self, c: Chunk | None, finish: str | None = None) -> dict[str, Any]:
-        d = chunk_body(self.rid, self.meta.model, self.meta.created, self.chat, c, finish)
+    def _chunk(self, c: Chunk | None, finish: str | None = None, i: int = 0) -> dict[str, Any]:
+        d = chunk_body(self.rid, self.meta.model, self.meta.created, self.chat, c, finish, i)
         return {**d, **self._fingerprint()}
 
     def _fingerprint(self) -> dict[str, Any]:
@@ -447,27 +470,40 @@ class _Reply:
         return {"system_fingerprint": run.fingerprint} if run is not None else {}
 
     def head(self) -> list[Event]:
-        return [Event(self._chunk(None))] if self.chat else []
+        return [Event(self._chunk(None, i=i)) for i in range(self.n)] if self.chat else []
 
     def chunk(self, c: Chunk) -> list[Event]:
-        out = [Event(self._chunk(c))] if c.text or c.reasoning or c.logprobs else []
-        for piece in tool_call_deltas(c.tool_calls, self.n_calls):
-            d = self._chunk(None)
-            d["choices"][0]["delta"] = {"tool_calls": [piece]}
-            out.append(Event(d))
-        self.n_calls += len(c.tool_calls)
-        return out
+        return self.chunk_of(0, c)
 
     def end(self, r: Result) -> list[Event]:
-        if r.error is not None:
-            return [Event(error_body(ApiError(400, r.error))), Event("[DONE]")]
-        out = [Event(self._chunk(None, r.finish_reason))]
-        if self.include_usage:  # as OpenAI: usage in a last chunk of its own, no choices
-            out.append(Event({**self._chunk(None), "choices": [], "usage": usage(r)}))
-        return [*out, Event("[DONE]")]
+        return self.end_of(0, r)
 
     def whole(self, r: Result) -> dict[str, Any]:
-        body = final_body(self.rid, self.meta.model, r, self.chat)
+        return self.whole_of([r])
+
+    def chunk_of(self, i: int, c: Chunk) -> list[Event]:
+        out = [Event(self._chunk(c, i=i))] if c.text or c.reasoning or c.logprobs else []
+        for piece in tool_call_deltas(c.tool_calls, self.n_calls[i]):
+            d = self._chunk(None, i=i)
+            d["choices"][0]["delta"] = {"tool_calls": [piece]}
+            out.append(Event(d))
+        self.n_calls[i] += len(c.tool_calls)
+        return out
+
+    def end_of(self, i: int, r: Result) -> list[Event]:
+        if r.error is not None:
+            return [Event(error_body(ApiError(400, r.error))), Event("[DONE]")]
+        self.ended[i] = r
+        out = [Event(self._chunk(None, r.finish_reason, i))]
+        if len(self.ended) < self.n:
+            return out
+        if self.include_usage:  # as OpenAI: usage in a last chunk of its own, no choices
+            total = usage(*(self.ended[k] for k in range(self.n)))
+            out.append(Event({**self._chunk(None), "choices": [], "usage": total}))
+        return [*out, Event("[DONE]")]
+
+    def whole_of(self, results: Sequence[Result]) -> dict[str, Any]:
+        body = final_body(self.rid, self.meta.model, results, self.chat)
         return {**body, "created": self.meta.created, **self._fingerprint()}
 
 
@@ -482,7 +518,7 @@ class _Adapter:
         so = body.get("stream_options") or {}
         return Call(options, body.get("model"), bool(body.get("stream")),
                     wire={"include_usage": bool(so.get("include_usage"))},
-                    allow_repeated_calls=flag(body, REPEATS, False))  # fmt: skip
+                    allow_repeated_calls=flag(body, REPEATS, False), n=_choices(body))  # fmt: skip
 
     def reply(self, call: Call, meta: Meta) -> _Reply:
         return _Reply(call, meta, self.chat)

@@ -151,10 +151,29 @@ LOAD: dict[str, tuple[Any, Any]] = {
 }
 
 
+def _token_pairs(values: list[str] | None) -> tuple[tuple[str, float], ...] | None:
+    """A repeated ``ID=N`` flag as (token id, number) pairs, for the option table to
+    check (ids, range, how many)."""
+    pairs = []
+    for v in values or ():
+        token, sep, number = v.partition("=")
+        try:
+            pairs.append((token.strip(), float(number)))
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise typer.BadParameter(f"{v[:40]!r} is not ID=N (a token id and a number)")
+    return tuple(pairs) or None
+
+
 def _sampling_flag(o: sampling.Option) -> tuple[Any, Any]:
     """A row of :data:`ggrun.sampling.OPTIONS` as a CLI option. A whole-number flag is
     range-checked by the parser too (its message names the flag); the table's own check
     (in ``Request.build``) covers every flag."""
+    if o.kind is sampling.TOKEN_MAP:  # repeatable ID=N pairs
+        option = typer.Option(o.flag, help=o.help, rich_help_panel=SAMPLING_PANEL,
+                              metavar="ID=N", callback=_token_pairs)  # fmt: skip
+        return (list[str] | None, option)
     whole: dict[str, Any] = {}
     if o.kind is int:
         whole = {"min": int(o.lo) + o.lo_open, "max": int(o.hi) - o.hi_open}
