@@ -44,6 +44,7 @@ FLOORS: dict[str, int] = {
     "ggrun.textstream": 3,
     "ggrun.speculative": 3,
     "ggrun.decoder": 4,
+    "ggrun.redraw": 4,
     "ggrun.engine": 5,
     **dict.fromkeys(
         [
