@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hmac
 import ipaddress
 import json
@@ -40,7 +39,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from ggrun import redraw
+from ggrun import flight
 from ggrun.api import (
     Adapter,
     Call,
@@ -54,7 +53,6 @@ from ggrun.api import (
     openai,
     responses,
 )
-from ggrun.batching import Waiter
 from ggrun.errors import ApiError, GgrunError
 from ggrun.pool import Loaded, Pool
 from ggrun.request import Request
@@ -440,7 +438,7 @@ class Server:
         if call.load_only:
             return await self._load(model_id, call, adapter)
         run = await self._start(model_id, call)
-        runs = _choices(run, call.n)
+        runs = flight.choices(run, call.n)
         meta = Meta(model_id, int(time.time()), run.t0, run.load_s, run.job.run)
         reply = adapter.reply(call, meta)
         if call.stream:
@@ -448,9 +446,9 @@ class Server:
         results = []
         try:
             for r in runs:
-                result = _served(await self._wait(request, r))
+                result = flight.served(await self._wait(request, r))
                 if result.error is not None:
-                    raise _failed(result)  # the other choices are cancelled
+                    raise flight.failed(result)  # the other choices are cancelled
                 results.append(result)
         finally:
             for r in runs:
@@ -481,7 +479,7 @@ class Server:
             param = "max_tokens" if asked is not None and e.n_tokens < e.n_ctx else None
             raise ApiError(400, str(e), param=param, code="context_length_exceeded") from None
 
-    async def _start(self, model_id: str, call: Call) -> _Run:
+    async def _start(self, model_id: str, call: Call) -> flight.Run:
         """Validate and queue a request on its model; nothing queues before it is valid."""
         from starlette.concurrency import run_in_threadpool
 
@@ -493,7 +491,7 @@ class Server:
             raise ApiError.of(e) from None
         t0 = time.perf_counter()
         entry = await self._acquire(model_id)
-        run = _Run(self.pool, entry, call.keep_alive, time.perf_counter() - t0, t0)
+        run = flight.Run(self.pool, entry, call.keep_alive, time.perf_counter() - t0, t0)
         run.redraw = not call.stream  # a streamed answer cannot take back what it sent
         run.remake = lambda r: self._prepare(entry, r, asked, call.context)
         run.stop_repeats = bool(req.offered_tools) and not (
@@ -508,7 +506,7 @@ class Server:
             raise
         return run
 
-    async def _wait(self, request: Any, run: _Run) -> Result:
+    async def _wait(self, request: Any, run: flight.Run) -> Result:
         """The result; a client that goes away first cancels its request."""
 
         async def gone() -> None:
@@ -537,7 +535,7 @@ class Server:
         finally:
             watch.cancel()
 
-    def _stream(self, runs: list[_Run], reply: Reply, adapter: Adapter) -> Any:
+    def _stream(self, runs: list[flight.Run], reply: Reply, adapter: Adapter) -> Any:
         """The reply's events as they come (of each choice, when ``runs`` are several),
         framed as the adapter says; a client that goes away frees its slots at the next
         step."""
@@ -547,11 +545,11 @@ class Server:
                 chunk_of, end_of = _renderers(reply, len(runs))
                 for e in reply.head():
                     yield e
-                async for i, item in _merged(runs):
+                async for i, item in flight.merged(runs):
                     if isinstance(item, Chunk) and runs[i].repeats(item.tool_calls):
                         await runs[i].close_tools()  # this call never goes out
                         continue
-                    item = _served(item) if isinstance(item, Result) else item
+                    item = flight.served(item) if isinstance(item, Result) else item
                     out = end_of(i, item) if isinstance(item, Result) else chunk_of(i, item)
                     for e in out:
                         yield e
@@ -652,35 +650,6 @@ def _json(data: Any) -> str:
     return data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
 
 
-def _served(r: Result) -> Result:
-    """A reply cut off by max_tokens is a finish (``length``) as OpenAI and ollama answer
-    it, not an error: the client sees the reason and acts on it. A failure of another kind
-    keeps its error; the CLI and the Python API keep the strict error for a cut too."""
-    return dataclasses.replace(r, error=None) if r.cut and r.error is not None else r
-
-
-def _failed(r: Result) -> ApiError:
-    """The error of a reply that failed: a 400, or a 422 for output that failed its checks."""
-    assert r.error is not None
-    if r.finish_reason == "error":
-        return ApiError(400, r.error)
-    return ApiError(422, f"the output failed its checks: {r.error}", code="invalid_output")
-
-
-def _choices(run: _Run, n: int) -> list[_Run]:
-    """``run`` (choice 0) and ``n - 1`` more of its job, choice ``i`` drawn with its
-    seed plus ``i`` (:meth:`~ggrun.sampling.SamplingConfig.nth`): OpenAI's ``n``."""
-    runs = [run]
-    try:
-        for i in range(1, n):
-            runs.append(run.twin(run.job.with_sampling(run.job.sampling.nth(i))))
-    except BaseException:
-        for r in runs:
-            r.cancel()
-        raise
-    return runs
-
-
 def _many(reply: Reply) -> Choices:
     """The reply of a call of several choices: its adapter read ``n`` and renders it."""
     assert isinstance(reply, Choices), "an adapter that reads n answers with Choices"
@@ -694,26 +663,6 @@ def _renderers(reply: Reply, n: int) -> tuple[Callable[[int, Chunk], list[Event]
         many = _many(reply)
         return many.chunk_of, many.end_of
     return (lambda i, c: reply.chunk(c)), (lambda i, r: reply.end(r))
-
-
-async def _merged(runs: list[_Run]) -> AsyncIterator[tuple[int, Chunk | Result]]:
-    """Each run's chunks and result as they come, with the run's place in ``runs``; a
-    run is done once its result has been taken."""
-    waits = {asyncio.ensure_future(r.next()): i for i, r in enumerate(runs)}
-    try:
-        while waits:
-            ready, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            for f in sorted(ready, key=waits.__getitem__):
-                i = waits.pop(f)
-                item = f.result()
-                yield i, item
-                if isinstance(item, Result):
-                    runs[i].done()
-                else:
-                    waits[asyncio.ensure_future(runs[i].next())] = i
-    finally:
-        for f in waits:
-            f.cancel()
 
 
 def _adapter_of(request: Any) -> Adapter | EmbedAdapter:
@@ -740,84 +689,6 @@ GENERATION: dict[str, Adapter] = {
     "/api/chat": ollama.CHAT,
     "/api/generate": ollama.GENERATE,
 }
-
-
-class _Run:
-    """One request in flight: its queue of chunks, and its claim on the model.
-
-    Its current draw is one engine request; a redraw (:mod:`ggrun.redraw`) replaces it
-    with another, and what the one before still reports is dropped."""
-
-    def __init__(self, pool: Pool, entry: Loaded, keep_alive: float | None, load_s: float,
-                 t0: float) -> None:  # fmt: skip
-        self.pool, self.entry, self.keep_alive = pool, entry, keep_alive
-        self.load_s, self.t0 = load_s, t0
-        self.queue: asyncio.Queue[tuple[int, Chunk | Result]] = asyncio.Queue()
-        self.index = -1
-        self.job: Any = None
-        self.redraw = True  # the engine draws a reply that fails a schema check again
-        self.stop_repeats = False  # a call already answered is drawn again, tools closed
-        self.remake: Callable[[Request], Any] = lambda r: None  # prepare, for this slot
-        self._released = False
-
-    def submit(self, job: Any) -> None:
-        """Queue ``job`` as the current draw (ending the one before, if any)."""
-        if self.index >= 0:
-            self.entry.engine.cancel(self.index)
-        loop = asyncio.get_running_loop()
-        index = self.index = self.entry.engine.next_index()
-
-        def put(item: Chunk | Result) -> None:
-            loop.call_soon_threadsafe(self.queue.put_nowait, (index, item))
-
-        self.job = job
-        self.entry.engine.submit(index, job, Waiter(put, put, redraw=self.redraw))
-
-    def twin(self, job: Any) -> _Run:
-        """Another run of this request that draws ``job`` (one more of its choices): its
-        own queue, engine request and claim on the model."""
-        twin = _Run(self.pool, self.pool.share(self.entry), self.keep_alive, self.load_s,
-                    self.t0)  # fmt: skip
-        twin.redraw, twin.stop_repeats, twin.remake = self.redraw, self.stop_repeats, self.remake
-        try:
-            twin.submit(job)
-        except BaseException:
-            twin.done()
-            raise
-        return twin
-
-    def repeats(self, calls: list[Any]) -> bool:
-        return self.stop_repeats and redraw.repeated(self.job.request, calls)
-
-    async def close_tools(self) -> None:
-        """Draw the reply again with tool calls closed (once): the model repeated a call
-        the conversation has already answered."""
-        from starlette.concurrency import run_in_threadpool
-
-        logger.info("a tool call repeats one already answered; drawing the reply again")
-        self.stop_repeats = False
-        try:
-            job = await run_in_threadpool(self.remake, redraw.closed(self.job.request))
-        except GgrunError as e:
-            raise ApiError.of(e) from None
-        self.submit(job)
-
-    async def next(self) -> Chunk | Result:
-        """The current draw's next chunk, or its result."""
-        while True:
-            index, item = await self.queue.get()
-            if index == self.index:
-                return item
-
-    def cancel(self) -> None:
-        if not self._released and self.index >= 0:
-            self.entry.engine.cancel(self.index)
-        self.done()
-
-    def done(self) -> None:
-        if not self._released:
-            self._released = True
-            self.pool.release(self.entry, self.keep_alive)
 
 
 def check_address(host: str, port: int) -> None:

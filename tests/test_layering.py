@@ -51,6 +51,7 @@ FLOORS: dict[str, int] = {
             "ggrun.chat",
             "ggrun.batching",
             "ggrun.pool",
+            "ggrun.flight",
             "ggrun.distributed",
             "ggrun.benchmark",
             "ggrun.converter",
