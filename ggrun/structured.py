@@ -4,21 +4,35 @@ Generation is constrained by a llama.cpp grammar, never by asking nicely; the re
 is then checked (``json.loads`` and ``jsonschema`` for JSON, the standard parsers for
 CSV, YAML and XML) and a cut-off output raises :class:`IncompleteOutput`.
 
-Schemas become grammars with llama-cpp-python's ``json_schema_to_gbnf``. It silently
+Schemas become grammars with llama-cpp-python's schema converter, extended by
+:mod:`ggrun.schema_gbnf` (integer bounds, string formats). The converter silently
 ignores keywords it does not implement, so ggrun accepts only the ones below and
-rejects the rest up front, naming the keyword and where it is:
+rejects the rest up front, naming the keyword and where it is.
+
+Held by the grammar (every value drawn has it):
 
 - ``type`` (also a list), ``properties``, ``required``, ``additionalProperties``,
   ``enum``, ``const``;
 - ``items``, ``prefixItems``, ``minItems``, ``maxItems``;
-- ``minLength``, ``maxLength``, ``pattern`` (the regex subset the converter knows),
-  ``format`` = ``date``, ``time`` or ``date-time``;
+- ``minLength``, ``maxLength``, ``pattern`` (the regex subset the converter knows);
+- ``minimum``, ``maximum``, ``exclusiveMinimum``, ``exclusiveMaximum`` on integers
+  (up to 16 digits), and the sign of a number whose lower bound is not negative;
+- ``format``: ``date``, ``time``, ``date-time``, ``uuid``, ``email``, ``uri``, ``ipv4``,
+  ``ipv6``, ``hostname``, each narrower than its RFC (an email is ``local@domain.tld``
+  in ASCII, a uri an ``http(s)://`` URL, a year is 1000-2999): see
+  :data:`ggrun.schema_gbnf.FORMATS`;
 - ``anyOf``, ``oneOf``, ``allOf``; local ``$ref`` into ``$defs``/``definitions``;
 - annotations, which constrain nothing: ``title``, ``description``, ``default``,
-  ``examples``, ``$schema``, ``$id``, ``$comment``.
+  ``examples``, ``deprecated``, ``readOnly``, ``writeOnly``, ``discriminator``,
+  ``$schema``, ``$id``, ``$comment``.
 
-Not supported (rejected): number bounds (``minimum`` and friends), ``multipleOf``,
-``patternProperties``, ``propertyNames``, ``uniqueItems``, ``contains``, ``not``,
+Held by validation only (no grammar can): ``multipleOf``, bounds on numbers,
+``uniqueItems``, ``propertyNames``, and ``minLength``/``maxLength`` beside a ``format``
+(a format's own lengths fit pydantic's ``HttpUrl``). The finished value is checked
+with jsonschema and its format checker; a failure raises :class:`SchemaMismatch`,
+and the reply is drawn again (:mod:`ggrun.redraw`).
+
+Not supported (rejected): ``patternProperties``, ``contains``, ``not``,
 ``if``/``then``/``else``, other ``format`` values, remote ``$ref``.
 
 Thinking models: when the model may think (its template knows ``<think>`` and thinking
@@ -34,6 +48,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,9 +61,12 @@ SUPPORTED = frozenset({
     "type", "properties", "required", "additionalProperties", "enum", "const", "items",
     "prefixItems", "minItems", "maxItems", "minLength", "maxLength", "pattern", "format",
     "anyOf", "oneOf", "allOf", "$ref", "$defs", "definitions",
-    "title", "description", "default", "examples", "$schema", "$id", "$comment",
+    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+    "multipleOf", "uniqueItems", "propertyNames",  # validated, not in the grammar
+    "title", "description", "default", "examples", "deprecated", "readOnly", "writeOnly",
+    "discriminator", "$schema", "$id", "$comment",
 })  # fmt: skip
-FORMATS = frozenset({"date", "time", "date-time"})
+NUMBERS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
 SUBSCHEMA_MAPS = ("properties", "$defs", "definitions")
 SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 FORMATS_DIR = "grammars"
@@ -86,15 +104,26 @@ class Constraint:
         except Exception as e:  # noqa: BLE001 - each parser has its own error types
             raise GrammarError(f"the output is not valid {self.kind}: {e}") from None
         if self.schema is not None:
-            import jsonschema
-
-            try:
-                jsonschema.validate(data, self.schema)
-            except jsonschema.ValidationError as e:
-                raise GrammarError(f"the output does not match the schema: {e.message}") from None
+            check_value(data, self.schema)
             if self.model_class is not None:
-                return self.model_class.model_validate(data)
+                try:
+                    return self.model_class.model_validate(data)
+                except ValueError as e:  # pydantic's ValidationError
+                    raise SchemaMismatch(f"the output does not fit the model: {e}") from None
         return data
+
+
+def check_value(data: Any, schema: dict[str, Any]) -> None:
+    """Validate a value with jsonschema, formats included; :class:`SchemaMismatch` if not."""
+    import jsonschema
+
+    cls = jsonschema.validators.validator_for(schema)
+    error = jsonschema.exceptions.best_match(
+        cls(schema, format_checker=cls.FORMAT_CHECKER).iter_errors(data)
+    )
+    if error is not None:
+        where = "/" + "/".join(str(p) for p in error.absolute_path)
+        raise SchemaMismatch(f"the output does not match the schema at {where}: {error.message}")
 
 
 def _parse_yaml(text: str) -> Any:
@@ -128,6 +157,7 @@ PARSERS: dict[str, Any] = {
 MAX_SCHEMA_DEPTH = 32  # nesting of JSON values in a schema
 MAX_SCHEMA_NODES = 10_000  # objects, lists and values in a schema
 MAX_REPEAT = 1000  # minItems/maxItems/minLength/maxLength (each is inlined in the grammar)
+MAX_VALIDATED_LENGTH = 1 << 20  # minLength/maxLength beside a format or pattern
 MAX_PATTERN = 1000  # characters of a pattern
 MAX_PATTERN_REPEAT = 10_000  # product of the {n,m} bounds in a pattern
 MAX_GRAMMAR = 1 << 20  # characters of a grammar
@@ -150,10 +180,17 @@ def check_size(schema: Any) -> None:
             stack.extend((x, depth + 1) for x in v)
 
 
-def _check_bounds(key: str, value: Any, where: str) -> None:
-    if key in _COUNTS:
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_REPEAT:
-            raise GrammarError(f"{key} at {where} must be an integer in [0, {MAX_REPEAT}]")
+def _check_bounds(key: str, value: Any, where: str, limit: int = MAX_REPEAT) -> None:
+    if key in NUMBERS:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise GrammarError(f"{key} at {where} must be a number")
+        if not math.isfinite(value) or (key == "multipleOf" and value <= 0):
+            raise GrammarError(f"{key} at {where} must be a finite number (multipleOf: > 0)")
+    elif key == "uniqueItems" and not isinstance(value, bool):
+        raise GrammarError(f"uniqueItems at {where} must be true or false")
+    elif key in _COUNTS:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
+            raise GrammarError(f"{key} at {where} must be an integer in [0, {limit}]")
     elif key == "pattern":
         if not isinstance(value, str) or len(value) > MAX_PATTERN:
             raise GrammarError(
@@ -183,21 +220,28 @@ def check_schema(schema: Any, path: str = "") -> None:
                 f"unsupported JSON Schema keyword {key!r} at {path or '/'}: "
                 "ggrun cannot guarantee it, so it refuses the schema"
             )
-        if key == "format" and value not in FORMATS:
-            raise GrammarError(
-                f"unsupported string format {value!r} at {where} "
-                f"(supported: {', '.join(sorted(FORMATS))})"
-            )
+        if key == "format":
+            from ggrun.schema_gbnf import FORMATS
+
+            if value not in FORMATS:
+                raise GrammarError(
+                    f"unsupported string format {value!r} at {where} "
+                    f"(supported: {', '.join(sorted(FORMATS))})"
+                )
         if key == "$ref" and not (isinstance(value, str) and value.startswith("#/")):
             raise GrammarError(f"only local $ref ('#/...') is supported, got {value!r} at {where}")
-        _check_bounds(key, value, where)
+        # beside a format or pattern, string lengths are validated, not inlined
+        beside = key in ("minLength", "maxLength") and ("format" in schema or "pattern" in schema)
+        _check_bounds(key, value, where, MAX_VALIDATED_LENGTH if beside else MAX_REPEAT)
         if key in SUBSCHEMA_MAPS and isinstance(value, dict):
             for name, sub in value.items():
                 check_schema(sub, f"{where}/{name}")
         elif key in SUBSCHEMA_LISTS and isinstance(value, list):
             for i, sub in enumerate(value):
                 check_schema(sub, f"{where}/{i}")
-        elif key in ("items", "additionalProperties") and isinstance(value, (dict, bool)):
+        elif key in ("items", "additionalProperties", "propertyNames") and isinstance(
+            value, (dict, bool)
+        ):
             check_schema(value, where)
         elif key == "items" and isinstance(value, list):  # the converter's exact tuple
             raise GrammarError(
@@ -237,7 +281,8 @@ def schema_constraint(schema: Any) -> Constraint:
         raise GrammarError("a schema must be a JSON object (or a pydantic model class)")
     check_size(schema)
     import jsonschema
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    from ggrun.schema_gbnf import schema_to_gbnf
 
     check_schema(schema)  # first: its messages say what ggrun cannot do, and why
     try:
@@ -245,7 +290,9 @@ def schema_constraint(schema: Any) -> Constraint:
     except jsonschema.SchemaError as e:
         raise GrammarError(f"invalid JSON Schema: {e.message}") from None
     try:
-        grammar = json_schema_to_gbnf(json.dumps(schema))
+        grammar = schema_to_gbnf(schema)
+    except GrammarError:
+        raise
     except Exception as e:  # noqa: BLE001 - the converter raises plain exceptions
         raise GrammarError(f"cannot turn the schema into a grammar: {e}") from None
     # llama-cpp-python's port lets raw control characters into strings, which JSON

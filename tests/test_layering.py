@@ -30,6 +30,7 @@ FLOORS: dict[str, int] = {
             "ggrun.template_sandbox",
             "ggrun.sampling",
             "ggrun.structured",
+            "ggrun.schema_gbnf",
             "ggrun.hardware",
             "ggrun.planner",
             "ggrun.models",

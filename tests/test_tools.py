@@ -112,12 +112,12 @@ def test_a_function_becomes_a_tool_schema() -> None:
                         "name": "f",
                         "parameters": {
                             "type": "object",
-                            "properties": {"n": {"type": "number", "minimum": 1}},
+                            "properties": {"n": {"type": "number", "not": {"const": 1}}},
                         },
                     },
                 }
             ],
-            "minimum",
+            "'not'",
         ),  # fmt: skip
         ([get_weather, get_weather], "used twice"),
         ([42], "must be a function"),
