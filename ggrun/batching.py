@@ -172,6 +172,8 @@ class Batcher:
             draws, on_chunk = self._redraws.pop(index, (-1, None))
             job = redraw.again(seq.job, draws + 1) if result.redraw and draws >= 0 else None
             if job is None:
+                if result.redraw and draws > 0:
+                    result.error = f"{result.error} (in each of {draws + 1} draws)"
                 out.append((index, result))
                 continue
             logger.info("request %s: %s; drawing it again", index, result.error)

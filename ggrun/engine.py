@@ -499,11 +499,12 @@ class Model:
             result = Result.collect(self.run(job))
             try:
                 return structured.check_result(result, request.constraint)
-            except SchemaMismatch:
+            except SchemaMismatch as e:
                 attempt += 1
                 nxt = redraw.again(job, attempt)
                 if nxt is None:
-                    raise
+                    raise SchemaMismatch(f"{e} (in each of {attempt} draws)") from None
+                logger.info("%s; drawing it again", e)
                 job = nxt
 
     def run_task(self, name: str, text: str, **options: Any) -> Result:
