@@ -284,10 +284,10 @@ def test_tool_calls_whole_streamed_and_the_round_trip(client: Any) -> None:
 def test_a_bad_tool_is_a_400_that_names_it(server: str) -> None:
     h = {"Authorization": f"Bearer {KEY}"}
     bad = {"type": "function", "function": {"name": "f", "parameters": {
-        "type": "object", "properties": {"n": {"type": "number", "multipleOf": 2}}}}}  # fmt: skip
+        "type": "object", "properties": {"n": {"type": "number", "not": {}}}}}}  # fmt: skip
     r = httpx.post(server + "/v1/chat/completions", headers=h, json={
         "messages": [{"role": "user", "content": "x"}], "tools": [bad]})  # fmt: skip
-    assert r.status_code == 400 and "multipleOf" in r.json()["error"]["message"]
+    assert r.status_code == 400 and "'not'" in r.json()["error"]["message"]
 
 
 # ---------------------------------------------------------------- cut off by max_tokens
@@ -307,6 +307,28 @@ def test_a_parse_cut_off_by_max_tokens_is_openais_length_error(client: Any) -> N
             model="SmolLM2-135M-Instruct.Q4_1", max_tokens=5, temperature=0,
             messages=[{"role": "user", "content": "Invent a person."}], response_format=Person,
         )  # fmt: skip
+
+
+def test_parse_fills_a_pydantic_model_with_bounds_a_uuid_and_an_email(client: Any) -> None:
+    """What Pydantic writes (``Field(ge=0, le=150)``, ``UUID``, ``EmailStr``) is held by
+    the grammar: openai's parse gives a valid instance, on every seed."""
+    from uuid import UUID
+
+    from pydantic import BaseModel, EmailStr, Field
+
+    class Person(BaseModel):
+        name: str = Field(max_length=20)
+        age: int = Field(ge=0, le=150)
+        id: UUID
+        email: EmailStr
+
+    for seed in range(3):
+        r = client.chat.completions.parse(
+            model="SmolLM2-135M-Instruct.Q4_1", max_tokens=160, temperature=1, seed=seed,
+            messages=[{"role": "user", "content": "Invent a person."}], response_format=Person,
+        )  # fmt: skip
+        p = r.choices[0].message.parsed
+        assert isinstance(p, Person) and 0 <= p.age <= 150 and isinstance(p.id, UUID)
 
 
 def test_a_streamed_schema_cut_off_ends_with_length_not_an_error(server: str) -> None:
