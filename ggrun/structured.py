@@ -421,9 +421,11 @@ def check_result(result: Any, constraint: Constraint | None) -> Any:
     """Parse a constrained result into ``result.data``; a cut-off one is an error, never
     passed off as valid (nor a result whose tool calls were cut off or invalid)."""
     if result.error is not None:
+        if result.redraw:  # a check no grammar holds (another draw may pass it)
+            raise SchemaMismatch(result.error)
         if result.finish_reason == "length":
             raise IncompleteOutput(result.error, result)
-        raise (SchemaMismatch if result.redraw else GrammarError)(result.error)
+        raise GrammarError(result.error)
     if constraint is None:
         return result
     if result.finish_reason == "length":

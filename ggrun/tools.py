@@ -276,8 +276,10 @@ def looks_like_call(text: str) -> bool:
 
 
 def parse_call(text: str, tools: tuple[Tool, ...]) -> ToolCall:
-    """A call's JSON (between the tags) checked against the tools; GrammarError if not."""
-    import jsonschema
+    """A call's JSON (between the tags) checked against the tools (formats too);
+    GrammarError if not, SchemaMismatch for a check only validation holds (another draw
+    may pass it)."""
+    from ggrun import structured
 
     try:
         data = json.loads(text)
@@ -292,11 +294,9 @@ def parse_call(text: str, tools: tuple[Tool, ...]) -> ToolCall:
         raise GrammarError(f"the model called an unknown tool {str(data['name'])[:64]!r}")
     args = data["arguments"]
     try:
-        jsonschema.validate(args, tool.parameters)
-    except jsonschema.ValidationError as e:  # a check the grammar cannot hold (multipleOf)
-        raise SchemaMismatch(
-            f"the call to {tool.name} does not match its schema: {e.message}"
-        ) from None
+        structured.check_value(args, tool.parameters)
+    except SchemaMismatch as e:  # a check the grammar cannot hold (multipleOf)
+        raise SchemaMismatch(f"the call to {tool.name}: {e}") from None
     return ToolCall(tool.name, args)
 
 

@@ -116,3 +116,12 @@ def test_a_stream_is_not_redrawn_and_ends_with_the_error(server: str) -> None:
                       json=_body(NEVER, stream=True), timeout=120) as r:  # fmt: skip
         lines = [ln for ln in r.iter_lines() if ln.startswith("data: ")]
     assert "does not match the schema" in lines[-2] or "does not match the schema" in lines[-1]
+
+
+def test_a_tool_call_that_fails_a_check_is_drawn_again(smol: Any, caplog: Any) -> None:
+    caplog.set_level(logging.INFO, logger="ggrun")
+    never = {"type": "function", "function": {"name": "never", "parameters": NEVER}}
+    one = {"tool_choice": "required", "parallel_tool_calls": False, "max_tokens": 40}
+    with pytest.raises(SchemaMismatch, match="the call to never: .*in each of 4 draws"):
+        smol.chat(ASK, tools=[never], temperature=0, **one)
+    assert _draws(caplog) == 1 + redraw.MAX_REDRAWS
