@@ -50,6 +50,7 @@ FLOORS: dict[str, int] = {
     **dict.fromkeys(
         [
             "ggrun.chat",
+            "ggrun.mcp_tools",
             "ggrun.batching",
             "ggrun.pool",
             "ggrun.flight",
