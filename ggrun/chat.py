@@ -6,7 +6,8 @@ the tokens after the longest prefix it already holds, so turn N does not re-proc
 turns 1..N-1. Reasoning (``<think>…</think>``) is returned with each reply but never
 kept in the history. When the history no longer fits, the oldest turns are dropped
 (never the system prompt) and :attr:`Chat.trimmed` says how many messages went.
-An interrupted reply (Ctrl-C) is kept, as far as it got.
+An interrupted reply (Ctrl-C) is kept, as far as it got. With ``mcp=``, the tools of MCP
+servers (:mod:`ggrun.mcp_tools`) join the chat's tools; :meth:`Chat.close` stops them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ggrun import sampling
 from ggrun.decoder import Prepared
@@ -28,6 +29,9 @@ from ggrun.request import Request, messages
 from ggrun.templates import Message
 from ggrun.textstream import Chunk, Result
 from ggrun.tools import ToolCall
+
+if TYPE_CHECKING:
+    from ggrun.mcp_tools import Servers
 
 logger = logging.getLogger(__name__)
 
@@ -65,12 +69,19 @@ class Chat:
         auto_run: bool = False,
         max_steps: int = 8,
         compact: bool = False,
+        mcp: Any = None,
         **options: Any,
     ) -> None:
         probe = [{"role": "user", "content": "?"}]  # the options are checked now, once
         limit = {} if max_tokens == "auto" else {"max_tokens": max_tokens}
         checked = Request.build(messages=probe, think=think, tools=tools, **limit, **options)
         self.tools = checked.tools
+        self.mcp: Servers | None = None  # MCP servers started for this chat (``close()``)
+        if mcp is not None:
+            from ggrun.mcp_tools import Servers
+
+            self.mcp = Servers(mcp, reserved=tuple(t.name for t in self.tools))
+            self.tools += self.mcp.tools
         self.auto_run = auto_run  # run the Python functions the model calls, then go on
         self.max_steps = max_steps  # at most this many rounds of calls per message
         self.model = model
@@ -85,6 +96,17 @@ class Chat:
         self.compacted = 0  # messages the last turn summarised into the note
         self.last: Result | None = None
         self.interrupted = False
+
+    def close(self) -> None:
+        """Stop the MCP servers this chat started (the model stays open)."""
+        if self.mcp is not None:
+            self.mcp.close()
+
+    def __enter__(self) -> Chat:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- history --------------------------------------------------------------------
     @property
