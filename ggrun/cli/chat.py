@@ -8,6 +8,7 @@ Ctrl-D at an empty prompt exits.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Callable
@@ -86,6 +87,17 @@ def _stats(s: Session, arg: str) -> None:
         )
 
 
+def _tools(s: Session, arg: str) -> None:
+    if not s.chat.tools:
+        s.say("(no tools)")
+        return
+    origin = s.chat.mcp.origin if s.chat.mcp is not None else {}
+    for t in s.chat.tools:
+        where = f"MCP server {origin[t.name]}" if t.name in origin else "--tools"
+        about = t.description.strip().split("\n", 1)[0][:80]
+        s.say(f"  {t.name:<24} {where:<28} {about}")
+
+
 def _exit(s: Session, arg: str) -> None:
     s.running = False
 
@@ -97,6 +109,7 @@ COMMANDS: dict[str, tuple[Callable[[Session, str], None], str, str]] = {
     "save": (_save, "FILE", "save the conversation as JSON"),
     "load": (_load, "FILE", "load a conversation saved with /save"),
     "stats": (_stats, "", "tokens, speed and context used"),
+    "tools": (_tools, "", "the tools the model may call, and where each came from"),
     "exit": (_exit, "", "quit (also Ctrl-D)"),
 }
 
@@ -161,7 +174,17 @@ def chat(
     confirm: Annotated[
         bool,
         typer.Option(
-            "--confirm", help="Ask before running each tool call.", rich_help_panel="Tools"
+            "--confirm",
+            help="Ask before running each tool call (always on for MCP tools, unless --yes).",
+            rich_help_panel="Tools",
+        ),
+    ] = False,
+    mcp: options.McpOpt = None,
+    mcp_config: options.McpConfigOpt = None,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes", "-y", help="Run MCP tool calls without asking.", rich_help_panel="Tools"
         ),
     ] = False,
     *,
@@ -177,12 +200,15 @@ def chat(
 
     sampling = options.sampling_kwargs(opts)
     max_tokens = sampling.pop("max_tokens", "auto")
-    with options.load_model(model, opts) as m:
+    with options.load_model(model, opts) as m, contextlib.ExitStack() as stop:
         convo = Chat(
             m, system=system, think=opts.get("think"), max_tokens=max_tokens,
             tools=options.read_tools(tools), auto_run=True, compact=compact,
-            think_budget=opts.get("think_budget"), **sampling,
+            think_budget=opts.get("think_budget"), mcp=options.mcp_servers(mcp, mcp_config),
+            **sampling,
         )  # fmt: skip
+        stop.callback(convo.close)  # the MCP servers, if any
+        asker = _asker(convo, confirm, yes)
         session = Session(convo, show_thinking=opts["show_thinking"])
         reader = _Input()
         print(
@@ -216,7 +242,7 @@ def chat(
                 write_stream(convo.stream(text), sys.stdout, show_thinking=session.show_thinking)
                 print(flush=True)
                 _say_thought(session)
-                _run_calls(session, confirm)
+                _run_calls(session, asker)
             except KeyboardInterrupt:
                 print("\n(interrupted)", flush=True)
             except GgrunError as e:
@@ -231,12 +257,22 @@ def chat(
 chat = options.with_options(LOAD, SAMPLING, THINKING)(chat)
 
 
-def _run_calls(session: Session, confirm: bool) -> None:
+def _asker(convo: Any, confirm: bool, yes: bool) -> Callable[[Any], bool] | None:
+    """Who asks before a call: every call with --confirm, MCP calls unless --yes."""
+    mcp = set(convo.mcp.origin) if convo.mcp is not None else set()
+    if confirm:
+        return _ask
+    if mcp and not yes:
+        return lambda call: call.name not in mcp or _ask(call)
+    return None
+
+
+def _run_calls(session: Session, confirm: Callable[[Any], bool] | None) -> None:
     """Run the tools the model called, show each call and result dimmed, and let the
     model go on, until it answers or the step limit."""
     from ggrun.cli.render import dim, write_stream
 
-    for calls, results, stream in session.chat.run_calls(confirm=_ask if confirm else None):
+    for calls, results, stream in session.chat.run_calls(confirm=confirm):
         for c in calls:
             session.say(dim(f"→ {c.name}({json.dumps(c.arguments, ensure_ascii=False)})"))
         for r in results:
@@ -261,5 +297,8 @@ def _say_thought(session: Session) -> None:
 
 def _ask(call: Any) -> bool:
     args = json.dumps(call.arguments, ensure_ascii=False)[:2000]
-    answer = input(f"run {call.name}({args})? [y/N] ").strip().lower()
+    try:
+        answer = input(f"run {call.name}({args})? [y/N] ").strip().lower()
+    except EOFError:
+        return False
     return answer in ("y", "yes")

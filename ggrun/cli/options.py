@@ -403,6 +403,38 @@ def read_tools(path: Path | None) -> list[Any] | None:
     return list(found)
 
 
+McpOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--mcp",
+        metavar='"CMD ARGS"',
+        help='An MCP server to start, as a command line ("npx -y PACKAGE ARGS"); its tools '
+        "become tools the model may call. Repeatable.",
+        rich_help_panel="Tools",
+    ),
+]
+McpConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--mcp-config",
+        metavar="FILE",
+        help='MCP servers to start, from a JSON file in Claude Desktop\'s format: {"mcpServers": '
+        '{NAME: {"command": ..., "args": [...], "env": {...}}}}.',
+        rich_help_panel="Tools",
+    ),
+]
+
+
+def mcp_servers(commands: list[str] | None, config: Path | None) -> list[Any] | None:
+    """``--mcp`` and ``--mcp-config``: what :class:`ggrun.Chat` takes as ``mcp``."""
+    found: list[Any] = list(commands or [])
+    if config is not None:
+        from ggrun.mcp_tools import read_config
+
+        found.append(read_config(config))
+    return found or None
+
+
 def tool_choice(value: str | None) -> Any:
     """``--tool-choice``: a mode, or a tool's name."""
     if value is None or value in ("auto", "none", "required"):
