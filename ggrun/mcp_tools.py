@@ -292,16 +292,18 @@ class Servers:
     def _collect(self, reserved: set[str]) -> tuple[Tool, ...]:
         out: list[Tool] = []
         for name, conn in self._conns.items():
-            for t in conn.tools:
+            for i, t in enumerate(conn.tools):
+                if len(out) + len(reserved) >= MAX_TOOLS:
+                    left = len(conn.tools) - i
+                    self._notice(f"MCP server {name!r}: more than {MAX_TOOLS} tools in all; "
+                                 f"{left} of its tools left out")  # fmt: skip
+                    break
                 label = f"MCP tool {str(t.name)[:64]!r} of {name!r}"
                 if not isinstance(t.name, str) or not NAME.fullmatch(t.name):
                     self._notice(f"{label}: its name is not 1-64 letters, digits, _ or -; left out")
                     continue
                 if t.name in reserved or t.name in self.origin:
                     self._notice(f"{label}: another tool has that name; left out")
-                    continue
-                if len(out) + len(reserved) >= MAX_TOOLS:
-                    self._notice(f"{label}: more than {MAX_TOOLS} tools; left out")
                     continue
                 desc = (t.description or t.title or "")[:MAX_DESCRIPTION]
                 spec = {"name": t.name, "description": desc, "parameters": t.input_schema}

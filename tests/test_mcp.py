@@ -167,6 +167,19 @@ def test_close_stops_the_servers(vault: str) -> None:
     assert by_name(servers)["lookup"](key="alpha").startswith("error:")
 
 
+def test_the_tool_limit_holds_with_the_users_tools(vault: str) -> None:
+    from ggrun.tools import MAX_TOOLS
+
+    mine = tuple(f"mine{i}" for i in range(MAX_TOOLS - 1))
+    with Servers([vault], reserved=(*mine, "env")) as servers:
+        assert [t.name for t in servers.tools] == []  # no room left at all
+    with Servers([vault], reserved=mine) as servers:
+        assert [t.name for t in servers.tools] == ["lookup"]
+        assert servers.notices == [
+            f"MCP server 'vault': more than {MAX_TOOLS} tools in all; 2 of its tools left out"
+        ]
+
+
 def test_servers_that_never_start_are_left_out(tmp_path: Path, vault: str) -> None:
     exits = script(tmp_path, "exits", EXITS)
     garbage = script(tmp_path, "garbage", GARBAGE)
@@ -279,6 +292,26 @@ def test_chat_cli_with_mcp(qwen15_path: Path, vault: str, tmp_path: Path) -> Non
         child.expect_exact("← quartz-9021")
         child.expect_exact(PROMPT)
         assert "quartz-9021" in child.before
+        child.sendline("/exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+
+
+@pytest.mark.slow
+def test_chat_cli_asks_before_an_mcp_call(qwen15_path: Path, vault: str) -> None:
+    import pexpect
+
+    from tests.test_chat_cli import PROMPT, spawn
+
+    child = spawn(qwen15_path, "--temp", "0", "--mcp", vault, home=Path(os.environ["GGRUN_HOME"]))
+    try:
+        child.sendline("What value is stored under the key 'alpha' in the vault?")
+        child.expect(r"run lookup\(.*\)\? \[y/N\]")
+        child.sendline("y")
+        child.expect_exact("← zebra-4417")
+        child.expect_exact(PROMPT)
         child.sendline("/exit")
         child.expect(pexpect.EOF)
     finally:
