@@ -927,9 +927,10 @@ class Embedder:
         self._batch: Batch | None = None
 
     # -- input
-    def tokenize(self, texts: str | Sequence[str]) -> list[list[int]]:
+    def tokenize(self, texts: str | Sequence[str], *, truncate: bool = False) -> list[list[int]]:
         """The tokens of each text, checked: a string or a list of strings, each one not
-        empty once tokenized and within ``n_ctx`` tokens."""
+        empty once tokenized and within ``n_ctx`` tokens (with ``truncate``, a longer
+        one keeps its first ``n_ctx`` tokens, as ollama's ``truncate``)."""
         from ggrun.errors import ContextOverflow, InvalidArgument
 
         if isinstance(texts, str):
@@ -945,6 +946,8 @@ class Embedder:
             name = "the text" if isinstance(texts, str) else f"text {i}"
             if not isinstance(text, str):
                 raise InvalidArgument(f"{name} is {type(text).__name__}, not a string")
+            if len(text) > MAX_EMBED_CHARS and truncate:
+                text = text[:MAX_EMBED_CHARS]  # still far more tokens than are kept
             if len(text) > MAX_EMBED_CHARS:
                 raise ContextOverflow(
                     f"{name} has {len(text):,} characters, far more than the embedding "
@@ -956,6 +959,8 @@ class Embedder:
                 raise InvalidArgument(
                     f"{name} is empty: this model adds no BOS token, so there is nothing to embed"
                 )
+            if len(tokens) > self.n_ctx and truncate:
+                tokens = tokens[: self.n_ctx]
             if len(tokens) > self.n_ctx:
                 raise ContextOverflow(
                     f"{name} has {len(tokens)} tokens but the embedding context holds "
@@ -967,11 +972,12 @@ class Embedder:
         return out
 
     # -- embedding
-    def embed(self, texts: str | Sequence[str]) -> Embeddings:
-        """One unit vector for each text (a string is one text), in order."""
+    def embed(self, texts: str | Sequence[str], *, truncate: bool = False) -> Embeddings:
+        """One unit vector for each text (a string is one text), in order; ``truncate``
+        cuts a text over ``n_ctx`` tokens to its start instead of refusing it."""
         import numpy as np
 
-        seqs = self.tokenize(texts)
+        seqs = self.tokenize(texts, truncate=truncate)
         vectors = np.zeros((len(seqs), self.n_embd), dtype=np.float32)
         if seqs:
             with self._lock:

@@ -586,7 +586,8 @@ class Server:
         entry = await self._acquire(model_id)
         meta = Meta(model_id, int(time.time()), t0, time.perf_counter() - t0)
         try:
-            done = await run_in_threadpool(entry.model.embedder.embed, list(call.texts))
+            done = await run_in_threadpool(lambda: entry.model.embedder.embed(
+                list(call.texts), truncate=bool(call.wire.get("truncate"))))  # fmt: skip
             vectors, n_tokens = done.tolist(), done.total_tokens
         except GgrunError as e:
             raise ApiError.of(e) from None

@@ -90,3 +90,20 @@ def test_a_text_past_the_context_is_a_400(server: str) -> None:
     r = httpx.post(server + "/v1/embeddings", json={"input": "word " * 40_000})
     assert r.status_code == 400 and "context" in r.json()["error"]["message"]
     assert httpx.post(server + "/v1/embeddings", json={"input": "still fine"}).status_code == 200
+
+
+def test_ollama_truncates_a_long_text_by_default_as_ollama_does(qwen_path: Path,
+                                                                 server: str) -> None:  # fmt: skip
+    from ggrun.engine import LoadConfig, Model
+
+    long = "the quick brown fox jumps over the lazy dog " * 300  # ~2,700 tokens
+    with Model(qwen_path, LoadConfig(n_ctx=512)) as m:
+        cut = m.embedder.embed(long, truncate=True)
+    assert cut.n_tokens == (m.embedder.n_ctx,)
+    r = httpx.post(server + "/api/embed", json={"input": long})
+    assert r.status_code == 200 and r.json()["prompt_eval_count"] == m.embedder.n_ctx
+    assert _close(r.json()["embeddings"][0], cut.tolist()[0])
+    r = httpx.post(server + "/api/embed", json={"input": long, "truncate": False})
+    assert r.status_code == 400 and "context" in r.json()["error"]
+    huge = httpx.post(server + "/api/embed", json={"input": "word " * 200_000})
+    assert huge.status_code == 200  # cut to its first characters before it is tokenized

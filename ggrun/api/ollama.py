@@ -418,8 +418,9 @@ class _Embed:
         value = body.get(self.field)
         if self.legacy and not isinstance(value, str):
             raise _bad("'prompt' must be a string")
+        cut = not self.legacy and body.get("truncate", True)  # ollama's default: cut
         return EmbedCall(texts(value, self.field), body.get("model"),
-                         keep_alive(body.get("keep_alive")))  # fmt: skip
+                         keep_alive(body.get("keep_alive")), wire={"truncate": cut})  # fmt: skip
 
     def render(self, call: EmbedCall, vectors: list[list[float]], n_tokens: int,
                meta: Meta) -> dict[str, Any]:  # fmt: skip
