@@ -283,6 +283,7 @@ def test_chat_cli_with_mcp(qwen15_path: Path, vault: str, tmp_path: Path) -> Non
         qwen15_path, "--temp", "0", "--mcp", vault, "--mcp", exits, "--yes",
         home=Path(os.environ["GGRUN_HOME"]),
     )  # fmt: skip
+    child.timeout = 300  # the 1.5B on 2 cores: a call, then an answer
     try:
         assert "MCP server 'exits' failed to start" in child.before
         child.sendline("/tools")
@@ -306,6 +307,7 @@ def test_chat_cli_asks_before_an_mcp_call(qwen15_path: Path, vault: str) -> None
     from tests.test_chat_cli import PROMPT, spawn
 
     child = spawn(qwen15_path, "--temp", "0", "--mcp", vault, home=Path(os.environ["GGRUN_HOME"]))
+    child.timeout = 300  # the 1.5B on 2 cores: a call, then an answer
     try:
         child.sendline("What value is stored under the key 'alpha' in the vault?")
         child.expect(r"run lookup\(.*\)\? \[y/N\]")
