@@ -51,6 +51,7 @@ SUMMARY_PROMPT = (
 )
 # what a repeated call (same tool, same arguments, same message) gets back
 REPEATED_CALL = "{result}\n(You already made this call; this is its result. Answer the user now.)"
+CLOSED = {"tool_choice": "none"}  # a reply drawn again with tool calls closed
 DEFAULT_REPLY = 1024  # tokens of a reply that does not think
 MAX_SAVE_BYTES = 64 << 20
 
@@ -270,8 +271,10 @@ class Chat:
     ) -> Iterator[tuple[list[ToolCall], list[Message], Iterator[Chunk]]]:
         """Run the calls of the last reply and let the model go on, round after round
         until it answers or ``max_steps``: each round yields the calls, their results and
-        the model's next reply (consume it before the next round). A model that repeats
-        calls it has the results of (small models loop so) gets them again with a
+        the model's next reply (consume it before the next round). A reply that only
+        repeats calls the model has the results of (small models loop so) is drawn again
+        with tool calls closed, after those results, as ``ggrun serve`` does: that round
+        yields no calls. One that repeats some of them gets those results again with a
         reminder, and must then answer in words."""
         seen: dict[str, str] = {}  # the results of this message's calls, by call
         for _ in range(self.max_steps):
@@ -280,6 +283,10 @@ class Chat:
                 return
             keys = [_call_key(c) for c in calls]
             again = all(k in seen for k in keys)
+            answered = _answered(self.history) if again else []
+            if answered:
+                yield [], [], self.stream_tool_results(answered, **{**kwargs, **CLOSED})
+                return
             results = self.call_tools(calls, confirm, seen)
             for k, msg in zip(keys, results, strict=True):
                 seen.setdefault(k, msg.content)  # the first result, not the reminder
@@ -358,6 +365,19 @@ class Chat:
         self.system = msgs[0].content if msgs and msgs[0].role == "system" else None
         self.history = [m for m in msgs if m.role != "system"]
         self.last = None
+
+
+def _answered(history: list[Message]) -> list[Message]:
+    """Take the last reply (it repeats calls already answered) and the tool results
+    before it off ``history``; those results (none when there are none)."""
+    n = 1
+    while n < len(history) and history[-1 - n].role == "tool":
+        n += 1
+    if n == 1:
+        return []
+    results = history[-n:-1]
+    del history[-n:]
+    return results
 
 
 def _call_key(call: ToolCall) -> str:
