@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ggrun import sampling
+from ggrun import redraw, sampling
 from ggrun.decoder import Prepared
 from ggrun.engine import Model
 from ggrun.errors import ContextOverflow, GgrunError
@@ -51,7 +51,6 @@ SUMMARY_PROMPT = (
 )
 # what a repeated call (same tool, same arguments, same message) gets back
 REPEATED_CALL = "{result}\n(You already made this call; this is its result. Answer the user now.)"
-CLOSED = {"tool_choice": "none"}  # a reply drawn again with tool calls closed
 DEFAULT_REPLY = 1024  # tokens of a reply that does not think
 MAX_SAVE_BYTES = 64 << 20
 
@@ -276,16 +275,16 @@ class Chat:
         with tool calls closed, after those results, as ``ggrun serve`` does: that round
         yields no calls. One that repeats some of them gets those results again with a
         reminder, and must then answer in words."""
-        seen: dict[str, str] = {}  # the results of this message's calls, by call
+        seen: dict[tuple[str, str], str] = {}  # the results of this message's calls, by call
         for _ in range(self.max_steps):
             calls = self.last.tool_calls if self.last is not None else []
             if not calls:
                 return
-            keys = [_call_key(c) for c in calls]
+            keys = [redraw.call_key(c.name, c.arguments) for c in calls]
             again = all(k in seen for k in keys)
             answered = _answered(self.history) if again else []
             if answered:
-                yield [], [], self.stream_tool_results(answered, **{**kwargs, **CLOSED})
+                yield [], [], self.stream_tool_results(answered, **{**kwargs, **redraw.CLOSED})
                 return
             results = self.call_tools(calls, confirm, seen)
             for k, msg in zip(keys, results, strict=True):
@@ -303,7 +302,7 @@ class Chat:
         self,
         calls: list[ToolCall],
         confirm: Callable[[ToolCall], bool] | None = None,
-        seen: Mapping[str, str] | None = None,
+        seen: Mapping[tuple[str, str], str] | None = None,
     ) -> list[Message]:
         """Run the Python functions behind ``calls``: one ``tool`` message each. A tool
         that raises, or that ``confirm`` declines, reports that to the model instead. A
@@ -311,7 +310,8 @@ class Chat:
         out = []
         for call in calls:
             tool = next((t for t in self.tools if t.name == call.name), None)
-            before = seen.get(_call_key(call)) if seen is not None else None
+            key = redraw.call_key(call.name, call.arguments)
+            before = seen.get(key) if seen is not None else None
             if before is not None:
                 content = REPEATED_CALL.format(result=before)
             elif confirm is not None and not confirm(call):
@@ -378,10 +378,6 @@ def _answered(history: list[Message]) -> list[Message]:
     results = history[-n:-1]
     del history[-n:]
     return results
-
-
-def _call_key(call: ToolCall) -> str:
-    return json.dumps([call.name, call.arguments], sort_keys=True, default=str)
 
 
 def _as_history(call: ToolCall) -> dict[str, Any]:

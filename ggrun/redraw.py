@@ -25,7 +25,7 @@ from ggrun.request import Request
 from ggrun.tools import ToolCall
 
 MAX_REDRAWS = 3  # draws after the first, for a reply that failed a schema check
-FIELD = "allow_repeated_calls"  # the request field that lets a repeated call through
+CLOSED = {"tool_choice": "none"}  # the options of a reply drawn with tool calls closed
 
 
 def again(job: Prepared, attempt: int) -> Prepared | None:
@@ -35,8 +35,9 @@ def again(job: Prepared, attempt: int) -> Prepared | None:
     return job.with_sampling(job.sampling.redrawn(attempt))
 
 
-def _key(name: str, arguments: Any) -> tuple[str, str]:
-    return name, json.dumps(arguments, sort_keys=True, ensure_ascii=False)
+def call_key(name: str, arguments: Any) -> tuple[str, str]:
+    """What makes two calls the same call: the tool and its arguments (in any order)."""
+    return name, json.dumps(arguments, sort_keys=True, ensure_ascii=False, default=str)
 
 
 def answered(messages: Sequence[Any]) -> set[tuple[str, str]]:
@@ -52,7 +53,7 @@ def answered(messages: Sequence[Any]) -> set[tuple[str, str]]:
             for c in m.tool_calls:
                 if c.get("id") is None or c.get("id") in ids or None in ids:
                     fn = c["function"]
-                    out.add(_key(fn["name"], fn.get("arguments", {})))
+                    out.add(call_key(fn["name"], fn.get("arguments", {})))
     return out
 
 
@@ -62,9 +63,9 @@ def repeated(request: Request, calls: Iterable[ToolCall]) -> bool:
     if not calls or request.messages is None:
         return False
     done = answered(request.messages)
-    return any(_key(c.name, c.arguments) in done for c in calls)
+    return any(call_key(c.name, c.arguments) in done for c in calls)
 
 
 def closed(request: Request) -> Request:
     """``request`` with tool calls closed: the model answers in text."""
-    return request.with_options(tool_choice="none")
+    return request.with_options(**CLOSED)
