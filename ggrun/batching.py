@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ggrun import llama, redraw, structured
+from ggrun import llama, promptcache, redraw, structured
 from ggrun.decoder import Decoder, Prepared
 from ggrun.decoder import Sequence as Seq
 from ggrun.engine import Model
@@ -70,7 +70,9 @@ class Batcher:
         self._check_memory()
         params = model.context_params(parallel * slot_ctx, n_seq_max=parallel)
         self._ctx = llama.Context(model.weights, params)
-        self._decoder = Decoder(self._ctx, model.is_end, memory=model.memory)
+        self._decoder = Decoder(
+            self._ctx, model.is_end, memory=model.memory, store=model.prompt_cache
+        )
         self._free = list(range(parallel - 1, -1, -1))
         self._index: dict[int, Seq] = {}  # request index -> its running sequence
         # request index -> (draws so far, its chunk callback): requests that may be redrawn
@@ -160,6 +162,17 @@ class Batcher:
         if redraw:
             self._redraws.setdefault(index, (0, on_chunk))
         return None
+
+    def warm(self, jobs: Iterable[Prepared]) -> bool:
+        """Read the fixed part (system prompt, examples) that most of ``jobs`` share into
+        the prompt cache first, so that each of them loads it instead of reading it."""
+        counts = collections.Counter(
+            tuple(j.tokens[: j.fixed]) for j in jobs if j.fixed >= promptcache.SAVE_MIN
+        )
+        if not counts or not self._free:
+            return False
+        prefix, n = counts.most_common(1)[0]
+        return n > 1 and self._decoder.warm(self._free[-1], list(prefix))
 
     def step(self) -> list[tuple[int, Result]]:
         """Decode once for every active slot; return the requests that finished."""
@@ -429,6 +442,7 @@ def run_batch(
         on_start(parallel, slot_ctx)
     logger.info("batch: %d slots of %d tokens", parallel, slot_ctx)
     with Batcher(model, parallel=parallel, slot_ctx=slot_ctx) as b:
+        b.warm(j for _, j in jobs)
         yield from b.run(jobs)
 
 

@@ -22,8 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ggrun import llama, speculative
+from ggrun import llama, promptcache, speculative
 from ggrun.errors import GgrunError
+from ggrun.promptcache import PromptCache
 from ggrun.request import Request
 from ggrun.runinfo import RunInfo
 from ggrun.sampling import SamplingConfig
@@ -54,6 +55,8 @@ class Prepared:
     speculative: str = "off"  # where guesses come from: off, lookup, draft or auto
     max_tokens: int | None = None  # the request's, or None (the room left) to think
     run: RunInfo | None = None  # the run's manifest (on its final chunk and result)
+    fixed: int = 0  # the prompt's first tokens that later prompts share (a system prompt
+    # and its examples): a state worth keeping on disk (ggrun.promptcache)
 
     @property
     def lazy(self) -> bool:
@@ -86,6 +89,9 @@ class Sequence:
     last: Chunk | None = None  # the final chunk, once finished
     error: GgrunError | None = None
     spec: Speculation | None = None  # where guesses come from (speculative decoding)
+    stored: int = 0  # its first tokens whose state the prompt cache holds
+    cut: int = 0  # a prompt's fixed part: read in steps of its own, then saved (0: none)
+    remember: bool = False  # save the state when it ends (a chat turn)
 
     @property
     def finished(self) -> bool:
@@ -114,8 +120,10 @@ class Decoder:
         is_end: Callable[[int], bool],
         draft: speculative.DraftModel | None = None,
         memory: speculative.Memory | None = None,
+        store: PromptCache | None = None,
     ) -> None:
         self.ctx = ctx
+        self.store = store  # prompt states on disk, shared with other processes
         self.is_end = is_end
         self.draft = draft
         self.memory = memory  # the model's earlier replies, for the n-gram guesses
@@ -142,12 +150,17 @@ class Decoder:
         *,
         kept: list[int] | None = None,
         on_chunk: Callable[[Chunk], Any] | None = None,
+        remember: bool = False,
     ) -> Sequence:
         """Start ``job`` as sequence ``seq``; ``kept`` are its cells already in the cache
-        (a prefix of the prompt: only the rest is decoded)."""
+        (a prefix of the prompt: only the rest is decoded). A longer prefix in the prompt
+        cache is loaded instead; with ``remember``, the state at the end is saved there."""
         if seq in self.seqs:
             raise GgrunError(f"sequence {seq} is busy")
         kept = list(kept or [])
+        stored = 0
+        if self.store is not None:
+            kept, stored = self._restore(seq, job.tokens, kept)
         n_keep = len(kept)
         room = self.ctx.seq_ctx - len(job.tokens)
         req = job.request
@@ -169,6 +182,10 @@ class Decoder:
             run=job.run,
         )
         s = Sequence(seq, job, sampler, stream, limit, kv=kept, todo=job.tokens[n_keep:])
+        s.stored, s.remember = stored, remember and self.store is not None
+        fixed = min(job.fixed, len(job.tokens) - 1)
+        if fixed > n_keep and fixed >= promptcache.SAVE_MIN:
+            s.cut = fixed
         if job.starts_thinking and self._over_budget(s):  # a budget of 0: no thought
             self._end_thought(s)
         if job.speculative != "off":
@@ -185,6 +202,9 @@ class Decoder:
         self.seqs.pop(s.seq, None)
         if self.memory is not None and s.finished:
             self.memory.learn(s.sampled)
+        new = len(s.kv) - s.stored
+        if s.remember and s.finished and s.error is None and new >= promptcache.REMEMBER_MIN:
+            self._save(s)
         if not keep:
             self.ctx.drop(s.seq, 0)
             return []
@@ -193,6 +213,54 @@ class Decoder:
     @property
     def active(self) -> int:
         return len(self.seqs)
+
+    # -- the prompt cache -----------------------------------------------------
+    def _restore(self, seq: int, tokens: list[int], kept: list[int]) -> tuple[list[int], int]:
+        """The cells to start from: ``kept``, or a longer stored prefix loaded into
+        ``seq``; and how many first tokens the store holds."""
+        assert self.store is not None
+        found = self.store.find(tokens)
+        if found is None:
+            return kept, 0
+        entry, n = found
+        n = min(n, len(tokens) - 1)  # the last prompt token is decoded for its logits
+        if n < len(kept) + promptcache.LOAD_MIN or len(entry.tokens) > self.ctx.seq_ctx:
+            return kept, min(n, len(kept))
+        data = self.store.read(entry)
+        if data is None:
+            return kept, 0
+        if not self.ctx.load_seq_state(seq, data):
+            self.store.discard(entry.path, "llama.cpp could not load it")
+            return [], 0
+        self.ctx.drop(seq, n)
+        logger.info("prompt cache: %d of %d prompt tokens loaded", n, len(tokens))
+        return tokens[:n], n
+
+    def warm(self, seq: int, tokens: list[int]) -> bool:
+        """Read ``tokens`` into ``seq`` in the steps a prompt's are read in, save their
+        state to the prompt cache and free ``seq`` (a batch's shared fixed part, read
+        once for all its lines). False when the cache holds them already, or none."""
+        if self.store is None or seq in self.seqs or len(tokens) >= self.ctx.seq_ctx:
+            return False
+        found = self.store.find(tokens)
+        if found is not None and found[1] == len(tokens):
+            return False
+        self.ctx.drop(seq, 0)
+        b = self.batch
+        for start in range(0, len(tokens), b.capacity):
+            b.clear()
+            chunk = tokens[start : start + b.capacity]
+            for i, t in enumerate(chunk):
+                b.add(t, start + i, seq, i == len(chunk) - 1)
+            self.ctx.decode(b)
+        self.store.save(tokens, self.ctx.seq_state(seq))
+        self.ctx.drop(seq, 0)
+        return True
+
+    def _save(self, s: Sequence) -> None:
+        assert self.store is not None
+        if self.store.save(s.kv, self.ctx.seq_state(s.seq)) is not None:
+            s.stored = len(s.kv)
 
     # -- the step -------------------------------------------------------------
     def step(self) -> list[Sequence]:
@@ -206,6 +274,11 @@ class Decoder:
         self.ctx.decode(self.batch)
         if solo:
             self.costs.observe(self.batch.n, time.perf_counter() - t0)
+        for s in live:
+            if s.cut and len(s.kv) == s.cut:  # its fixed part is read: keep it
+                s.cut = 0
+                if self.store is not None:
+                    self._save(s)
         done = []
         for s in live:
             if s.rows:
@@ -259,6 +332,8 @@ class Decoder:
             if not s.prompting or not b.room:
                 continue
             n = min(b.room, len(s.todo))
+            if s.cut > len(s.kv):  # the fixed part's steps end at its end, so that its
+                n = min(n, s.cut - len(s.kv))  # cells are the same read fresh or loaded
             base = len(s.kv)
             for i in range(n):
                 last = i == len(s.todo) - 1

@@ -29,6 +29,7 @@ from ggrun import tools as tools_mod
 from ggrun.decoder import Decoder, Prepared
 from ggrun.errors import (
     ContextOverflow,
+    GgrunError,
     InvalidArgument,
     SchemaMismatch,
     UnsupportedArchitecture,
@@ -36,6 +37,7 @@ from ggrun.errors import (
 from ggrun.gguffile import GGUFInfo, read_gguf
 from ggrun.hardware import Hardware, detect_hardware
 from ggrun.planner import Plan
+from ggrun.promptcache import PromptCache
 from ggrun.request import Request
 from ggrun.runinfo import RunInfo
 from ggrun.sampling import SamplingConfig
@@ -64,6 +66,8 @@ class LoadConfig:
     cache_type: str = "f16"  # the KV cache: f16, q8_0 or q4_0 (quantized: flash attention on)
     context: bool = True  # create the model's own context now (False: on first use; a
     # server's batch engine makes its own and needs only the weights)
+    prompt_cache: bool = True  # keep prompt states on disk (ggrun.promptcache)
+    cache_size: int | None = None  # its bound in bytes, all models (None: 4 GiB)
 
     def __post_init__(self) -> None:
         if self.n_ctx is not None and self.n_ctx < 16:
@@ -158,6 +162,11 @@ class Model:
         # its recent replies, for the n-gram guesses of later requests (speculative decoding)
         self.memory = speculative_mod.Memory()
         self.draft: speculative_mod.DraftModel | None = None
+        self.prompt_cache = (
+            PromptCache(self.path, self._kv_shape(), max_bytes=self.config.cache_size)
+            if self.config.prompt_cache and self.config.cache_size != 0
+            else None
+        )
         try:
             if draft is not None:
                 self.draft = self._load_draft(Path(draft))
@@ -236,12 +245,20 @@ class Model:
             flash_attn=True if self.config.cache_type != "f16" else None,
         )
 
+    def _kv_shape(self) -> str:
+        """What besides the model and the tokens decides a prompt state's bytes."""
+        p = self.context_params(self.n_ctx)
+        return f"type_k={p.type_k}|type_v={p.type_v}|flash_attn={p.flash_attn}"
+
     def _decoder_for_one(self) -> Decoder:
         """The model's own context and loop (created on first use)."""
         self.weights.check_open()
         if self._decoder is None:
             self._ctx = llama.Context(self.weights, self.context_params(self.n_ctx))
-            self._decoder = Decoder(self._ctx, self.is_end, draft=self.draft, memory=self.memory)
+            self._decoder = Decoder(
+                self._ctx, self.is_end, draft=self.draft, memory=self.memory,
+                store=self.prompt_cache,
+            )  # fmt: skip
         return self._decoder
 
     # -- tokens -----------------------------------------------------------------
@@ -427,7 +444,29 @@ class Model:
             starts_thinking=self.thinks(None) and templates.starts_in_thinking(opening),
             grammar=grammar, grammar_root=root, activation=activation,
             speculative=speculative, max_tokens=max_tokens, run=run,
+            fixed=self._fixed_part(request, tokens),
         )  # fmt: skip
+
+    def _fixed_part(self, request: Request, tokens: list[int]) -> int:
+        """How many first tokens of a chat prompt come before its last message (the
+        system prompt, a task's examples, the history): what later prompts share."""
+        msgs = request.messages
+        if msgs is None or len(msgs) < 2:
+            return 0
+        try:
+            head = self.render_chat(
+                msgs[:-1], think=request.think, add_generation_prompt=False,
+                tools=request.offered_tools,
+            )  # fmt: skip
+            before = self.tokenize_prompt(head)
+        except GgrunError:  # a template that will not render a conversation cut there
+            return 0
+        n = 0
+        for a, b in zip(before, tokens, strict=False):
+            if a != b:
+                break
+            n += 1
+        return n
 
     def _speculation(self, request: Request, n_prompt: int) -> str:
         """Where a request's guesses come from: its own choice, else the model's."""
@@ -529,7 +568,7 @@ class Model:
                     break
                 kept.append(a)
         self._kv = []
-        seq = decoder.start(0, job, kept=kept)
+        seq = decoder.start(0, job, kept=kept, remember=keep_cache)
         return self._loop(decoder, seq)
 
     def _loop(self, decoder: Decoder, seq: Any) -> Iterator[Chunk]:

@@ -387,6 +387,28 @@ class Context:
         else:
             self._ll.llama_memory_seq_rm(self._mem, seq, max(start, 0), -1)
 
+    def seq_state(self, seq: int) -> memoryview:
+        """Sequence ``seq``'s cells as llama.cpp serializes them (its seq state)."""
+        size = int(self._ll.llama_state_seq_get_size(self._handle, seq))
+        buf = bytearray(size)
+        dst = (ctypes.c_uint8 * size).from_buffer(buf)
+        n = int(self._ll.llama_state_seq_get_data(self._handle, dst, size, seq))
+        del dst  # the buffer may be sliced once nothing exports it
+        return memoryview(buf)[:n]
+
+    def load_seq_state(self, seq: int, data: bytearray) -> bool:
+        """Put a state from :meth:`seq_state` into sequence ``seq`` (after dropping its
+        cells); False when llama.cpp refuses it (its shape is not this context's)."""
+        self.drop(seq, 0)
+        src = (ctypes.c_uint8 * len(data)).from_buffer(data)
+        with captured_llama_log():  # a refusal is logged as an error: ours says it once
+            n = int(self._ll.llama_state_seq_set_data(self._handle, src, len(data), seq))
+        del src
+        if n == 0:
+            self.drop(seq, 0)
+            return False
+        return True
+
 
 class Batch:
     """A reusable batch of up to ``capacity`` tokens, each with its own sequence."""

@@ -44,6 +44,7 @@ FLOORS: dict[str, int] = {
     "ggrun.request": 3,
     "ggrun.textstream": 3,
     "ggrun.speculative": 3,
+    "ggrun.promptcache": 3,
     "ggrun.decoder": 4,
     "ggrun.redraw": 4,
     "ggrun.engine": 5,

@@ -15,7 +15,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from ggrun.cli import batch, bench, chat, convert, embed, generate, hardware, models, serve
+from ggrun.cli import batch, bench, cache, chat, convert, embed, generate, hardware, models, serve
 
 
 class _Formatter(logging.Formatter):
@@ -137,6 +137,7 @@ app.command("bench")(bench.bench)
 app.command("serve")(serve.serve)
 app.command("doctor")(hardware.doctor)
 app.command("fit")(hardware.fit)
+app.add_typer(cache.app, name="cache")
 
 
 def main() -> None:

@@ -11,12 +11,12 @@ from typing import Annotated, Any
 import typer
 
 from ggrun.cli import options
-from ggrun.cli.options import LOAD, SAMPLING
+from ggrun.cli.options import CACHE, LOAD, SAMPLING
 
 RAY_PANEL = "Several machines (Ray)"
 
 
-@options.with_options(LOAD, SAMPLING)
+@options.with_options(LOAD, CACHE, SAMPLING)
 def batch(
     model: Annotated[str, typer.Argument(help="A .gguf path or a model alias.")],
     input_file: Annotated[

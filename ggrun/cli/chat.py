@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from ggrun.cli import options
-from ggrun.cli.options import LOAD, SAMPLING, THINKING, ModelArg
+from ggrun.cli.options import CACHE, LOAD, SAMPLING, THINKING, ModelArg
 
 MULTILINE = '"""'
 SOFT_SWITCHES = ("/think", "/no_think")  # Qwen3's per-turn switches: a message, not a command
@@ -254,7 +254,7 @@ def chat(
                 )
 
 
-chat = options.with_options(LOAD, SAMPLING, THINKING)(chat)
+chat = options.with_options(LOAD, CACHE, SAMPLING, THINKING)(chat)
 
 
 def _asker(convo: Any, confirm: bool, yes: bool) -> Callable[[Any], bool] | None:

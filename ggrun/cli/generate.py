@@ -14,10 +14,10 @@ from typing import Annotated, Any
 import typer
 
 from ggrun.cli import options
-from ggrun.cli.options import LOAD, SAMPLING, THINKING
+from ggrun.cli.options import CACHE, LOAD, SAMPLING, THINKING
 
 
-@options.with_options(LOAD, SAMPLING, THINKING)
+@options.with_options(LOAD, CACHE, SAMPLING, THINKING)
 def generate(
     model: Annotated[str, typer.Argument(help="A .gguf path or a model alias.")],
     prompt: Annotated[

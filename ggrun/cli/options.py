@@ -231,7 +231,30 @@ THINKING: dict[str, tuple[Any, Any]] = {
     ),
 }
 
-_DEFAULTS = {"verbose": False, "show_thinking": False}
+CACHE_PANEL = "Prompt cache"
+CACHE: dict[str, tuple[Any, Any]] = {
+    "prompt_cache": (
+        bool,
+        typer.Option(
+            "--prompt-cache/--no-prompt-cache",
+            help="Keep prompt states on disk ($GGRUN_HOME/cache), so that a prompt's "
+            "fixed part (system prompt, examples, a chat's history) is read once, in any "
+            "process. See `ggrun cache`.",
+            rich_help_panel=CACHE_PANEL,
+        ),
+    ),
+    "cache_size": (
+        str | None,
+        typer.Option(
+            "--cache-size",
+            help="The prompt cache's bound, all models together (e.g. 2G, 500M; default "
+            "4G); least recently used states go first.",
+            rich_help_panel=CACHE_PANEL,
+        ),
+    ),
+}
+
+_DEFAULTS = {"verbose": False, "show_thinking": False, "prompt_cache": True}
 
 
 def with_options(
@@ -317,7 +340,21 @@ def load_model(ref: str | None, opts: dict[str, Any], **extra: Any) -> Any:
     """Load a model with the LOAD options; notices go to stderr through logging."""
     from ggrun.engine import load
 
-    return load(ref, verbose=bool(opts.get("verbose")), **load_kwargs(opts), **extra)
+    return load(
+        ref, verbose=bool(opts.get("verbose")), **load_kwargs(opts), **cache_kwargs(opts),
+        **extra,
+    )  # fmt: skip
+
+
+def cache_kwargs(opts: dict[str, Any]) -> dict[str, Any]:
+    """The CACHE options as :class:`ggrun.LoadConfig` fields."""
+    from ggrun.promptcache import parse_size
+
+    size = opts.get("cache_size")
+    return {
+        "prompt_cache": bool(opts.get("prompt_cache", True)),
+        "cache_size": None if size is None else parse_size(size),
+    }
 
 
 def read_schema(value: str | None) -> Any:

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from ggrun.cli import options
-from ggrun.cli.options import LOAD
+from ggrun.cli.options import CACHE, LOAD
 
 LOOPBACK = {"localhost"}
 HOST_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?"
@@ -27,7 +27,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-@options.with_options(LOAD)
+@options.with_options(LOAD, CACHE)
 def serve(
     model: Annotated[
         list[str] | None,
