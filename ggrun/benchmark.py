@@ -29,8 +29,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ggrun import evaluate
 from ggrun.engine import LoadConfig
 from ggrun.errors import GgrunError, InvalidArgument
+from ggrun.evaluate import EvalConfig
 from ggrun.files import read_bytes
 from ggrun.llama import CACHE_TYPES
 
@@ -67,6 +69,22 @@ class BenchResult:
     same_top: float | None = None  # fraction of scored tokens
     scored_tokens: int = 0
     cache_type: str = "f16"  # the KV cache's type for these figures
+    # the KV sanity check (a cache type other than f16 against f16, same model file)
+    kv_check: str | None = None  # "ok" or "failed"; None: f16, or not checked
+    kv_kld: float | None = None
+    kv_same_top: float | None = None
+    # accuracy on the user's examples (``--task`` and ``--eval``); None when not measured
+    task: str | None = None
+    match: str | None = None
+    examples: int = 0
+    correct: int = 0
+    accuracy: float | None = None
+    ci: list[float] | None = None  # the 95% Wilson interval
+    field_accuracy: dict[str, float] | None = None  # json match: each expected field
+    s_per_example: float | None = None
+    eval_tps: float | None = None  # generated tokens/s over the examples
+    regressions: int = 0  # examples it got wrong that the reference got right
+    wrong: list[dict[str, Any]] = field(default_factory=list)  # the first few of those
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -429,10 +447,11 @@ def bench(
     reference: str | Path | None = None,
     config: BenchConfig | None = None,
     progress: Progress | None = None,
+    evaluation: EvalConfig | None = None,
     **overrides: Any,
 ) -> list[BenchResult]:
-    """Benchmark GGUF files (paths or aliases); returns one result per model."""
-    from ggrun import models as store
+    """Benchmark GGUF files (paths or aliases); returns one result per model and cache
+    type. With ``evaluation``, each also answers the eval file's examples."""
     from ggrun.gguffile import read_gguf
 
     cfg = config or BenchConfig(**overrides)
@@ -441,12 +460,13 @@ def bench(
     paths = expand(models)
     if not paths:
         raise InvalidArgument("nothing to benchmark")
-    infos = {p: read_gguf(p) for p in paths}
-    for p in paths:  # a device this build lacks, or a model that cannot fit: fail now
-        load_config(p, cfg, cfg.pp + cfg.tg, cfg.pp, infos[p])
     unknown = [c for c in cfg.cache_types if c not in CACHE_TYPES]
     if unknown or not cfg.cache_types:
         raise InvalidArgument(f"cache types are {', '.join(CACHE_TYPES)}, not {unknown}")
+    plan = evaluate.Plan.of(evaluation) if evaluation else None  # bad input fails now
+    infos = {p: read_gguf(p) for p in paths}
+    for p in paths:  # a device this build lacks, or a model that cannot fit: fail now
+        load_config(p, cfg, cfg.pp + cfg.tg, cfg.pp, infos[p])
     targets = [(p, c) for p in paths for c in cfg.cache_types]
     results = []
     for p, c in targets:
@@ -474,12 +494,11 @@ def bench(
             r.pp_tps, r.pp_tps_std = _mean_std(s["pp"])
             r.tg_tps, r.tg_tps_std = _mean_std(s["tg"])
             r.bandwidth_gbs = r.size_bytes * r.tg_tps / 1e9
+    ref_t = _reference(paths, infos, reference, cfg)
+    q: dict[Target, dict[str, float]] = {}
     if cfg.quality:
-        ref = store.resolve(str(reference)) if reference else None
-        if ref is None:
-            ref = max(paths, key=lambda p: infos[p].bits_per_weight)
-        ref_t = (ref, "f16" if "f16" in cfg.cache_types else cfg.cache_types[0])
         q = measure_quality(ref_t, [t for t in targets if t != ref_t] or [ref_t], cfg, progress)
+        ref = ref_t[0]
         label = ref.name if ref_t[1] == "f16" else f"{ref.name} (KV {ref_t[1]})"
         for r, t in zip(results, targets, strict=True):
             if t in q:
@@ -488,22 +507,131 @@ def bench(
                 r.ppl, r.ppl_ratio = d["ppl"], d["ppl_ratio"]
                 r.kld_mean, r.kld_p99, r.same_top = d["kld_mean"], d["kld_p99"], d["same_top"]
                 r.scored_tokens = int(d["scored"])
+    _kv_check(results, targets, cfg, q if ref_t[1] == "f16" else {}, ref_t, progress)
+    if plan is not None:
+        _apply_eval(plan, results, targets, ref_t, cfg, progress)
     return results
+
+
+def _reference(
+    paths: list[Path], infos: dict[Path, Any], reference: str | Path | None, cfg: BenchConfig
+) -> Target:
+    """The model (and cache type) others are compared with: ``reference``, or the most
+    precise model with an f16 cache."""
+    from ggrun import models as store
+
+    ref = store.resolve(str(reference)) if reference else None
+    if ref is None:
+        ref = max(paths, key=lambda p: infos[p].bits_per_weight)
+    return ref, "f16" if "f16" in cfg.cache_types else cfg.cache_types[0]
+
+
+# ---------------------------------------------------------------- the KV sanity check
+
+KV_KLD_MAX = 0.1  # mean KLD against the same model's f16 cache; gibberish is far above
+KV_SAME_TOP_MIN = 0.85  # and the share of tokens where both put the same token on top
+KV_CHUNKS = 4  # chunks of the corpus the check scores (at most --chunks)
+
+
+def kv_verdict(kld: float, same_top: float) -> str:
+    return "ok" if kld <= KV_KLD_MAX and same_top >= KV_SAME_TOP_MIN else "failed"
+
+
+def _kv_check(
+    results: list[BenchResult],
+    targets: list[Target],
+    cfg: BenchConfig,
+    quality: dict[Target, dict[str, float]],
+    ref_t: Target,
+    progress: Progress | None,
+) -> None:
+    """Each quantized cache type against f16 on this device, model file by model file:
+    a type whose output drifts (llama.cpp#23044 gave gibberish) is marked failed."""
+    from dataclasses import replace
+
+    by_path: dict[Path, list[Target]] = {}
+    for t in targets:
+        if t[1] != "f16":
+            by_path.setdefault(t[0], []).append(t)
+    for path, others in by_path.items():
+        if ref_t == (path, "f16") and all(t in quality for t in others):
+            found = quality  # the quality pass already compared them with this f16
+        else:
+            small = replace(cfg, chunks=min(cfg.chunks, KV_CHUNKS))
+            found = measure_quality((path, "f16"), others, small, progress)
+        for r, t in zip(results, targets, strict=True):
+            if t in others:
+                d = found[t]
+                r.kv_kld, r.kv_same_top = d["kld_mean"], d["same_top"]
+                r.kv_check = kv_verdict(d["kld_mean"], d["same_top"])
+                if r.kv_check == "failed":
+                    logger.warning(
+                        "%s: the %s KV cache fails the sanity check on this device (KLD %.3f, "
+                        "same top token %.0f%% against f16)",
+                        path.name, t[1], d["kld_mean"], 100 * d["same_top"],
+                    )  # fmt: skip
+
+
+# ---------------------------------------------------------------- accuracy on the user's task
+
+
+def _apply_eval(
+    plan: evaluate.Plan,
+    results: list[BenchResult],
+    targets: list[Target],
+    ref_t: Target,
+    cfg: BenchConfig,
+    progress: Progress | None,
+) -> None:
+    outcomes = plan.run_all(targets, ref_t, threads=cfg.threads, device=cfg.device,
+                            progress=progress)  # fmt: skip
+    for r, o in zip(results, outcomes, strict=True):
+        r.task, r.match, r.examples, r.correct = plan.task.name, o.match, o.n, o.correct
+        r.accuracy, r.ci = o.accuracy, list(o.ci)
+        r.field_accuracy = o.field_accuracy() if o.match == "json" else None
+        r.s_per_example, r.eval_tps = o.seconds_per_example, o.tokens_per_second
+        r.regressions, r.wrong = len(o.lost), o.lost[: plan.config.shown]
+
+
+def recommendation(
+    results: Sequence[BenchResult], tolerance: float = 2.0, prefer: str = "size"
+) -> tuple[BenchResult | None, evaluate.Recommendation]:
+    """By accuracy on the user's examples (:func:`ggrun.evaluate.recommend`): the variant
+    to use and the evidence; a KV cache type that failed its check is never chosen."""
+    cands = [
+        evaluate.Candidate(
+            _label(r),
+            r.correct,
+            r.examples,
+            r.size_bytes,
+            r.tg_tps or (r.eval_tps or 0.0),
+            r.kv_check != "failed",
+        )  # fmt: skip
+        for r in results
+    ]
+    rec = evaluate.recommend(cands, tolerance, prefer)
+    return (results[rec.index] if rec.index is not None else None), rec
 
 
 KLD_OK = 0.05  # mean KLD below this is "close to the reference" for the recommendation
 
 
+def recommended(results: Sequence[BenchResult]) -> BenchResult | None:
+    """The fastest model whose output stays close to the reference (never a KV cache
+    type that failed its sanity check)."""
+    measured = [r for r in results if r.tg_tps > 0 and r.kv_check != "failed"]
+    close = [r for r in measured if r.kld_mean is None or r.kld_mean <= KLD_OK]
+    return max(close or measured, key=lambda r: r.tg_tps) if measured else None
+
+
 def recommend(results: Sequence[BenchResult]) -> str:
-    """One line: the fastest model whose output stays close to the reference."""
-    if not results:
+    """One line: :func:`recommended` and why."""
+    best = recommended(results)
+    if best is None:
         return ""
-    measured = [r for r in results if r.tg_tps > 0]
-    if not measured:
-        return ""
+    measured = [r for r in results if r.tg_tps > 0 and r.kv_check != "failed"]
     ref = next((r for r in results if r.kld_mean == 0.0 and r.reference), None)
     close = [r for r in measured if r.kld_mean is None or r.kld_mean <= KLD_OK]
-    best = max(close or measured, key=lambda r: r.tg_tps)
     slowest = min(measured, key=lambda r: r.tg_tps)
     parts = [f"{_label(best)}: {best.tg_tps:.1f} tok/s"]
     if best is not slowest:

@@ -94,6 +94,9 @@ def test_recommendation() -> None:
     assert "same top token 93%" in line and line.endswith("recommended on this machine")
     line = benchmark.recommend([r("F16", 10, 0.0), r("Q2_K", 30, 0.4)])
     assert line.startswith("F16: 10.0 tok/s")
+    failed = r("Q8_0", 40, 0.001)
+    failed.kv_check = "failed"  # a KV cache type that failed its check is never the pick
+    assert benchmark.recommend([r("F16", 10, 0.0), failed]).startswith("F16: 10.0 tok/s")
 
 
 def test_models_with_different_vocabularies_cannot_be_compared(
@@ -115,8 +118,11 @@ def test_cli_outputs(smol_path: Path) -> None:
     args += ["--ctx", "128", "--chunks", "2"]
     r = CliRunner().invoke(app, [*args, "--json"])
     assert r.exit_code == 0, r.output
-    (row,) = json.loads(r.stdout)
+    doc = json.loads(r.stdout)
+    (row,) = doc["results"]
     assert row["quant"] == "Q4_1" and row["tg_tps"] > 0 and 1 < row["ppl"] < 100
+    assert doc["recommended"]["quant"] == "Q4_1" and doc["recommended"]["by"] == "speed"
+    assert row["accuracy"] is None and row["kv_check"] is None  # no --eval, f16 only
     r = CliRunner().invoke(app, [*args, "--markdown", "--no-quality"])
     assert r.exit_code == 0, r.output
     assert r.stdout.startswith("| model | quant | kv | size |") and "recommended" in r.stdout
@@ -153,4 +159,7 @@ def test_cache_types_add_their_cost(smol_path: Path) -> None:
     f16, q8, q4 = rows
     assert f16.kld_mean == 0.0 and f16.ppl_ratio == 1.0  # the reference: the f16 cache
     assert 0 < q8.kld_mean < q4.kld_mean  # a coarser cache costs more
+    # the KV sanity check reuses the quality pass (the same f16 reference)
+    assert (q8.kv_kld, q4.kv_kld) == (q8.kld_mean, q4.kld_mean) and f16.kv_check is None
+    assert q8.kv_check == "ok"
     assert all(r.tg_tps > 0 and r.pp_tps > 0 for r in rows)

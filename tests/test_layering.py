@@ -57,6 +57,7 @@ FLOORS: dict[str, int] = {
             "ggrun.flight",
             "ggrun.distributed",
             "ggrun.benchmark",
+            "ggrun.evaluate",
             "ggrun.converter",
         ],
         6,
