@@ -100,10 +100,10 @@ def test_ollama_truncates_a_long_text_by_default_as_ollama_does(qwen_path: Path,
     with Model(qwen_path, LoadConfig(n_ctx=512)) as m:
         cut = m.embedder.embed(long, truncate=True)
     assert cut.n_tokens == (m.embedder.n_ctx,)
-    r = httpx.post(server + "/api/embed", json={"input": long})
+    r = httpx.post(server + "/api/embed", json={"input": long}, timeout=300)
     assert r.status_code == 200 and r.json()["prompt_eval_count"] == m.embedder.n_ctx
     assert _close(r.json()["embeddings"][0], cut.tolist()[0])
-    r = httpx.post(server + "/api/embed", json={"input": long, "truncate": False})
+    r = httpx.post(server + "/api/embed", json={"input": long, "truncate": False}, timeout=300)
     assert r.status_code == 400 and "context" in r.json()["error"]
-    huge = httpx.post(server + "/api/embed", json={"input": "word " * 200_000})
+    huge = httpx.post(server + "/api/embed", json={"input": "word " * 200_000}, timeout=300)
     assert huge.status_code == 200  # cut to its first characters before it is tokenized
