@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ggrun.errors import InvalidArgument
+from ggrun.errors import GgrunError, InvalidArgument
 
 logger = logging.getLogger(__name__)
 
@@ -342,16 +342,21 @@ def clear(root: Path | None = None) -> tuple[int, int]:
     n = size = 0
     if not base.is_dir():
         return 0, 0
-    with _file_lock(base / ".lock"):
-        for p in base.iterdir():
-            if p.name == ".lock":
-                continue
-            for f in [p] if not p.is_dir() else list(p.iterdir()):
-                with contextlib.suppress(OSError):
-                    size += f.lstat().st_size
-                    n += 1
-            with contextlib.suppress(OSError):
-                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    try:
+        with _file_lock(base / ".lock"):
+            for p in base.iterdir():
+                if p.name == ".lock":
+                    continue
+                for f in [p] if not p.is_dir() else list(p.iterdir()):
+                    with contextlib.suppress(OSError):
+                        size += f.lstat().st_size
+                        n += 1
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+    except OSError as e:
+        raise GgrunError(f"cannot clear the prompt cache in {base}: {e.strerror or e}") from None
     return n, size
 
 
