@@ -1,4 +1,5 @@
-"""Hugging Face safetensors checkpoints -> GGUF at F32, F16, BF16, Q8_0 and Q4_K_M.
+"""Hugging Face safetensors checkpoints -> GGUF at F32, F16, BF16, Q8_0, Q6_K, Q5_K_M,
+Q4_K_M and Q4_0.
 
     import ggrun
     ggrun.convert("./Qwen3-1.7B", quant="q8_0,q4_k_m")   # -> [Path("Qwen3-1.7B-Q8_0.gguf"), ...]
@@ -27,7 +28,7 @@ from pathlib import Path
 from ggrun.errors import ConversionError
 
 FLOATS = ("f32", "f16", "bf16")
-QUANTS = ("q8_0", "q4_k_m")
+QUANTS = ("q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0")
 ALL = FLOATS + QUANTS
 
 # label, bytes done, bytes total

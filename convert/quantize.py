@@ -1,7 +1,9 @@
 """Quantized outputs through llama.cpp's own quantizer (``llama_model_quantize``).
 
-Q8_0 and Q4_K_M use llama.cpp's standard mixes (for Q4_K_M some tensors become Q6_K),
-byte for byte what the ``llama-quantize`` tool makes. It runs on all cores, in a worker
+Q8_0, Q6_K, Q5_K_M, Q4_K_M and Q4_0 use llama.cpp's standard mixes (for the K-quant
+mixes and Q4_0 some tensors, such as the token embeddings, get another type), byte for
+byte what the ``llama-quantize`` tool makes. Q4_0 matters on ARM: llama.cpp repacks it
+when it loads, so there it is often the fastest. It runs on all cores, in a worker
 thread, so the caller can show progress (the output file's size) and react to Ctrl-C.
 """
 
@@ -16,8 +18,15 @@ from pathlib import Path
 from ggrun.errors import ConversionError
 from ggrun.llama import route_llama_log
 
-QUANT_FTYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
-BITS_PER_WEIGHT = {"q8_0": 8.5, "q4_k_m": 4.9}  # for size estimates only
+QUANT_FTYPES = {
+    "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
+    "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K",
+    "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
+    "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+    "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
+}
+# for size estimates only
+BITS_PER_WEIGHT = {"q8_0": 8.5, "q6_k": 6.6, "q5_k_m": 5.7, "q4_k_m": 4.9, "q4_0": 4.6}
 
 
 def quantize(

@@ -267,6 +267,29 @@ def test_identical_to_llama_cpp_tools(tiny_out: dict[str, Path], quant: str) -> 
     _assert_same(digest(tiny_out[quant.upper()]), ref)
 
 
+@pytest.fixture(scope="module")
+def tiny_more(tiny_src: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The quants the session's tiny_out leaves out, from the same checkpoint."""
+    paths = convert.convert(tiny_src, "q6_k,q5_k_m,q4_0", tmp_path_factory.mktemp("more"))
+    return {p.name.rsplit("-", 1)[1].removesuffix(".gguf"): p for p in paths}
+
+
+@pytest.mark.parametrize("quant", ["q6_k", "q5_k_m", "q4_0"])
+def test_new_quants_identical_to_llama_quantize(tiny_more: dict[str, Path], quant: str) -> None:
+    from tests.checkpoints import digest
+
+    ref = json.loads((DATA / "tiny_qwen3_reference.json").read_text())[quant]
+    ours = digest(tiny_more[quant.upper()])
+    _assert_same(ours, ref)
+    # rows of 64 are too short for K-quant blocks (256): llama.cpp falls back, as upstream
+    main = {"q6_k": "Q8_0", "q5_k_m": "Q5_1", "q4_0": "Q4_0"}[quant]
+    assert main in {t["type"] for t in ours["tensors"].values()}
+    with Model(tiny_more[quant.upper()], LoadConfig(n_ctx=64)) as m:
+        assert m.info.file_type == quant.upper()
+        r = m.generate("Hello", max_tokens=4, temperature=0)
+        assert r.completion_tokens == 4 or r.finish_reason == "stop"
+
+
 def test_real_weights_round_trip(qwen_path: Path, tmp_path: Path) -> None:
     """Qwen2.5-Coder-0.5B dequantized to a BF16 folder, converted back: it still answers,
     and its tensors equal llama.cpp's conversion of the same folder."""

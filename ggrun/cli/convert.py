@@ -23,7 +23,7 @@ def convert(
             "--quant",
             "-q",
             help="Comma-separated: f32, f16, "
-            "bf16, q8_0, q4_k_m. Several outputs share one read "
+            "bf16, q8_0, q6_k, q5_k_m, q4_k_m, q4_0. Several outputs share one read "
             "of the source.",
         ),
     ] = "q4_k_m",
