@@ -31,7 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.decode import resolve, summary  # noqa: E402
-from ggrun import hardware  # noqa: E402
+from ggrun import hardware, llama  # noqa: E402
 from ggrun.engine import LoadConfig, Model  # noqa: E402
 
 WORDS = """the a model text vector search query document index embedding cat dog train city
@@ -54,15 +54,18 @@ def corpus(n: int, min_words: int, max_words: int, seed: int = 0) -> list[str]:
 @contextmanager
 def llama_cpp_side(path: Path, n_ctx: int, threads: int) -> Iterator[Any]:
     """llama-cpp-python's ``Llama`` for embeddings, on the weight buffers ggrun uses (this
-    build's AMX kernels crash on some machines: ggrun turns its extra buffers off there)."""
+    build's AMX kernels crash on some machines: ggrun turns its extra buffers off there
+    and repacks the weights itself)."""
     import llama_cpp
     import llama_cpp.llama_cpp as native
 
     default = native.llama_model_default_params
+    ours = llama.WeightParams(path, extra_buffers=hardware.extra_buffers_safe())  # kept alive
 
     def params() -> Any:
         p = default()
-        p.use_extra_bufts = hardware.extra_buffers_safe()
+        p.use_extra_bufts = ours.params.use_extra_bufts
+        p.tensor_buft_overrides = ours.params.tensor_buft_overrides
         return p
 
     native.llama_model_default_params = params

@@ -61,7 +61,8 @@ class LoadConfig:
     n_batch: int = 512
     n_gpu_layers: int = 0
     use_mmap: bool = True
-    extra_buffers: bool | None = None  # weight repacking (REPACK/AMX); None: safe default
+    # weight repacking (REPACK/AMX); None: safe default (an AMX build: REPACK alone)
+    extra_buffers: bool | None = None
     verbose: bool = False
     cache_type: str = "f16"  # the KV cache: f16, q8_0 or q4_0 (quantized: flash attention on)
     context: bool = True  # create the model's own context now (False: on first use; a
@@ -138,6 +139,8 @@ class Model:
             n_gpu_layers=self.config.n_gpu_layers,
             use_mmap=self.config.use_mmap,
             extra_buffers=self.weights_extra_buffers,
+            repack=self.config.extra_buffers,  # None: as hardware says; False: no repacking
+            info=self.info,
             verbose=self.config.verbose,
         )
         if self.config.cache_type == "q4_0" and self.info.arch == "qwen2":
@@ -195,6 +198,8 @@ class Model:
             n_gpu_layers=self.config.n_gpu_layers,
             use_mmap=self.config.use_mmap,
             extra_buffers=self.weights_extra_buffers,
+            repack=self.config.extra_buffers,
+            info=info,
             verbose=self.config.verbose,
         )
         try:

@@ -36,10 +36,13 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from gguf.constants import MODEL_TENSOR, TENSOR_NAMES, GGMLQuantizationType
 
 from ggrun import sysparse
 from ggrun.errors import PresetError
@@ -146,15 +149,16 @@ def extra_buffers_safe() -> bool:
     ggml's AMX kernels crash (SIGSEGV in ``ggml_backend_amx_mul_mat``) on some virtual
     machines that advertise AMX, and the AMX buffer type is only reachable through
     the extra buffers. So when this build contains AMX kernels, ggrun turns the extra
-    buffers off unless ``GGRUN_AMX=1`` says AMX works here. Builds without AMX
-    (the README's install) keep REPACK on.
+    buffers off unless ``GGRUN_AMX=1`` says AMX works here, and names the weights that
+    REPACK can hold itself (:func:`repack_plan`). Builds without AMX (the README's
+    install) keep llama.cpp's own placement.
     """
     if "AMX_INT8 = 1" not in system_info():
         return True
     if os.environ.get("GGRUN_AMX") == "1":
         return True
     logger.info(
-        "this llama.cpp build has AMX kernels; weight repacking is off "
+        "this llama.cpp build has AMX kernels; its extra weight buffers are off "
         "(set GGRUN_AMX=1 if AMX works on this machine)"
     )
     return False
@@ -185,6 +189,169 @@ def _ggml_lib() -> Any:
         f = getattr(lib, fn)
         f.argtypes, f.restype = args, res
     return lib
+
+
+# ----------------------------------------------------------------- repacking without AMX
+#
+# Turning the extra buffers off (above) also turns off llama.cpp's CPU REPACK buffer:
+# Q4_0/Q4_K weights interleaved 8 rows at a time for its AVX2/AVX-512 kernels, about a
+# quarter faster decoding (llama-bench tg 10.9 -> 14.0 tok/s on a Qwen3-1.7B-shaped
+# Q4_K_M, 2 threads, here). ggrun puts those weights there itself, by name, through the
+# model's ``tensor_buft_overrides``. llama.cpp takes such an override as-is: a tensor
+# that ``ggml_repack_get_optimal_repack_type`` (ggml-cpu/repack.cpp) has no layout for is
+# dereferenced as NULL while it loads (SIGSEGV), and a tensor that some op other than
+# MUL_MAT reads (``token_embd``: GET_ROWS) has no backend to run it (abort). So only the
+# tensors below qualify, each named exactly, with that function's x86 branches mirrored.
+
+X86 = ("x86_64", "AMD64", "i386", "i686")
+
+# Weights llama.cpp declares as 2-D MUL_MAT operands (llama-arch.cpp, LLM_TENSOR_INFOS);
+# gguf-py's names. Never token_embd: a tied output is token_embd.weight too.
+_REPACK_TENSORS = (
+    MODEL_TENSOR.ATTN_Q,
+    MODEL_TENSOR.ATTN_K,
+    MODEL_TENSOR.ATTN_V,
+    MODEL_TENSOR.ATTN_QKV,
+    MODEL_TENSOR.ATTN_OUT,
+    MODEL_TENSOR.FFN_GATE,
+    MODEL_TENSOR.FFN_UP,
+    MODEL_TENSOR.FFN_DOWN,
+    MODEL_TENSOR.OUTPUT,
+)
+_REPACK_NAMES = tuple(
+    (name, re.compile(re.escape(name).replace(r"\{bid\}", r"(\d+)") + r"\.weight"))
+    for name in (TENSOR_NAMES[t] for t in _REPACK_TENSORS)
+)
+# Type -> the CPU feature its x86 layout needs (ggml_repack_get_optimal_repack_type);
+# every x86 layout interleaves 8 rows. Q5_K, Q6_K, Q8_0 and Q1_0 have ARM and RISC-V
+# layouts only; MXFP4 is left out (only MoE experts use it, and those are 3-D).
+_REPACK_X86 = {
+    GGMLQuantizationType.Q4_0: "avx2",
+    GGMLQuantizationType.Q4_K: "avx2",
+    GGMLQuantizationType.IQ4_NL: "avx2",
+    GGMLQuantizationType.Q2_K: "avx512",
+}
+_REPACK_ROWS = 8
+
+
+def _repack_name(name: str) -> tuple[str, str] | None:
+    """``("blk.{bid}.ffn_up", "12")`` for ``blk.12.ffn_up.weight``, ``("output", "")``
+    for ``output.weight``; None for any other name."""
+    for kind, pattern in _REPACK_NAMES:
+        if m := pattern.fullmatch(name):
+            return kind, (m.group(1) if pattern.groups else "")
+    return None
+
+
+def repackable(name: str, ggml_type: int, shape: Sequence[int], features: Set[str]) -> bool:
+    """Whether llama.cpp's CPU REPACK buffer can hold this tensor on an x86 CPU whose
+    build has ``features`` (``{"avx2", "avx512"}``), and only MUL_MAT reads it."""
+    dims = list(shape)
+    while len(dims) > 1 and dims[-1] == 1:  # ggml_n_dims ignores trailing 1s
+        dims.pop()
+    try:
+        need = _REPACK_X86.get(GGMLQuantizationType(ggml_type))
+    except ValueError:
+        return False
+    return (
+        need is not None
+        and need in features
+        and len(dims) == 2
+        and dims[1] % _REPACK_ROWS == 0  # the layout's own condition
+        and dims[0] % 8 == 0  # repack()'s: it fails (an abort) otherwise
+        and _repack_name(name) is not None
+    )
+
+
+def override_patterns(names: Iterable[str]) -> tuple[str, ...]:
+    """Anchored regexes (std::regex, ECMAScript) that match exactly ``names``, one per
+    kind of tensor: ``^blk\\.(0|1|7)\\.ffn_up\\.weight$``. llama.cpp compiles every
+    pattern for every tensor it loads, so a few patterns beat one per tensor."""
+    layers: dict[str, list[str]] = {}
+    for name in names:
+        found = _repack_name(name)
+        if found is None:
+            raise ValueError(f"{name!r} is not a tensor ggrun repacks")
+        kind, bid = found
+        layers.setdefault(kind, []).append(bid)
+    out = []
+    for kind, bids in layers.items():
+        if "{bid}" not in kind:
+            out.append("^" + kind.replace(".", r"\.") + r"\.weight$")
+            continue
+        alt = "|".join(dict.fromkeys(bids))
+        out.append("^" + kind.replace(".", r"\.").replace("{bid}", f"({alt})") + r"\.weight$")
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class RepackPlan:
+    """Which weights go to llama.cpp's CPU_REPACK buffer type, and how to name them."""
+
+    buffer_type: int  # ggml_backend_buffer_type_t of CPU_REPACK
+    patterns: tuple[str, ...]  # for llama_model_tensor_buft_override
+    tensors: tuple[str, ...]  # the names the patterns match, and only those
+
+
+def repack_without_amx() -> bool:
+    """Whether ggrun repacks weights itself: an x86 build with AMX kernels whose extra
+    buffers :func:`extra_buffers_safe` turns off."""
+    return platform.machine() in X86 and not extra_buffers_safe()
+
+
+@lru_cache(maxsize=1)
+def _repack_target() -> tuple[int, frozenset[str]] | None:
+    """(CPU_REPACK's buffer type, the CPU features this build's kernels use), found by
+    name among the CPU device's extra buffer types; None where there is none."""
+    try:
+        lib = _ggml_lib()
+        if lib is None:
+            return None
+        ptr, cstr = ctypes.c_void_p, ctypes.c_char_p
+        for fn, args, res in (
+            ("ggml_backend_dev_by_type", [ctypes.c_int], ptr),
+            ("ggml_backend_reg_get_proc_address", [ptr, cstr], ptr),
+            ("ggml_backend_buft_name", [ptr], cstr),
+            ("ggml_cpu_has_avx2", [], ctypes.c_int),
+            ("ggml_cpu_has_avx512", [], ctypes.c_int),
+        ):
+            f = getattr(lib, fn)
+            f.argtypes, f.restype = args, res
+        has = {"avx2": lib.ggml_cpu_has_avx2(), "avx512": lib.ggml_cpu_has_avx512()}
+        features = frozenset(name for name, on in has.items() if on)
+        cpu = lib.ggml_backend_dev_by_type(0)  # GGML_BACKEND_DEVICE_TYPE_CPU
+        if not cpu:
+            return None
+        reg = lib.ggml_backend_dev_backend_reg(cpu)
+        addr = lib.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_dev_get_extra_bufts")
+        if not addr:
+            return None
+        get_extra = ctypes.CFUNCTYPE(ctypes.POINTER(ptr), ptr)(addr)
+        bufts = get_extra(cpu)
+        i = 0
+        while bufts and bufts[i]:
+            if lib.ggml_backend_buft_name(bufts[i]) == b"CPU_REPACK":
+                return int(bufts[i]), features
+            i += 1
+    except (OSError, AttributeError) as e:
+        logger.debug("cannot find llama.cpp's CPU_REPACK buffer type: %s", e)
+    return None
+
+
+def repack_plan(tensors: Iterable[Any]) -> RepackPlan | None:
+    """The weights of a model (:class:`ggrun.gguffile.TensorInfo`) that go to CPU_REPACK
+    when the extra buffers are off; None where nothing would (not x86, a GPU device in
+    the build, no CPU_REPACK, no tensor it can hold)."""
+    if platform.machine() not in X86 or ggml_devices()[1]:
+        return None  # a GPU build keeps llama.cpp's own placement
+    target = _repack_target()
+    if target is None:
+        return None
+    buft, features = target
+    names = tuple(t.name for t in tensors if repackable(t.name, t.type, t.shape, features))
+    if not names:
+        return None
+    return RepackPlan(buft, override_patterns(names), names)
 
 
 def ggml_devices() -> tuple[tuple[str, ...], tuple[GPU, ...]]:
@@ -402,8 +569,9 @@ def _warn_amx(hw: Hardware) -> str | None:
     if not hw.has_feature("AMX_INT8") or os.environ.get("GGRUN_AMX") == "1":
         return None
     return (
-        "this build has AMX kernels, which crash on some virtual machines; ggrun turns "
-        "weight repacking off (GGRUN_AMX=1 turns it back on)"
+        "this build has AMX kernels, which crash on some virtual machines; ggrun keeps "
+        "them off and repacks the weights for AVX2/AVX-512 itself (GGRUN_AMX=1 lets "
+        "llama.cpp use AMX)"
     )
 
 

@@ -21,6 +21,7 @@ Every native object here has ``close()`` and frees its memory deterministically.
 from __future__ import annotations
 
 import ctypes
+import logging
 import math
 import sys
 import time
@@ -31,7 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from ggrun import hardware
 from ggrun.errors import GgrunError, GrammarError, InvalidArgument, InvalidModelFile
+from ggrun.gguffile import GGUFInfo, read_gguf
+
+logger = logging.getLogger(__name__)
 
 # -------------------------------------------------------------------- log routing
 
@@ -89,6 +94,55 @@ def _ll() -> Any:
 # -------------------------------------------------------------------- weights
 
 
+class _BuftOverride(ctypes.Structure):
+    """llama.h's ``llama_model_tensor_buft_override``."""
+
+    _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
+
+
+class WeightParams:
+    """llama.cpp's model parameters as ggrun sets them, holding what they point at.
+
+    ``extra_buffers``: llama.cpp's extra weight buffers (REPACK, AMX). With them off,
+    ``repack`` still puts the weights that llama.cpp's CPU_REPACK buffer can hold there,
+    named one by one in ``tensor_buft_overrides`` (:func:`ggrun.hardware.repack_plan`);
+    None: where :func:`ggrun.hardware.repack_without_amx` says. ``info``: the file's
+    validated table, read again when it is needed and not given. llama.cpp keeps the
+    override pointer: keep this object as long as the model.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        n_gpu_layers: int = 0,
+        use_mmap: bool = True,
+        extra_buffers: bool = True,
+        repack: bool | None = None,
+        info: GGUFInfo | None = None,
+    ) -> None:
+        ll = _ll()
+        ll.llama_backend_init()
+        self.params: Any = ll.llama_model_default_params()
+        self.params.n_gpu_layers = n_gpu_layers
+        self.params.use_mmap = use_mmap
+        self.params.use_extra_bufts = extra_buffers
+        plan = None
+        if not extra_buffers and (hardware.repack_without_amx() if repack is None else repack):
+            plan = hardware.repack_plan((info or read_gguf(path)).tensors)
+        self.repacked: tuple[str, ...] = ()  # the tensors the overrides name
+        self._patterns: list[bytes] = []
+        self._overrides: Any = None
+        if plan is not None:
+            self.repacked = plan.tensors
+            self._patterns = [p.encode() for p in plan.patterns]
+            self._overrides = (_BuftOverride * (len(self._patterns) + 1))()  # zeroed: the end
+            for entry, pattern in zip(self._overrides, self._patterns, strict=False):
+                entry.pattern, entry.buft = pattern, plan.buffer_type
+            self.params.tensor_buft_overrides = ctypes.cast(self._overrides, ctypes.c_void_p)
+            logger.info("%d weight tensors go to llama.cpp's CPU_REPACK buffer", len(plan.tensors))
+
+
 class Weights:
     """A GGUF file loaded by llama.cpp: the weights and the vocabulary.
 
@@ -102,18 +156,25 @@ class Weights:
         n_gpu_layers: int = 0,
         use_mmap: bool = True,
         extra_buffers: bool = True,
+        repack: bool | None = None,
+        info: GGUFInfo | None = None,
         verbose: bool = False,
     ) -> None:
+        """The buffers: see :class:`WeightParams`."""
         ll = _ll()
         self._ll = ll
         self.path = Path(path)
         route_llama_log(verbose)
-        ll.llama_backend_init()
-        params = ll.llama_model_default_params()
-        params.n_gpu_layers = n_gpu_layers
-        params.use_mmap = use_mmap
-        params.use_extra_bufts = extra_buffers
-        handle = ll.llama_model_load_from_file(str(self.path).encode(), params)
+        self._params = WeightParams(
+            self.path,
+            n_gpu_layers=n_gpu_layers,
+            use_mmap=use_mmap,
+            extra_buffers=extra_buffers,
+            repack=repack,
+            info=info,
+        )
+        self.repacked = self._params.repacked
+        handle = ll.llama_model_load_from_file(str(self.path).encode(), self._params.params)
         if not handle:
             raise InvalidModelFile(
                 f"{self.path}: llama.cpp could not load this model; run with --verbose to see why"
