@@ -80,16 +80,13 @@ def chat_file(folder: Path) -> Path:
     for i in range(10):
         turns.append({"role": "user", "content": f"Which depot ships region {i}, and how fast? "
                       f"Also remind me of rule {i * 5}."})  # fmt: skip
-        turns.append(
-            {
-                "role": "assistant",
-                "content": (
-                    f"Region {i} ships from depot {i * 7 % 23} within {1 + i % 5} days. Rule {i * 5} "
-                    f"says refunds over {10 * (i * 5 % 9) + 20} EUR need form R-{i * 185 % 1000:03d}. "
-                    "Anything else I can check for you, such as an order number or a refund form?"
-                ),
-            }
+        answer = (
+            f"Region {i} ships from depot {i * 7 % 23} within {1 + i % 5} days. "
+            f"Rule {i * 5} says refunds over {10 * (i * 5 % 9) + 20} EUR need form "
+            f"R-{i * 185 % 1000:03d}. Anything else I can check for you, such as an order "
+            "number or a refund form?"
         )
+        turns.append({"role": "assistant", "content": answer})
     doc = {"version": 1, "messages": [
         {"role": "system", "content": "You are a parcel shop's assistant. Rules:\n" + RULES},
         *turns]}  # fmt: skip
