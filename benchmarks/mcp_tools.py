@@ -26,7 +26,7 @@ calls, final reply and token counts.
         --threads 1 --out mcp.json
 
 (``--threads 1``: on a 2-core machine that other processes share, two llama.cpp threads
-ran ten times slower than one; on an idle one, leave the default 2.)
+ran 6-8 times slower than one; on an idle one, leave the default 2.)
 """
 
 from __future__ import annotations
