@@ -246,22 +246,48 @@ def call_grammar(tools: tuple[Tool, ...], choice: Choice, parallel: bool) -> str
     from ggrun import structured
 
     chosen = [t for t in tools if choice.name in (None, t.name)]
-    variants = [
-        {
+    defs: dict[str, Any] = {}
+    variants = []
+    for i, t in enumerate(chosen):
+        arguments = t.parameters
+        if _has_ref(arguments):  # its "#/..." pointers mean its own root: it goes under $defs
+            defs[f"tool{i}"] = _rebased(arguments, f"#/$defs/tool{i}")
+            arguments = {"$ref": f"#/$defs/tool{i}"}
+        variants.append({
             "type": "object",
-            "properties": {"name": {"const": t.name}, "arguments": t.parameters},
+            "properties": {"name": {"const": t.name}, "arguments": arguments},
             "required": ["name", "arguments"],
             "additionalProperties": False,
-        }
-        for t in chosen
-    ]
+        })  # fmt: skip
     schema = variants[0] if len(variants) == 1 else {"anyOf": variants}
+    if defs:
+        schema = {**schema, "$defs": defs}
     body = structured.schema_constraint(schema).grammar
     one = f'"{OPEN}" ggrun-ws root ggrun-ws "{CLOSE}"'
     more = f" (ggrun-ws {one})*" if parallel else ""
     return (
         f"{body}\n{GRAMMAR_ROOT} ::= ggrun-ws {one}{more} ggrun-ws\nggrun-ws ::= [ \\t\\n]{{0,8}}\n"
     )
+
+
+def _has_ref(schema: Any) -> bool:
+    if isinstance(schema, dict):
+        return "$ref" in schema or any(_has_ref(v) for v in schema.values())
+    return isinstance(schema, list) and any(_has_ref(v) for v in schema)
+
+
+def _rebased(schema: Any, base: str) -> Any:
+    """``schema`` with its local pointers (``#/$defs/Place``, ``#``) made relative to
+    ``base``, where it will sit inside a larger schema."""
+    if isinstance(schema, list):
+        return [_rebased(v, base) for v in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _rebased(v, base) for k, v in schema.items()}
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and (ref == "#" or ref.startswith("#/")):
+        out["$ref"] = base + ref[1:]
+    return out
 
 
 def looks_like_call(text: str) -> bool:

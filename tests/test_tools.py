@@ -291,3 +291,48 @@ def test_cli_generate_prints_the_calls(qwen_path: Path, tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     calls = json.loads(r.stdout)
     assert calls[0]["name"] == "lookup" and calls[0]["arguments"]["where"]["country"]
+
+
+PLACE_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "find_contact",
+            "parameters": {
+                "type": "object",
+                "properties": {"where": {"$ref": "#/$defs/Place"}},
+                "required": ["where"],
+                "$defs": {
+                    "Place": {
+                        "type": "object",
+                        "properties": {"country": {"type": "string"}, "city": {"type": "string"}},
+                        "required": ["country", "city"],
+                        "additionalProperties": False,
+                    }
+                },
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "book",
+            "parameters": {
+                "type": "object",
+                "properties": {"slot": {"$ref": "#/$defs/Place"}},
+                "required": ["slot"],
+                "$defs": {"Place": {"type": "integer", "minimum": 1}},
+            },
+        },
+    },
+]  # fmt: skip  (a pydantic model argument: FastMCP and model_json_schema() write $defs)
+
+
+def test_tools_with_their_own_defs_get_valid_calls(smol: Any) -> None:
+    """Each tool's "#/$defs/..." means its own parameters' root, also beside another tool
+    whose $defs has the same name (the grammar once resolved them against the wrapper)."""
+    for choice in ("find_contact", "book"):
+        r = _ask(smol, "Find the contact in Paris, France, or book slot 3.", tools=PLACE_TOOLS,
+                 tool_choice={"type": "function", "function": {"name": choice}})  # fmt: skip
+        _check(r, PLACE_TOOLS)
+        assert [c.name for c in r.tool_calls] == [choice]
