@@ -163,7 +163,7 @@ def test_bad_task_options(smol_path: Path, args: list[str], message: str) -> Non
 def test_accuracy_equals_an_independent_count(qwen_path: Path) -> None:
     """Each variant's reported accuracy is the count `ggrun generate --task` gives, one
     example at a time; the q4_0 KV cache fails its check on this model (KLD about 0.5
-    against f16, where q8_0's is 0.006) and is not picked."""
+    against f16, where q8_0's is 0.006: tests/test_bench.py) and is not picked."""
     args = ["bench", str(qwen_path), "--task", "sentiment", "--eval", str(SENTIMENT), *FAST]
     r = CliRunner().invoke(app, [*args, "--cache-type", "f16,q4_0", "--no-quality", "--json"])
     assert r.exit_code == 0, r.output
@@ -186,7 +186,7 @@ def test_accuracy_equals_an_independent_count(qwen_path: Path) -> None:
         assert row["ci"] == pytest.approx(list(wilson(n, len(examples))))
         assert row["match"] == "json" and set(row["field_accuracy"]) == {"sentiment"}
         assert row["tg_tps"] > 0 and row["peak_rss_bytes"] > 0 and row["s_per_example"] > 0
-    for cache in ("q8_0", "q4_0"):  # what each lost against the reference (f16)
+    for cache in ("q4_0",):  # what it lost against the reference (f16)
         lost = [
             i
             for i, (a, b) in enumerate(zip(right["f16"], right[cache], strict=True))
@@ -194,7 +194,7 @@ def test_accuracy_equals_an_independent_count(qwen_path: Path) -> None:
         ]
         assert rows[cache]["regressions"] == len(lost)
         assert [w["line"] for w in rows[cache]["wrong"]] == [i + 1 for i in lost[:3]]
-    assert rows["q8_0"]["kv_check"] == "ok" and rows["q4_0"]["kv_check"] == "failed"
+    assert rows["q4_0"]["kv_check"] == "failed"
     assert rows["f16"]["kv_check"] is None
     rec = doc["recommended"]
     assert rec["cache_type"] != "q4_0" and rec["model"] == qwen_path.name
