@@ -41,9 +41,10 @@ TEXTS = [
 # a text's vector depends a little on the texts decoded with it: llama.cpp's CPU kernels
 # pick their path (and rounding) by the batch's shape. Measured here with flash attention
 # off, as in the embedding context: <= 1.8e-3 a component, cosine >= 0.99997 (with it on:
-# 7.5e-3 and 0.9997)
-BATCH_ATOL = 3e-3
-BATCH_COS = 0.9999
+# 7.5e-3 and 0.9997); with the Q4_K weights repacked (REPACK: rows in fours through its
+# GEMM, the rest through its GEMV) <= 3.7e-3 and cosine >= 0.99990
+BATCH_ATOL = 6e-3
+BATCH_COS = 0.9998
 
 
 @pytest.fixture(scope="module")
