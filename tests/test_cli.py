@@ -18,7 +18,7 @@ def run(*args: str, input: str | None = None):  # type: ignore[no-untyped-def]
 
 
 COMMANDS = ("generate", "chat", "pull", "list", "rm", "convert", "batch", "embed", "bench",
-            "serve", "doctor", "fit")  # fmt: skip
+            "serve", "doctor", "fit", "cache")  # fmt: skip
 
 
 def test_help_lists_commands() -> None:
