@@ -37,12 +37,13 @@ def expected(qwen_path: Path) -> list[list[float]]:
         return m.embed(TEXTS)
 
 
-def _close(a: list[float], b: list[float], tol: float = 3e-3) -> bool:
-    """Equal vectors, within what another batch shape changes in llama.cpp's sums."""
+def _close(a: list[float], b: list[float], tol: float = 6e-3) -> bool:
+    """Equal vectors, within what another batch shape changes in llama.cpp's sums (with
+    the Q4_K weights repacked, up to 3.7e-3 a component and cosine 0.99990: test_embed)."""
     if len(a) != len(b):
         return False
     cosine = math.fsum(x * y for x, y in zip(a, b, strict=True))  # both unit vectors
-    return max(abs(x - y) for x, y in zip(a, b, strict=True)) < tol and cosine > 0.9999
+    return max(abs(x - y) for x, y in zip(a, b, strict=True)) < tol and cosine > 0.9998
 
 
 def test_openai_sdk_float_and_base64(server: str, expected: list[list[float]]) -> None:
@@ -61,7 +62,9 @@ def test_ollama_embed_and_legacy_embeddings(server: str, expected: list[list[flo
     assert len(r.embeddings) == 3
     assert all(_close(v, e) for v, e in zip(r.embeddings, expected, strict=True))
     assert r.prompt_eval_count and r.total_duration
-    legacy = httpx.post(server + "/api/embeddings", json={"model": QWEN, "prompt": TEXTS[1]})
+    legacy = httpx.post(
+        server + "/api/embeddings", json={"model": QWEN, "prompt": TEXTS[1]}, timeout=300
+    )
     assert legacy.status_code == 200 and _close(legacy.json()["embedding"], expected[1])
 
 
