@@ -160,7 +160,7 @@ class Decoder:
         kept = list(kept or [])
         stored = 0
         if self.store is not None:
-            kept, stored = self._restore(seq, job.tokens, kept)
+            kept, stored = self._restore(seq, job, kept)
         n_keep = len(kept)
         room = self.ctx.seq_ctx - len(job.tokens)
         req = job.request
@@ -215,15 +215,18 @@ class Decoder:
         return len(self.seqs)
 
     # -- the prompt cache -----------------------------------------------------
-    def _restore(self, seq: int, tokens: list[int], kept: list[int]) -> tuple[list[int], int]:
+    def _restore(self, seq: int, job: Prepared, kept: list[int]) -> tuple[list[int], int]:
         """The cells to start from: ``kept``, or a longer stored prefix loaded into
         ``seq``; and how many first tokens the store holds."""
         assert self.store is not None
+        tokens = job.tokens
         found = self.store.find(tokens)
         if found is None:
             return kept, 0
         entry, n = found
         n = min(n, len(tokens) - 1)  # the last prompt token is decoded for its logits
+        if n < len(entry.tokens):  # a cut inside a stored prompt's step: the cells after
+            n = min(n, job.fixed)  # the fixed part would differ from a fresh read's rows
         if n < len(kept) + promptcache.LOAD_MIN or len(entry.tokens) > self.ctx.seq_ctx:
             return kept, min(n, len(kept))
         data = self.store.read(entry)

@@ -7,6 +7,7 @@ model hub.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,6 +104,16 @@ def isolated_home(
     monkeypatch.setenv("GGRUN_HOME", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return home
+
+
+@pytest.fixture(autouse=True)
+def fresh_logging() -> Iterator[None]:
+    """The CLI run in-process sets up the ``ggrun`` logger (a handler, a level, no
+    propagation); the next test starts from Python's defaults again."""
+    log = logging.getLogger("ggrun")
+    saved = log.handlers[:], log.level, log.propagate
+    yield
+    log.handlers[:], log.level, log.propagate = saved[0], saved[1], saved[2]
 
 
 @pytest.fixture

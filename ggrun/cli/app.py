@@ -24,9 +24,22 @@ class _Formatter(logging.Formatter):
         return prefix + record.getMessage()
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """A handler on the ``sys.stderr`` of the moment, not the one it was made with (a
+    caller that runs the CLI in-process may swap and close it)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def setup_logging(argv: list[str]) -> None:
     verbose = "-v" in argv or "--verbose" in argv
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr()
     handler.setFormatter(_Formatter())
     root = logging.getLogger("ggrun")
     root.handlers[:] = [handler]
