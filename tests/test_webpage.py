@@ -239,7 +239,9 @@ def test_a_reply_streams_in(open_page: Callable[..., Page]) -> None:
         if n and (not seen or n != seen[-1]):
             seen.append(n)
         time.sleep(0.03)
-    assert len(seen) >= 3 and seen == sorted(seen), seen  # it grew, piece by piece
+    # it grew, piece by piece (markdown may shrink it a little on the way: "**" closed
+    # becomes bold, a line's trailing "  " a break)
+    assert len(seen) >= 3 and seen[0] < seen[-1] == max(seen), seen
     stats = reply.locator(".stats").inner_text()
     assert re.search(r"\d+ tokens · [\d.]+ tok/s", stats) and "prompt" in stats, stats
     assert page.locator("#send").is_visible() and not page.locator("#stop").is_visible()
