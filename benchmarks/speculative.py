@@ -2,8 +2,10 @@
 against llama.cpp's own speculative tools, on the same prompts, interleaved in one run.
 
 Tasks, five prompts each: a code edit (return a ~40-line function with one variable
-renamed), an extraction (copy fields of a document as JSON), a summary of a pasted text,
-and free generation (a story: nothing to copy). For every prompt, in turn: plain
+renamed), an extraction (copy fields of a document as JSON), the same under a JSON
+schema, a forced tool call with the record as its arguments (``tool_choice: required``;
+llama.cpp's tools have no tool-call grammar and do not run it), a summary of a pasted
+text, and free generation (a story: nothing to copy). For every prompt, in turn: plain
 decoding, then lookup, auto, the draft model, and auto on the model loaded with the draft
 ("auto+draft"), through ggrun's public API (greedy, 2 threads; ``--modes`` picks them),
 then llama.cpp's ``llama-speculative-simple`` with ``ngram-mod`` and with the draft model,
@@ -87,6 +89,13 @@ TASKS: dict[str, list[str]] = {
         f"opened, plan, notes (copy each value exactly):\n\n{_doc(i)}"
         for i in range(5)
     ],
+    "schema extraction": [
+        f"Copy the fields of this customer record exactly, as JSON:\n\n{_doc(i)}" for i in range(5)
+    ],
+    "tool call": [
+        f"File this customer record in the CRM, copying every field exactly:\n\n{_doc(i)}"
+        for i in range(5)
+    ],
     "summary": [
         f"Summarise this text in three sentences:\n\n{PASSAGE * (i + 2)}" for i in range(5)
     ],
@@ -103,16 +112,37 @@ TASKS: dict[str, list[str]] = {
 }
 
 
+FIELDS = ("name", "city", "email", "phone", "opened", "plan", "notes")
+RECORD = {
+    "type": "object",
+    "properties": {f: {"type": "string"} for f in FIELDS},
+    "required": list(FIELDS),
+}
+SAVE = {
+    "type": "function",
+    "function": {
+        "name": "save_customer",
+        "description": "Save a customer record in the CRM.",
+        "parameters": RECORD,
+    },
+}
+# what a task's requests carry: ggrun's keywords, and the same for llama.cpp's tools
+CONSTRAINTS: dict[str, tuple[dict[str, Any], list[str]]] = {
+    "schema extraction": ({"schema": RECORD}, ["--json-schema", json.dumps(RECORD)]),
+    "tool call": ({"tools": [SAVE], "tool_choice": "required"}, []),
+}
+
 # ggrun's modes: "auto+draft" is auto on a model loaded with the draft model
 MODES = ("lookup", "auto", "draft", "auto+draft")
 
 
-def ggrun_run(m: Model, prompt: str, mode: str, n: int) -> dict[str, Any]:
+def ggrun_run(m: Model, prompt: str, mode: str, n: int, **kw: Any) -> dict[str, Any]:
     msgs = [{"role": "user", "content": prompt}]
-    r = m.chat(msgs, max_tokens=n, temperature=0, repeat_penalty=1.0, speculative=mode)
+    r = m.chat(msgs, max_tokens=n, temperature=0, repeat_penalty=1.0, speculative=mode, **kw)
     acc = r.accepted_tokens / r.drafted_tokens if r.drafted_tokens else None
-    return {"tps": r.generation_tps, "tokens": r.completion_tokens, "text": r.text,
-            "accept": acc, "drafted": r.drafted_tokens}  # fmt: skip
+    text = r.text + "".join(f"{c.name}{c.arguments}" for c in r.tool_calls)
+    return {"tps": r.generation_tps, "tokens": r.completion_tokens, "text": text,
+            "accept": acc, "drafted": r.drafted_tokens, "forced": r.forced_tokens}  # fmt: skip
 
 
 def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -127,16 +157,18 @@ def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def remember(m: Model, replies: list[list[int]]) -> None:
-    """The model's memory of its earlier replies (the n-gram guesses use it) set to these."""
+    """The model's memory of its earlier replies set to these."""
+    assert m.memory is not None
     m.memory.clear()
     for r in replies:
         m.memory.learn(r)
 
 
-def native(args: list[str], prompt: str, n: int, threads: int) -> dict[str, Any]:
+def native(args: list[str], prompt: str, n: int, threads: int, extra: list[str]) -> dict[str, Any]:
     """A llama.cpp speculative example on a chat-formatted prompt: its own tok/s."""
     text = f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
     cmd = [*args, "-p", text, "-n", str(n), "-t", str(threads), "--temp", "0", "-c", "4096"]
+    cmd += extra
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=900).stderr
     speed = re.search(r"decoded\s+(\d+) tokens in\s+([\d.]+) seconds, speed:\s+([\d.]+) t/s", out)
     drafted = re.search(r"n_drafted\s*=\s*(\d+)", out)
@@ -233,22 +265,26 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     for task in args.tasks.split(","):
         earlier: list[list[int]] = []  # the plain replies to the task's earlier prompts
+        kw, extra = CONSTRAINTS.get(task, ({}, []))
         for i, prompt in enumerate(TASKS[task][: args.prompts]):
             runs: dict[str, list[dict[str, Any]]] = {}
             for _ in range(args.reps):  # the sides interleaved: the host drifts
-                plain = ggrun_run(plain_m, prompt, "off", args.max_tokens)
+                plain = ggrun_run(plain_m, prompt, "off", args.max_tokens, **kw)
+                assert plain_m.memory is not None
                 reply = list(plain_m.memory.replies[-1])
                 runs.setdefault("plain", []).append(plain)
                 for name in modes:
                     m = draft_m if name in ("draft", "auto+draft") else plain_m
                     remember(m, earlier)
-                    r = ggrun_run(m, prompt, name.split("+")[0], args.max_tokens)
+                    r = ggrun_run(m, prompt, name.split("+")[0], args.max_tokens, **kw)
                     r["same"] = r["text"] == plain["text"]
                     runs.setdefault(name, []).append(r)
                 if not args.no_native:
                     for name, cmd in natives.items():
                         if name.split()[-1].removeprefix("llama-") in args.natives.split(","):
-                            r = native(cmd, prompt, args.max_tokens, args.threads)
+                            if task == "tool call":  # no tool-call grammar there
+                                continue
+                            r = native(cmd, prompt, args.max_tokens, args.threads, extra)
                             runs.setdefault(name, []).append(r)
             row: dict[str, Any] = {"task": task, "prompt": i}
             row |= {name: _median_run(rs) for name, rs in runs.items()}

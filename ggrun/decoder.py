@@ -126,7 +126,7 @@ class Decoder:
         self.store = store  # prompt states on disk, shared with other processes
         self.is_end = is_end
         self.draft = draft
-        self.memory = memory  # the model's earlier replies, for the n-gram guesses
+        self.memory = memory  # the model's earlier replies, for guesses
         # no more rows than the context's n_batch: llama.cpp aborts on a larger batch
         self.batch = llama.Batch(ctx.n_batch)
         self.seqs: dict[int, Sequence] = {}
@@ -190,7 +190,8 @@ class Decoder:
             self._end_thought(s)
         if job.speculative != "off":
             mode = job.speculative if self.draft is not None else "lookup"  # no draft here
-            s.spec = speculative.Speculation(mode, job.tokens, self.costs, self.draft, self.memory)
+            memory = self.memory if job.request.memory else None
+            s.spec = speculative.Speculation(mode, job.tokens, self.costs, self.draft, memory)
         self.seqs[seq] = s
         if limit <= 0:
             self._finish(s, "length")
@@ -200,7 +201,7 @@ class Decoder:
         """Free a sequence's slot; return the tokens its cells hold (dropped unless ``keep``)."""
         s.sampler.close()
         self.seqs.pop(s.seq, None)
-        if self.memory is not None and s.finished:
+        if self.memory is not None and s.finished and s.job.request.memory:
             self.memory.learn(s.sampled)
         new = len(s.kv) - s.stored
         if s.remember and s.finished and s.error is None and new >= promptcache.REMEMBER_MIN:
@@ -309,7 +310,16 @@ class Decoder:
             self.batch.capacity - len(s.todo),  # rows left in a step
         )
         if room > 0:
-            s.drafts = s.spec.guess(s.kv + s.todo, room)
+            s.drafts = s.spec.guess(s.kv + s.todo, room, self._forced(s, room))
+
+    def _forced(self, s: Sequence, room: int) -> list[int]:
+        """The tokens of the text the sequence's grammar lets come next (none without
+        an active grammar)."""
+        if not s.sampler.grammar_active or not s.todo:
+            return []
+        w = self.ctx.weights
+        text = s.sampler.forced(w.token_text(s.todo[-1]))
+        return w.tokenize(text)[:room] if text else []
 
     def _fill(self, live: list[Sequence]) -> None:
         b = self.batch
@@ -386,6 +396,7 @@ class Decoder:
             st = s.stream.stats
             st.drafted_tokens += guessed
             st.accepted_tokens += held
+            st.forced_tokens += min(held, s.spec.forced)
             s.spec.record(guessed, held)
         if s.spec is not None:
             s.spec.extend(taken)

@@ -69,6 +69,8 @@ class LoadConfig:
     # server's batch engine makes its own and needs only the weights)
     prompt_cache: bool = True  # keep prompt states on disk (ggrun.promptcache)
     cache_size: int | None = None  # its bound in bytes, all models (None: 4 GiB)
+    memory: bool = True  # remember its replies for later requests' guesses (a server's
+    # --no-memory: a request's speed would show whether it repeats what others were told)
 
     def __post_init__(self) -> None:
         if self.n_ctx is not None and self.n_ctx < 16:
@@ -162,8 +164,8 @@ class Model:
             self.weights, n_ctx=self.n_ctx, n_threads=self.n_threads,
             n_threads_batch=self.n_threads_batch,
         )  # fmt: skip
-        # its recent replies, for the n-gram guesses of later requests (speculative decoding)
-        self.memory = speculative_mod.Memory()
+        # its recent replies, for the guesses of later requests (speculative decoding)
+        self.memory = speculative_mod.Memory() if self.config.memory else None
         self.draft: speculative_mod.DraftModel | None = None
         self.prompt_cache = (
             PromptCache(self.path, self._kv_shape(), max_bytes=self.config.cache_size)
@@ -678,7 +680,7 @@ def load(
     Device, GPU layers, threads, context and mmap come from :func:`ggrun.plan`
     unless given; a value that cannot work raises before llama.cpp allocates.
     ``config`` skips the plan and loads exactly as told. Other keywords
-    (``n_batch``, ``n_threads_batch``, ``extra_buffers``, ``context``) go to
+    (``n_batch``, ``n_threads_batch``, ``extra_buffers``, ``context``, ``memory``) go to
     :class:`LoadConfig`. ``cache_type`` is the KV cache's (f16, q8_0, q4_0; None: the
     planner's choice). ``speculative`` is every request's default: "lookup", "auto",
     or ``ggrun.Draft("qwen2.5-coder-0.5b")`` (a small model of the same tokenizer,

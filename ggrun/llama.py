@@ -190,6 +190,7 @@ class Weights:
         self.add_bos = bool(ll.llama_vocab_get_add_bos(self._vocab)) and self.has_bos
         self._pieces: dict[int, bytes] = {}
         self._controls: list[tuple[str, int, int]] | None = None
+        self._probe: _CharProbe | None = None
 
     # -- lifetime
     def close(self) -> None:
@@ -324,6 +325,12 @@ class Weights:
     def is_eog(self, token: int) -> bool:
         """llama.cpp's own end-of-generation flag (EOS, EOT, ...)."""
         return bool(self._ll.llama_vocab_is_eog(self._vocab, token))
+
+    def char_probe(self) -> _CharProbe:
+        """The one-character tokens a grammar is probed with (:meth:`Sampler.forced`)."""
+        if self._probe is None:
+            self._probe = _CharProbe(self)
+        return self._probe
 
     def single_token(self, text: str) -> int | None:
         """The id of ``text`` when the vocabulary holds it as one token."""
@@ -613,6 +620,55 @@ def check_grammar(
         ll.llama_sampler_free(g)
 
 
+class _CharProbe:
+    """The vocabulary's one-character tokens (printable ASCII, tab, newline) and its ends
+    of generation, as a token array to apply a grammar to: which characters it lets come
+    next. Built once a vocabulary (:meth:`Weights.char_probe`)."""
+
+    CHARS = "".join(chr(c) for c in range(0x20, 0x7F)) + "\n\t"
+
+    def __init__(self, weights: Weights) -> None:
+        import numpy as np
+
+        self.char: dict[int, str] = {}
+        for c in self.CHARS:
+            toks = weights.tokenize(c)
+            if len(toks) == 1 and weights.token_bytes(toks[0]) == c.encode():
+                self.char[toks[0]] = c
+        ends = {t for t in (weights.eos, weights.eot) if 0 <= t < weights.n_vocab}
+        ids = [*self.char, *sorted(ends - self.char.keys())]
+        fields = [("id", "<i4"), ("logit", "<f4"), ("p", "<f4")]
+        self.ids = np.asarray(ids, dtype=np.int32)
+        self.buf = np.zeros(len(ids), dtype=np.dtype(fields, align=True))
+
+    def allowed(self, ll: Any, grammar: Any) -> list[int]:
+        """The probe tokens ``grammar`` allows now (an end of generation among them when
+        it may end here)."""
+        import numpy as np
+
+        b = self.buf
+        b["id"], b["logit"], b["p"] = self.ids, 0.0, 0.0
+        data = b.ctypes.data_as(ctypes.POINTER(ll.llama_token_data))
+        arr = ll.llama_token_data_array(data, len(b), -1, False)
+        ll.llama_sampler_apply(grammar, ctypes.byref(arr))
+        return [int(t) for t in self.ids[np.flatnonzero(b["logit"] > _NEG_INF)]]
+
+    def next_char(self, ll: Any, grammar: Any, before: str) -> int | None:
+        """The character token that comes next: the only one allowed; or, where the
+        grammar's only choice is an optional space (JSON's), the one ``json.dumps``
+        writes (a space after ``:`` and ``,``, none elsewhere); else None."""
+        ok = self.allowed(ll, grammar)
+        if len(ok) == 1:
+            return ok[0] if ok[0] in self.char else None
+        if len(ok) != 2 or not all(t in self.char for t in ok):
+            return None
+        a, b = (self.char[t] for t in ok)
+        if " " not in (a, b) or a == b:
+            return None
+        space, other = (ok[0], ok[1]) if a == " " else (ok[1], ok[0])
+        return space if before in (":", ",") else other
+
+
 class _Penalties:
     """llama.cpp's repetition, frequency and presence penalties, on the few seen logits.
 
@@ -847,6 +903,33 @@ class Sampler:
             self._ll.llama_sampler_accept(self._grammar, token)
         if self._chain is not None:
             self._ll.llama_sampler_accept(self._chain, token)
+
+    def forced(self, before: str = "", limit: int = 64) -> str:
+        """The text the grammar lets come next, up to ``limit`` characters, after text
+        ending in ``before``: each character it allows alone, and at an optional space
+        (JSON's) the way ``json.dumps`` writes; '' where it allows a real choice, or is
+        off or still waiting. Found by probing the grammar with the vocabulary's
+        one-character tokens (on a copy of its state once a character is found); a
+        trailing space is left out (the model writes it with what follows). These are
+        guesses for speculative decoding: the model still picks every token, so a guess
+        that misses costs speed, never text."""
+        if not self.grammar_active or self._grammar is None:
+            return ""
+        ll, probe = self._ll, self._ctx.weights.char_probe()
+        g, out = self._grammar, list[str]()
+        try:
+            while len(out) < limit:
+                token = probe.next_char(ll, g, out[-1] if out else before[-1:])
+                if token is None:
+                    break
+                if g is self._grammar:  # the state itself is never moved
+                    g = ll.llama_sampler_clone(g)
+                ll.llama_sampler_accept(g, token)
+                out.append(probe.char[token])
+        finally:
+            if g is not self._grammar:
+                ll.llama_sampler_free(g)
+        return "".join(out).rstrip(" ")
 
     def redraw(self, row: int) -> int:
         """Draw row ``row``'s token again, now with the lazy grammar active (the first

@@ -49,6 +49,7 @@ class Request:
     tool_choice: Choice = Choice()
     parallel_tool_calls: bool = True
     speculative: str | None = None  # off, lookup, draft, auto; None: the model's default
+    memory: bool = True  # guess from the model's earlier replies, and teach them this one
     think_budget: int | None = None  # most tokens of reasoning (then the thought is closed)
     default_max: bool = False  # max_tokens was not given: a thinking reply gets the room left
     logprobs: int | None = None  # log probabilities of the answer's tokens, and this many
@@ -85,6 +86,7 @@ class Request:
             "stop": list(self.stop),
             "think": self.think,
             "speculative": self.speculative,
+            **({} if self.memory else {"memory": False}),
             "think_budget": self.think_budget,
             "logprobs": self.logprobs,
             **({} if self.parse_special else {"parse_special": False}),
@@ -287,6 +289,7 @@ def _build(opts: dict[str, Any]) -> Request:
         tool_choice=choice,
         parallel_tool_calls=parallel,
         speculative=_speculative(opts.pop("speculative", None)),
+        memory=_bool_or_none("memory", opts.pop("memory", True)) is not False,
         think_budget=_budget(opts.pop("think_budget", None)),
         default_max=default_max,
         logprobs=None

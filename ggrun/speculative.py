@@ -7,18 +7,23 @@ keeps the guesses while they equal what it sampled. So the output is exactly wha
 decoding gives: with greedy decoding the same tokens, with sampling the same
 distribution (and, with the same seed, the same tokens: one draw per position either way).
 
-Guesses come from a :class:`Lookup` in the prompt and the text so far (a copy pointer
-that keeps following its source after each accepted draft and re-aligns after a change;
-where nothing is being copied, the continuations that most often followed the last
-n-gram, there and in the model's recent replies, its :class:`Memory`, as llama.cpp's
-``llama-lookup`` guesses with its dynamic cache), or from a small :class:`DraftModel` of
-the same tokenizer.
+Guesses come from:
 
-A :class:`Controller` per source (copy, n-grams, draft) decides how many tokens to guess:
-it measures, per sequence, how often that source's guesses are accepted, and, per
-context, what verifying ``n`` tokens costs against one; the source and length with the
-most tokens per unit of cost win, nothing is guessed when none pays, and a source left
-idle is probed again later.
+- a :class:`Lookup` in the prompt and the text so far: a copy pointer that keeps
+  following its source after each accepted draft and re-aligns after a change; where
+  nothing is being copied, the continuations that most often followed the last n-gram;
+- the model's :class:`Memory` of its recent replies, a suffix index: how earlier replies
+  went on where they matched the text's end the longest (SuffixDecoding's global tree);
+- the request's grammar: the text it forces next (keys, ``": "``, braces, an enum's
+  tail, a tool call's envelope), probed by :meth:`ggrun.llama.Sampler.forced` and
+  guessed as the tokens the model writes it in;
+- a small :class:`DraftModel` of the same tokenizer.
+
+A :class:`Controller` per source (copy, n-grams, memory, grammar, draft) decides how many
+tokens to guess: it measures, per sequence, how often that source's guesses are accepted,
+and, per context, what verifying ``n`` tokens costs against one; the source and length
+with the most tokens per unit of cost win, nothing is guessed when none pays, and a
+source left idle is probed again later.
 """
 
 from __future__ import annotations
@@ -272,59 +277,112 @@ def _count(
 
 
 class Memory:
-    """What a model wrote in its recent replies, as n-gram counts: the n-gram guesses of
-    later requests use them (as llama.cpp's ``llama-lookup`` does with its dynamic cache).
+    """What a model wrote in its recent replies, as a suffix index: a later request whose
+    text ends as some of those replies went on guesses how they went on (as the global
+    suffix tree of SuffixDecoding, Oliaro et al., NeurIPS 2025, and llama.cpp's
+    ``llama-lookup`` dynamic cache).
 
     A batch extracting the same fields from many documents writes the same keys, in the
-    same order, after the same kinds of value: no document holds ``"city": "`` or the key
-    after an e-mail address, but the earlier replies do. At most :attr:`LIMIT` tokens of
-    replies are kept, the oldest forgotten first. Replies are learned by the model's
-    decoders (one model's requests share its memory) from any thread.
+    same order, after the same kinds of value; no document holds ``"city": "`` or the key
+    after an e-mail address, but the earlier replies do. Every pair of tokens of a reply
+    points at where it went on; :meth:`propose` takes the places whose text before matches
+    the request's longest (up to :attr:`MAX_MATCH` tokens: the deepest node of the tree),
+    and follows them token by token while most of them agree (the most frequent
+    continuation), for at most :attr:`SPEC_FACTOR` tokens per token matched (the longer the
+    match, the longer the guess, SuffixDecoding's adaptive length; how many of them are
+    verified is the :class:`Controller`'s choice, with this machine's measured costs).
+
+    At most :attr:`LIMIT` tokens of replies are kept, the oldest forgotten first. Replies
+    are learned by the model's decoders (one model's requests share its memory) from any
+    thread; a request with ``memory=False`` neither guesses from it nor teaches it.
     """
 
-    LIMIT = 4096  # tokens of replies remembered (a few MB)
+    LIMIT = 4096  # tokens of replies remembered (a few MB with the index)
+    KEY = 2  # tokens a match starts from
+    MAX_MATCH = 32  # a longer match counts as this long
+    CANDIDATES = 256  # places looked at for a key (the latest)
+    MIN_SHARE = 0.5  # a continuation is followed while more than this share of places agree
+    SPEC_FACTOR = 2  # guesses per token matched, at most
 
-    def __init__(self, n_max: int = 4) -> None:
-        self.n_max = n_max
-        self.counts: dict[tuple[int, ...], dict[int, int]] = {}
+    def __init__(self) -> None:
         self.replies: deque[list[int]] = deque()
+        self.first = 0  # the number of replies[0] (replies are numbered as learned)
+        self.index: dict[tuple[int, ...], deque[tuple[int, int]]] = {}  # key -> (reply, at)
         self.size = 0  # tokens remembered
         self._lock = threading.Lock()
 
     def learn(self, tokens: Sequence[int]) -> None:
         """Remember a reply (its generated tokens)."""
         reply = list(tokens[-self.LIMIT :])
-        if len(reply) < 2:
+        if len(reply) <= self.KEY:
             return
         with self._lock:
-            self._tally(reply, 1)
+            n = self.first + len(self.replies)
             self.replies.append(reply)
             self.size += len(reply)
+            for at in range(self.KEY, len(reply)):
+                self.index.setdefault(tuple(reply[at - self.KEY : at]), deque()).append((n, at))
             while self.size > self.LIMIT:
-                old = self.replies.popleft()
-                self._tally(old, -1)
-                self.size -= len(old)
+                self._forget()
+
+    def _forget(self) -> None:
+        old = self.replies.popleft()
+        self.first += 1
+        self.size -= len(old)
+        for at in range(self.KEY, len(old)):  # its places are the first of their keys
+            key = tuple(old[at - self.KEY : at])
+            places = self.index[key]
+            places.popleft()
+            if not places:
+                del self.index[key]
 
     def clear(self) -> None:
         with self._lock:
-            self.counts.clear()
+            self.index.clear()
+            self.first += len(self.replies)
             self.replies.clear()
             self.size = 0
 
-    def merged(self, key: tuple[int, ...], own: dict[int, int] | None) -> dict[int, int] | None:
-        """What followed ``key`` here, added to ``own`` (a sequence's own counts)."""
+    def propose(self, context: Sequence[int], k: int = MAX_DRAFT) -> list[int]:
+        """Up to ``k`` tokens: how the replies went on where their text matched the end
+        of ``context`` the longest, while most of those places agree."""
+        if k <= 0 or len(context) < self.KEY:
+            return []
         with self._lock:
-            seen = self.counts.get(key)
+            places = self.index.get(tuple(context[-self.KEY :]))
+            if not places:
+                return []
+            best, alive = 0, []
+            for i in range(len(places) - 1, max(-1, len(places) - 1 - self.CANDIDATES), -1):
+                n, at = places[i]
+                reply = self.replies[n - self.first]
+                m = _matched(reply, at, context, self.KEY, self.MAX_MATCH)
+                if m > best:
+                    best, alive = m, [(reply, at)]
+                elif m == best:
+                    alive.append((reply, at))
+        out: list[int] = []
+        for _ in range(min(k, self.SPEC_FACTOR * best)):
+            j = len(out)
+            seen: dict[int, int] = {}
+            for reply, at in alive:
+                if at + j < len(reply):
+                    seen[reply[at + j]] = seen.get(reply[at + j], 0) + 1
             if not seen:
-                return own
-            out = dict(own or {})
-            for t, c in seen.items():
-                out[t] = out.get(t, 0) + c
+                break
+            t = max(seen, key=seen.__getitem__)
+            if seen[t] <= self.MIN_SHARE * len(alive):
+                break
+            out.append(t)
+            alive = [(r, at) for r, at in alive if at + j < len(r) and r[at + j] == t]
         return out
 
-    def _tally(self, reply: list[int], d: int) -> None:
-        for p, key in _grams(reply, 0, self.n_max):
-            _count(self.counts, key, reply[p], d)
+
+def _matched(reply: list[int], at: int, context: Sequence[int], m: int, most: int) -> int:
+    """How many tokens before ``reply[at]`` equal the end of ``context`` (``m`` do)."""
+    while m < most and m < at and m < len(context) and reply[at - m - 1] == context[-m - 1]:
+        m += 1
+    return m
 
 
 class Lookup:
@@ -351,10 +409,8 @@ class Lookup:
         tokens: Sequence[int],
         n_min: int = 2,
         n_max: int = 4,
-        memory: Memory | None = None,
     ) -> None:
         self.n_min, self.n_max = n_min, n_max
-        self.memory = memory  # what the model wrote in earlier replies
         self.hist: list[int] = []
         self.index: dict[tuple[int, ...], int] = {}  # n-gram -> where its continuation is
         self.counts: dict[tuple[int, ...], dict[int, int]] = {}  # n-gram -> what followed it
@@ -417,8 +473,6 @@ class Lookup:
         for n in range(min(self.n_max, len(ctx)), 0, -1):
             key = tuple(ctx[-n:])
             seen = self.counts.get(key)
-            if self.memory is not None:
-                seen = self.memory.merged(key, seen)
             if seen:
                 t = max(seen, key=seen.__getitem__)
                 c = seen[t]
@@ -565,7 +619,8 @@ class Speculation:
         draft: DraftModel | None,
         memory: Memory | None = None,
     ) -> None:
-        self.lookup = Lookup(tokens, memory=memory) if mode in ("lookup", "auto") else None
+        self.lookup = Lookup(tokens) if mode in ("lookup", "auto") else None
+        self.memory = memory if self.lookup is not None else None  # earlier replies
         self.draft = draft if mode in ("draft", "auto") else None
         if mode == "auto" and draft is not None and draft.behind(tokens) >= AUTO_MIN_PROMPT:
             self.draft = None
@@ -573,11 +628,15 @@ class Speculation:
         self.controllers = {
             "copy": Controller(costs),
             "ngram": Controller(costs),
+            "memory": Controller(costs),
             # asked for, a draft starts trusted; under auto it must earn its place
             "draft": Controller(costs, prior=DRAFT_PRIOR if mode == "draft" else PRIOR, fade=1.0),
+            # the text a grammar forces is what the model writes, bar its tokenization
+            "grammar": Controller(costs, prior=DRAFT_PRIOR, fade=1.0),
         }
         self.source = ""  # where the last guess came from
         self.guessed = 0  # how many tokens it guessed (before padding)
+        self.forced = 0  # of those, the first ones its grammar forced
 
     def begin(self, prompt: Sequence[int]) -> None:
         """The prompt is read: a draft model that will guess reads it now too, with the
@@ -592,13 +651,48 @@ class Speculation:
 
     def record(self, drafted: int, accepted: int) -> None:
         """How the last guess went: of its :attr:`guessed` tokens (not the padding)."""
+        f = min(self.forced, drafted)
+        if f:  # the grammar's part, then what the n-grams said after it
+            self.controllers["grammar"].record(f, min(accepted, f))
+            drafted, accepted = drafted - f, max(0, accepted - f)
+            if not drafted:
+                return
         if self.source:
             self.controllers[self.source].record(drafted, accepted)
 
-    def guess(self, history: list[int], room: int = MAX_DRAFT) -> list[int]:
+    def guess(
+        self, history: list[int], room: int = MAX_DRAFT, forced: Sequence[int] = ()
+    ) -> list[int]:
         """At most ``room`` guesses to verify after ``history`` (which ends with the
-        pending token)."""
+        pending token); ``forced``: the tokens of the text the request's grammar lets
+        come next (:meth:`ggrun.llama.Sampler.forced`), guessed first unless another
+        source's guess already starts with them."""
         room = min(room, MAX_DRAFT)
+        self.forced = 0
+        guesses = self._guess(history, room)
+        forced = list(forced[:room])
+        if not forced or guesses[: len(forced)] == forced:
+            return guesses
+        k, _ = self.controllers["grammar"].plan(len(forced))
+        if not k:
+            return guesses
+        forced = forced[:k]
+        source, more = self._after(history + forced, room - k)
+        k_more = self.controllers[source].plan(len(more))[0] if more else 0
+        self.source, self.forced = source, k
+        self.guessed = k + k_more
+        return self._pad(forced + more[:k_more], room)
+
+    def _after(self, history: list[int], room: int) -> tuple[str, list[int]]:
+        """What comes after a grammar's forced text: what earlier replies did there, or
+        else what usually followed its last tokens here."""
+        if room <= 0 or self.lookup is None:
+            return "ngram", []
+        if self.memory is not None and (tokens := self.memory.propose(history, room)):
+            return "memory", tokens
+        return "ngram", self.lookup.ngrams(room, after=history[-self.lookup.n_max :])
+
+    def _guess(self, history: list[int], room: int) -> list[int]:
         best: tuple[float, int, str, list[int]] = (1.0, 0, "", [])
         if self.lookup is not None:
             n = min(self.lookup.available(), room)
@@ -609,6 +703,10 @@ class Speculation:
                 k, gain = self.controllers[source].plan(len(tokens))
                 if k and gain > best[0]:
                     best = (gain, k, source, tokens)
+        if self.memory is not None and (tokens := self.memory.propose(history, room)):
+            k, gain = self.controllers["memory"].plan(len(tokens))
+            if k and gain > best[0]:
+                best = (gain, k, "memory", tokens)
         if self.draft is not None:
             ctl, one = self.controllers["draft"], self.costs.one
             if one and self.draft.seconds_per_token:

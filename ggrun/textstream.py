@@ -54,6 +54,7 @@ class Chunk:
     thinking_time: float = 0.0  # seconds the model spent in its thought
     drafted_tokens: int = 0  # speculative decoding: tokens guessed ...
     accepted_tokens: int = 0  # ... and of those, the ones the model confirmed
+    forced_tokens: int = 0  # ... and of those, the ones its grammar forced
     prompt_tps: float = 0.0
     generation_tps: float = 0.0
     ttft: float = 0.0  # seconds from the start of the request to its first token
@@ -74,6 +75,7 @@ STATS = (
     "thinking_time",
     "drafted_tokens",
     "accepted_tokens",
+    "forced_tokens",
     "cached_tokens",
     "prompt_tps",
     "generation_tps",
@@ -93,6 +95,7 @@ class Result:
     thinking_time: float = 0.0
     drafted_tokens: int = 0
     accepted_tokens: int = 0
+    forced_tokens: int = 0  # of accepted_tokens, those a grammar forced
     cached_tokens: int = 0
     prompt_tps: float = 0.0
     generation_tps: float = 0.0

@@ -73,16 +73,21 @@ def test_a_copy_is_not_trusted_where_the_text_went_on_differently_each_time() ->
     assert look.ngrams() == []
 
 
-def test_earlier_replies_teach_the_ngrams() -> None:
+def test_earlier_replies_are_guessed_where_they_match_the_longest() -> None:
     """The keys of a JSON object are nowhere in a new document, but earlier replies wrote
-    them: after (8, 7) came 1, 2 each time."""
+    them; where several went on differently, the ones that match more of the text decide."""
     memory = speculative.Memory()
-    assert speculative.Lookup([5, 8, 7], memory=memory).ngrams() == []
+    assert memory.propose([5, 8, 7]) == []
     memory.learn([8, 7, 1, 2, 9])
     memory.learn([3, 8, 7, 1, 2, 9])
-    look = speculative.Lookup([5, 8, 7], memory=memory)
-    assert look.ngrams(3) == [1, 2, 9]
-    assert look.available() == 0  # the memory feeds the n-grams, never the copy
+    assert memory.propose([5, 8, 7], 2) == [1, 2]
+    assert memory.propose([5, 8, 7]) == [1, 2, 9]  # to where the replies end
+    memory.learn([4, 4, 6, 8, 7, 5, 5])  # after (6, 8, 7) it went on with 5, 5
+    assert memory.propose([6, 8, 7]) == [5, 5]  # the longer match wins
+    assert memory.propose([0, 8, 7]) == [1, 2, 9]  # matched as long: 2 of 3 say 1, 2, 9
+    memory.learn([0, 8, 7, 6])
+    memory.learn([0, 8, 7, 5])
+    assert memory.propose([0, 8, 7]) == []  # 6 once, 5 once: no continuation is most
 
 
 def test_memory_forgets_the_oldest_replies_and_leaves_nothing_behind(
@@ -96,11 +101,41 @@ def test_memory_forgets_the_oldest_replies_and_leaves_nothing_behind(
     assert memory.size <= 10 and list(memory.replies) == replies[2:]
     for r in replies[2:]:
         fresh.learn(r)
-    assert memory.counts == fresh.counts  # forgotten counts are gone, not zero
+
+    def places(m: speculative.Memory) -> dict[Any, list[Any]]:  # by reply, not number
+        return {k: [(m.replies[n - m.first], at) for n, at in v] for k, v in m.index.items()}
+
+    assert places(memory) == places(fresh)  # forgotten places are gone
+    assert memory.propose([3, 1, 2]) == [4, 8]
     memory.learn(list(range(100)))  # one long reply: its last LIMIT tokens
     assert memory.size == 10 and memory.replies[-1] == list(range(90, 100))
+    assert memory.propose([1, 2]) == []
     memory.clear()
-    assert not memory.counts and not memory.replies
+    assert not memory.index and not memory.replies and memory.propose([95, 96]) == []
+
+
+def test_a_request_without_memory_neither_guesses_from_it_nor_teaches_it(smol: Any) -> None:
+    smol.memory.clear()
+    first = _chat(smol, PROMPTS[4], temperature=0, speculative="off")
+    again = _chat(smol, PROMPTS[4], temperature=0, speculative="lookup", memory=False)
+    assert again.text == first.text and len(smol.memory.replies) == 1
+    with_memory = _chat(smol, PROMPTS[4], temperature=0, speculative="lookup")
+    assert with_memory.accepted_tokens > again.accepted_tokens  # the memory did guess
+    assert len(smol.memory.replies) == 2
+
+
+def test_a_model_loaded_without_memory_has_none(smol_path: Path) -> None:
+    with Model(smol_path, LoadConfig(n_ctx=512, memory=False)) as m:
+        assert m.memory is None
+        r = _chat(m, PROMPTS[4], temperature=0, speculative="lookup")
+        assert r.text
+    with load(str(smol_path), n_ctx=512, memory=False) as m:  # as `ggrun serve --no-memory`
+        assert m.memory is None
+    from typer.testing import CliRunner
+
+    from ggrun.cli.app import app
+
+    assert "--no-memory" in CliRunner().invoke(app, ["serve", "--help"]).output
 
 
 def test_a_model_remembers_its_replies_for_later_requests(smol: Any) -> None:

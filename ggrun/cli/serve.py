@@ -94,6 +94,15 @@ def serve(
             "closed, so that small models answer from the result instead of looping.",
         ),
     ] = False,
+    memory: Annotated[
+        bool,
+        typer.Option(
+            "--memory/--no-memory",
+            help="Guess from the model's recent replies (speculative decoding, --speculate). "
+            "--no-memory on a shared server: a request's speed could tell whether it repeats "
+            "what the model told someone else.",
+        ),
+    ] = True,
     *,
     opts: dict[str, Any],
 ) -> None:
@@ -145,7 +154,7 @@ def serve(
     first = next(iter(ids))
 
     def loader(ref: str) -> Any:
-        return options.load_model(ref, opts, context=False)
+        return options.load_model(ref, opts, context=False, memory=memory)
 
     pool = Pool(ids, loader, parallel=parallel, slot_ctx=opts.get("ctx"), max_loaded=max_loaded,
                 keep_alive=ka)  # fmt: skip

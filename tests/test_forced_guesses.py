@@ -1,0 +1,113 @@
+"""Tokens a grammar forces are guessed (issue 28, part 1): the probe finds the forced text,
+and on the real models greedy output equals plain decoding's while fewer steps are
+verified than tokens written. Speed: benchmarks/speculative.py, never here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ggrun import llama
+from ggrun.sampling import SamplingConfig
+from ggrun.schema_gbnf import schema_to_gbnf
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "email": {"type": "string"},
+        "city": {"type": "string"},
+        "status": {"enum": ["active", "inactive"]},
+        "age": {"type": "integer"},
+    },
+    "required": ["name", "email", "city", "status", "age"],
+}
+DOC = (
+    "Hi, I'm Dana Whitfield from Orbital Freight in Leeds, 41 years old. Reach me at "
+    "dana.w@orbitalfreight.co.uk. Our account is still active."
+)
+CONTACT = {
+    "type": "function",
+    "function": {
+        "name": "save_contact",
+        "description": "Save a contact to the address book.",
+        "parameters": SCHEMA,
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def probe(qwen_path: Path) -> Any:
+    w = llama.Weights(qwen_path)
+    ctx = llama.Context(w, llama.ContextParams(n_ctx=256))
+    s = llama.Sampler(SamplingConfig(temperature=0), ctx, schema_to_gbnf(SCHEMA))
+    yield w, s
+    s.close()
+    ctx.close()
+    w.close()
+
+
+def test_the_probe_finds_the_text_the_grammar_forces(probe: Any) -> None:
+    w, s = probe
+    assert s.forced() == '{"name": "'  # the keys' order is fixed, and json.dumps's spaces
+    seen = []
+    for t in w.tokenize('{"name": "Bo", "email": "b@x.io", "city": "Leeds", "status": "act'):
+        s.accept(t)
+        seen.append(s.forced(w.token_text(t)))
+    assert seen[0] == 'name": "'  # after '{"'
+    assert 'email": "' in seen and 'city": "' in seen
+    assert seen[-1] == 'ive", "age":'  # an enum's tail, to the next choice (a trailing space
+    # is left to the model, which writes it with the digit: ' 4')
+    assert seen[1] == '": "'  # after 'name'
+
+
+def test_no_grammar_forces_nothing(qwen_path: Path) -> None:
+    with llama.Weights(qwen_path) as w:
+        ctx = llama.Context(w, llama.ContextParams(n_ctx=64))
+        s = llama.Sampler(SamplingConfig(temperature=0), ctx)
+        try:
+            assert s.forced() == ""
+        finally:
+            s.close()
+            ctx.close()
+
+
+def _extract(model: Any, mode: str, as_: str = "JSON", **kw: Any) -> Any:
+    model.memory.clear()  # guesses from the grammar and the prompt only
+    msgs = [{"role": "user", "content": f"Extract the contact as {as_}.\n\n" + DOC}]
+    return model.chat(msgs, temperature=0, max_tokens=160, speculative=mode, **kw)
+
+
+@pytest.mark.parametrize("which", ["smol", "qwen"])
+def test_a_schema_reply_is_plain_decodings_in_fewer_steps(which: str, request: Any) -> None:
+    model = request.getfixturevalue(which)
+    plain = _extract(model, "off", schema=SCHEMA)
+    fast = _extract(model, "lookup", schema=SCHEMA)
+    assert fast.text == plain.text
+    assert fast.forced_tokens > 0 and plain.forced_tokens == 0
+    steps = fast.completion_tokens - fast.accepted_tokens  # one token sampled a step
+    assert steps <= fast.completion_tokens - fast.forced_tokens < fast.completion_tokens
+
+
+def test_a_forced_tool_call_is_plain_decodings(qwen: Any) -> None:
+    kw: dict[str, Any] = {"tools": [CONTACT], "tool_choice": "required"}
+    plain = _extract(qwen, "off", **kw)
+    fast = _extract(qwen, "lookup", **kw)
+    assert plain.tool_calls and fast.text == plain.text
+    assert [(c.name, c.arguments) for c in fast.tool_calls] == [
+        (c.name, c.arguments) for c in plain.tool_calls
+    ]
+    assert fast.forced_tokens > 0
+
+
+def test_a_format_reply_is_plain_decodings(qwen: Any) -> None:
+    kw: dict[str, Any] = {"format": "csv", "columns": ["name", "email", "city", "status"]}
+    # asked for CSV: asked for JSON and held to CSV, the 0.5B hesitates between near-tied
+    # tokens, and a verify batch's rounding (README: speculative decoding) can flip one
+    plain = _extract(qwen, "off", "CSV", **kw)
+    fast = _extract(qwen, "lookup", "CSV", **kw)
+    assert fast.text == plain.text
+    assert fast.text.startswith("name,email,city,status")
+    assert fast.forced_tokens > 0  # the header, at least
