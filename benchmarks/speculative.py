@@ -307,17 +307,18 @@ def main() -> None:
 
 
 def report(rows: list[dict[str, Any]]) -> None:
-    modes = [k for k in rows[0] if k not in ("task", "prompt")]
+    modes = list(dict.fromkeys(k for r in rows for k in r if k not in ("task", "prompt")))
     print("| task | " + " | ".join(f"{m} tok/s (x plain)" for m in modes) + " |")
     print("|---" * (len(modes) + 1) + "|")
     for task in dict.fromkeys(r["task"] for r in rows):
         rs = [r for r in rows if r["task"] == task]
         cells = []
         for m in modes:
-            tps = [r[m]["tps"] for r in rs if r[m].get("tps")]
-            ratios = [r[m]["ratio"] for r in rs if r[m].get("ratio")]
-            acc = [r[m]["accept"] for r in rs if r[m].get("accept") is not None]
-            same = [r[m]["same"] for r in rs if "same" in r[m]]
+            got = [r[m] for r in rs if m in r]  # llama.cpp's tools skip some tasks
+            tps = [g["tps"] for g in got if g.get("tps")]
+            ratios = [g["ratio"] for g in got if g.get("ratio")]
+            acc = [g["accept"] for g in got if g.get("accept") is not None]
+            same = [g["same"] for g in got if "same" in g]
             cell = f"{statistics.median(tps):.1f}" if tps else "-"
             if ratios and m != "plain":
                 cell += f" ({statistics.median(ratios):.2f}x"

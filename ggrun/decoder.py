@@ -191,7 +191,9 @@ class Decoder:
         if job.speculative != "off":
             mode = job.speculative if self.draft is not None else "lookup"  # no draft here
             memory = self.memory if job.request.memory else None
-            s.spec = speculative.Speculation(mode, job.tokens, self.costs, self.draft, memory)
+            s.spec = speculative.Speculation(
+                mode, job.tokens, self.costs, self.draft, memory, self.ctx.weights.token_bytes
+            )
         self.seqs[seq] = s
         if limit <= 0:
             self._finish(s, "length")
@@ -310,7 +312,8 @@ class Decoder:
             self.batch.capacity - len(s.todo),  # rows left in a step
         )
         if room > 0:
-            s.drafts = s.spec.guess(s.kv + s.todo, room, self._forced(s, room))
+            forced = self._forced(s, room)
+            s.drafts = s.spec.guess(s.kv + s.todo, room, forced, s.sampler.admitted)
 
     def _forced(self, s: Sequence, room: int) -> list[int]:
         """The tokens of the text the sequence's grammar lets come next (none without

@@ -931,6 +931,28 @@ class Sampler:
                 ll.llama_sampler_free(g)
         return "".join(out).rstrip(" ")
 
+    def admitted(self, tokens: Sequence[int]) -> int:
+        """How many of ``tokens``, from the first, could follow here: up to the first one
+        the grammar rejects, and no further than an end of generation (guesses past
+        them are verified for nothing)."""
+        ll, w = self._ll, self._ctx.weights
+        check = self.grammar_active and self._grammar is not None
+        g = ll.llama_sampler_clone(self._grammar) if check and tokens else None
+        n = 0
+        try:
+            for t in tokens:
+                if g is not None:
+                    if not self._allowed(t, g):
+                        break
+                    ll.llama_sampler_accept(g, t)
+                n += 1
+                if w.is_eog(t):
+                    break
+        finally:
+            if g is not None:
+                ll.llama_sampler_free(g)
+        return n
+
     def redraw(self, row: int) -> int:
         """Draw row ``row``'s token again, now with the lazy grammar active (the first
         draw showed the model starting what the grammar constrains)."""
@@ -949,11 +971,11 @@ class Sampler:
             return int(self._ll.llama_sampler_sample(self._chain, self._ctx._handle, row))
         return int(logits.argmax())
 
-    def _allowed(self, token: int) -> bool:
+    def _allowed(self, token: int, grammar: Any = None) -> bool:
         ll = self._ll
         self._one[0] = ll.llama_token_data(token, 0.0, 0.0)
         arr = ll.llama_token_data_array(self._one, 1, -1, False)
-        ll.llama_sampler_apply(self._grammar, ctypes.byref(arr))
+        ll.llama_sampler_apply(self._grammar if grammar is None else grammar, ctypes.byref(arr))
         return bool(self._one[0].logit > _NEG_INF)
 
     def _sample_with_grammar(self, logits: Any) -> int:

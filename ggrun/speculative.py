@@ -28,11 +28,12 @@ source left idle is probed again later.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -403,14 +404,20 @@ class Lookup:
 
     WINDOW = 32  # how far past the divergence the source is searched again
     GOOD_RUN = 8  # tokens a copy must have matched for its divergence to be an edit
+    TEXT_MIN = 3  # bytes a token must have to align a copy by its text alone
 
     def __init__(
         self,
         tokens: Sequence[int],
         n_min: int = 2,
         n_max: int = 4,
+        text_of: Callable[[int], bytes] | None = None,
     ) -> None:
         self.n_min, self.n_max = n_min, n_max
+        self.text_of = text_of  # a token's bytes: a copy can then be found by text
+        self.text = bytearray()  # the bytes of hist, while text_of is given
+        self.ends: list[int] = []  # where each token of hist ends in text
+        self.n_prompt = len(tokens)
         self.hist: list[int] = []
         self.index: dict[tuple[int, ...], int] = {}  # n-gram -> where its continuation is
         self.counts: dict[tuple[int, ...], dict[int, int]] = {}  # n-gram -> what followed it
@@ -422,6 +429,10 @@ class Lookup:
     def _add(self, tokens: Sequence[int]) -> None:
         start = len(self.hist)
         self.hist.extend(tokens)
+        if self.text_of is not None:
+            for t in tokens:
+                self.text += self.text_of(t)
+                self.ends.append(len(self.text))
         for p, key in _grams(self.hist, start, self.n_max):
             _count(self.counts, key, self.hist[p], 1)
             if len(key) >= self.n_min:
@@ -505,6 +516,29 @@ class Lookup:
                 q = self.index.get(tuple(h[-n:]), -1)
                 if 0 <= q < len(h):
                     return q
+        return self._align_text()
+
+    def _align_text(self) -> int:
+        """Where in the prompt the last token's text last ended a longer token (a value
+        the model copies from a document, tokenized otherwise there: ``Ada`` after a
+        quote, against `` Ada``): the token after. -1 if none, or if the token is too
+        short to tell."""
+        if len(self.ends) <= self.n_prompt or not self.n_prompt:
+            return -1
+        piece = bytes(self.text[self.ends[-2] :])
+        if len(piece.strip()) < self.TEXT_MIN:
+            return -1
+        end = self.ends[self.n_prompt - 1]
+        for _ in range(8):  # the latest few occurrences
+            at = self.text.rfind(piece, 0, end)
+            if at < 0:
+                return -1
+            q = bisect.bisect_left(self.ends, at + len(piece))
+            s = bisect.bisect_left(self.ends, at)
+            inside = at > 0 and not (s < len(self.ends) and self.ends[s] == at)
+            if inside and q < len(self.ends) - 2 and self.ends[q] == at + len(piece):
+                return q + 1  # the end of a longer token: the n-grams could not see it
+            end = at + len(piece) - 1
         return -1
 
 
@@ -618,8 +652,9 @@ class Speculation:
         costs: CostModel,
         draft: DraftModel | None,
         memory: Memory | None = None,
+        text_of: Callable[[int], bytes] | None = None,
     ) -> None:
-        self.lookup = Lookup(tokens) if mode in ("lookup", "auto") else None
+        self.lookup = Lookup(tokens, text_of=text_of) if mode in ("lookup", "auto") else None
         self.memory = memory if self.lookup is not None else None  # earlier replies
         self.draft = draft if mode in ("draft", "auto") else None
         if mode == "auto" and draft is not None and draft.behind(tokens) >= AUTO_MIN_PROMPT:
@@ -637,6 +672,7 @@ class Speculation:
         self.source = ""  # where the last guess came from
         self.guessed = 0  # how many tokens it guessed (before padding)
         self.forced = 0  # of those, the first ones its grammar forced
+        self.admit: Callable[[Sequence[int]], int] | None = None
 
     def begin(self, prompt: Sequence[int]) -> None:
         """The prompt is read: a draft model that will guess reads it now too, with the
@@ -661,19 +697,27 @@ class Speculation:
             self.controllers[self.source].record(drafted, accepted)
 
     def guess(
-        self, history: list[int], room: int = MAX_DRAFT, forced: Sequence[int] = ()
+        self,
+        history: list[int],
+        room: int = MAX_DRAFT,
+        forced: Sequence[int] = (),
+        admit: Callable[[Sequence[int]], int] | None = None,
     ) -> list[int]:
         """At most ``room`` guesses to verify after ``history`` (which ends with the
         pending token); ``forced``: the tokens of the text the request's grammar lets
         come next (:meth:`ggrun.llama.Sampler.forced`), guessed first unless another
-        source's guess already starts with them."""
+        source's guess already starts with them; ``admit``: how many first tokens of a
+        guess could follow at all (:meth:`ggrun.llama.Sampler.admitted`): the rest is
+        never guessed (rows may still be padded to the cheaper count)."""
         room = min(room, MAX_DRAFT)
         self.forced = 0
+        self.admit = admit
         guesses = self._guess(history, room)
         forced = list(forced[:room])
         if not forced or guesses[: len(forced)] == forced:
             return guesses
-        k, _ = self.controllers["grammar"].plan(len(forced))
+        ctl = self.controllers["grammar"]
+        k = len(forced) if ctl.rate >= 0.75 else ctl.plan(len(forced))[0]  # all, if it holds
         if not k:
             return guesses
         forced = forced[:k]
@@ -725,6 +769,10 @@ class Speculation:
     def _pad(self, guesses: list[int], room: int) -> list[int]:
         """Guesses up to the cheapest row count: what the n-grams say comes next, or else
         the last guess again (verified like the others, so never wrong, rarely right)."""
+        if self.admit is not None and guesses:
+            guesses = guesses[: self.admit(guesses)]
+            self.guessed = min(self.guessed, len(guesses))
+            self.forced = min(self.forced, len(guesses))
         if not guesses:
             return guesses
         extra = min(self.costs.padded(len(guesses) + 1) - 1, room) - len(guesses)

@@ -111,3 +111,18 @@ def test_a_format_reply_is_plain_decodings(qwen: Any) -> None:
     assert fast.text == plain.text
     assert fast.text.startswith("name,email,city,status")
     assert fast.forced_tokens > 0  # the header, at least
+
+
+def test_guesses_the_grammar_rejects_or_past_the_end_are_cut(qwen_path: Path) -> None:
+    with llama.Weights(qwen_path) as w:
+        ctx = llama.Context(w, llama.ContextParams(n_ctx=64))
+        s = llama.Sampler(SamplingConfig(temperature=0), ctx, schema_to_gbnf(SCHEMA))
+        plain = llama.Sampler(SamplingConfig(temperature=0), ctx)
+        try:
+            ok, bad = w.tokenize('{"name"'), w.tokenize("}")  # a key, then no colon
+            assert s.admitted(ok + bad + ok) == len(ok)
+            assert plain.admitted(ok + [w.eos] + ok) == len(ok) + 1  # no further than the end
+        finally:
+            s.close()
+            plain.close()
+            ctx.close()

@@ -350,3 +350,15 @@ def test_bad_modes_are_refused(smol: Any) -> None:
         _chat(smol, "hi", speculative="turbo")
     with pytest.raises(InvalidArgument, match="draft model"):
         _chat(smol, "hi", speculative="draft")
+
+
+def test_a_copy_is_found_by_its_text_inside_a_longer_token() -> None:
+    """A value copied from a document starts after a quote: ``Ada`` where the document
+    has `` Ada``; the n-grams cannot see it, the text can."""
+    text = {1: b" Name:", 2: b" Ada", 3: b" Lov", 4: b"elace", 5: b' "', 6: b"Ada", 7: b" sea"}
+    look = speculative.Lookup([1, 2, 3, 4, 7], text_of=text.__getitem__)
+    look.extend([5, 6])
+    assert look.available() > 0 and look.propose(2) == [3, 4]
+    look = speculative.Lookup([1, 2, 3, 4, 7], text_of=text.__getitem__)
+    look.extend([5, 7])  # a whole token of the prompt: the n-grams' business, not a copy
+    assert look.available() == 0
