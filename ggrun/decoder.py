@@ -322,7 +322,10 @@ class Decoder:
             return []
         w = self.ctx.weights
         text = s.sampler.forced(w.token_text(s.todo[-1]))
-        return w.tokenize(text)[:room] if text else []
+        tokens = w.tokenize(text) if text else []
+        if s.sampler.forced_end and 0 <= w.eos < w.n_vocab:  # the end of the reply next
+            tokens.append(w.eos)
+        return tokens[:room]
 
     def _fill(self, live: list[Sequence]) -> None:
         b = self.batch

@@ -635,8 +635,9 @@ class _CharProbe:
             toks = weights.tokenize(c)
             if len(toks) == 1 and weights.token_bytes(toks[0]) == c.encode():
                 self.char[toks[0]] = c
-        ends = {t for t in (weights.eos, weights.eot) if 0 <= t < weights.n_vocab}
-        ids = [*self.char, *sorted(ends - self.char.keys())]
+        self.ends = {t for t in (weights.eos, weights.eot) if 0 <= t < weights.n_vocab}
+        self.space = next((t for t, c in self.char.items() if c == " "), None)
+        ids = [*self.char, *sorted(self.ends - self.char.keys())]
         fields = [("id", "<i4"), ("logit", "<f4"), ("p", "<f4")]
         self.ids = np.asarray(ids, dtype=np.int32)
         self.buf = np.zeros(len(ids), dtype=np.dtype(fields, align=True))
@@ -652,6 +653,11 @@ class _CharProbe:
         arr = ll.llama_token_data_array(data, len(b), -1, False)
         ll.llama_sampler_apply(grammar, ctypes.byref(arr))
         return [int(t) for t in self.ids[np.flatnonzero(b["logit"] > _NEG_INF)]]
+
+    def may_end(self, ll: Any, grammar: Any) -> bool:
+        """The grammar may end here, and allows nothing else but a space."""
+        ok = set(self.allowed(ll, grammar))
+        return bool(ok & self.ends) and ok <= self.ends | {self.space}
 
     def next_char(self, ll: Any, grammar: Any, before: str) -> int | None:
         """The character token that comes next: the only one allowed; or, where the
@@ -837,6 +843,7 @@ class Sampler:
         self._chain: Any = None
         self._grammar: Any = None
         self.grammar_active = grammar is not None and not lazy
+        self.forced_end = False  # the last forced text ends the grammar (Sampler.forced)
         self._cand: _Candidates | None = None
         last_n = settings.repeat_last_n if settings.repeat_last_n >= 0 else ctx.seq_ctx
         self._penalties = (
@@ -908,11 +915,14 @@ class Sampler:
         """The text the grammar lets come next, up to ``limit`` characters, after text
         ending in ``before``: each character it allows alone, and at an optional space
         (JSON's) the way ``json.dumps`` writes; '' where it allows a real choice, or is
-        off or still waiting. Found by probing the grammar with the vocabulary's
-        one-character tokens (on a copy of its state once a character is found); a
-        trailing space is left out (the model writes it with what follows). These are
-        guesses for speculative decoding: the model still picks every token, so a guess
-        that misses costs speed, never text."""
+        off or still waiting. :attr:`forced_end`: the grammar is done after it.
+
+        Found by probing the grammar with the vocabulary's one-character tokens (on a
+        copy of its state once a character is found); a trailing space is left out (the
+        model writes it with what follows). These are guesses for speculative decoding:
+        the model still picks every token, so a guess that misses costs speed, never
+        text."""
+        self.forced_end = False
         if not self.grammar_active or self._grammar is None:
             return ""
         ll, probe = self._ll, self._ctx.weights.char_probe()
@@ -926,6 +936,8 @@ class Sampler:
                     g = ll.llama_sampler_clone(g)
                 ll.llama_sampler_accept(g, token)
                 out.append(probe.char[token])
+            # the grammar done (a space at most may follow): the reply ends, as json.dumps's
+            self.forced_end = len(out) < limit and probe.may_end(ll, g)
         finally:
             if g is not self._grammar:
                 ll.llama_sampler_free(g)

@@ -126,3 +126,20 @@ def test_guesses_the_grammar_rejects_or_past_the_end_are_cut(qwen_path: Path) ->
             s.close()
             plain.close()
             ctx.close()
+
+
+def test_the_probe_sees_where_the_grammar_ends(qwen_path: Path) -> None:
+    schema = {"type": "object", "properties": {"s": {"enum": ["yes"]}}, "required": ["s"]}
+    with llama.Weights(qwen_path) as w:
+        ctx = llama.Context(w, llama.ContextParams(n_ctx=64))
+        s = llama.Sampler(SamplingConfig(temperature=0), ctx, schema_to_gbnf(schema))
+        try:
+            assert s.forced() == '{"s": "yes"}' and s.forced_end  # the whole reply, then the end
+            for t in w.tokenize('{"s": "y'):
+                s.accept(t)
+            assert s.forced("y") == 'es"}' and s.forced_end
+            s.accept(w.tokenize("es")[0])
+            assert s.forced("s") == '"}' and s.forced_end
+        finally:
+            s.close()
+            ctx.close()
