@@ -527,6 +527,7 @@ class Batch:
 DEFAULT_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: a random seed
 LAZY_ROOT = "ggrun-lazy-root"  # a lazy grammar may start after whitespace
 GRAMMAR_STEP_BUDGET = 0.25  # seconds of grammar work one token may cost
+FORCED_BUDGET = 0.005  # seconds of probing for a grammar's forced text, a step (a guess)
 _NEG_INF = -3.0e38
 
 
@@ -927,8 +928,9 @@ class Sampler:
             return ""
         ll, probe = self._ll, self._ctx.weights.char_probe()
         g, out = self._grammar, list[str]()
+        t0 = time.perf_counter()
         try:
-            while len(out) < limit:
+            while len(out) < limit and time.perf_counter() - t0 < FORCED_BUDGET:
                 token = probe.next_char(ll, g, out[-1] if out else before[-1:])
                 if token is None:
                     break
