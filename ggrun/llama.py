@@ -639,17 +639,17 @@ class _CharProbe:
         self.ends = {t for t in (weights.eos, weights.eot) if 0 <= t < weights.n_vocab}
         self.space = next((t for t, c in self.char.items() if c == " "), None)
         ids = [*self.char, *sorted(self.ends - self.char.keys())]
-        fields = [("id", "<i4"), ("logit", "<f4"), ("p", "<f4")]
         self.ids = np.asarray(ids, dtype=np.int32)
-        self.buf = np.zeros(len(ids), dtype=np.dtype(fields, align=True))
 
     def allowed(self, ll: Any, grammar: Any) -> list[int]:
         """The probe tokens ``grammar`` allows now (an end of generation among them when
-        it may end here)."""
+        it may end here). An array of its own each call: samplers of other threads probe
+        the same vocabulary, and llama.cpp runs without the GIL."""
         import numpy as np
 
-        b = self.buf
-        b["id"], b["logit"], b["p"] = self.ids, 0.0, 0.0
+        fields = [("id", "<i4"), ("logit", "<f4"), ("p", "<f4")]
+        b = np.zeros(len(self.ids), dtype=np.dtype(fields, align=True))
+        b["id"] = self.ids
         data = b.ctypes.data_as(ctypes.POINTER(ll.llama_token_data))
         arr = ll.llama_token_data_array(data, len(b), -1, False)
         ll.llama_sampler_apply(grammar, ctypes.byref(arr))

@@ -688,11 +688,11 @@ class Speculation:
     def record(self, drafted: int, accepted: int) -> None:
         """How the last guess went: of its :attr:`guessed` tokens (not the padding)."""
         f = min(self.forced, drafted)
-        if f:  # the grammar's part, then what the n-grams said after it
+        if f:  # the grammar's part, then what came after it, if the model got there
             self.controllers["grammar"].record(f, min(accepted, f))
-            drafted, accepted = drafted - f, max(0, accepted - f)
-            if not drafted:
+            if accepted < f or drafted == f:
                 return
+            drafted, accepted = drafted - f, accepted - f
         if self.source:
             self.controllers[self.source].record(drafted, accepted)
 
