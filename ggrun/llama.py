@@ -564,17 +564,17 @@ def _grammar_problem(grammar: str, log: list[str]) -> str:
 
 
 class _Candidates:
-    """A reusable ``llama_token_data_array`` over the whole vocabulary."""
+    """A reusable ``llama_token_data_array`` over the whole vocabulary (or over ``ids``)."""
 
-    def __init__(self, n_vocab: int) -> None:
+    def __init__(self, n_vocab: int, ids: Any = None) -> None:
         import numpy as np
 
         ll = _ll()
         self._ll = ll
+        self.ids = np.arange(n_vocab, dtype=np.int32) if ids is None else ids
+        self.n = len(self.ids)
         fields = [("id", "<i4"), ("logit", "<f4"), ("p", "<f4")]
-        self.buf = np.zeros(n_vocab, dtype=np.dtype(fields, align=True))
-        self.ids = np.arange(n_vocab, dtype=np.int32)
-        self.n = n_vocab
+        self.buf = np.zeros(self.n, dtype=np.dtype(fields, align=True))
 
     def load(self, logits: Any) -> Any:
         self.buf["id"] = self.ids
@@ -585,6 +585,10 @@ class _Candidates:
 
     def any_allowed(self) -> bool:
         return bool((self.buf["logit"] > _NEG_INF).any())
+
+    def allowed(self) -> list[int]:
+        """The ids a grammar applied to the array left allowed."""
+        return [int(t) for t in self.ids[self.buf["logit"] > _NEG_INF]]
 
 
 def check_grammar(
@@ -645,15 +649,9 @@ class _CharProbe:
         """The probe tokens ``grammar`` allows now (an end of generation among them when
         it may end here). An array of its own each call: samplers of other threads probe
         the same vocabulary, and llama.cpp runs without the GIL."""
-        import numpy as np
-
-        fields = [("id", "<i4"), ("logit", "<f4"), ("p", "<f4")]
-        b = np.zeros(len(self.ids), dtype=np.dtype(fields, align=True))
-        b["id"] = self.ids
-        data = b.ctypes.data_as(ctypes.POINTER(ll.llama_token_data))
-        arr = ll.llama_token_data_array(data, len(b), -1, False)
-        ll.llama_sampler_apply(grammar, ctypes.byref(arr))
-        return [int(t) for t in self.ids[np.flatnonzero(b["logit"] > _NEG_INF)]]
+        cand = _Candidates(0, self.ids)
+        ll.llama_sampler_apply(grammar, ctypes.byref(cand.load(0.0)))
+        return cand.allowed()
 
     def may_end(self, ll: Any, grammar: Any) -> bool:
         """The grammar may end here, and allows nothing else but a space."""

@@ -672,7 +672,6 @@ class Speculation:
         self.source = ""  # where the last guess came from
         self.guessed = 0  # how many tokens it guessed (before padding)
         self.forced = 0  # of those, the first ones its grammar forced
-        self.admit: Callable[[Sequence[int]], int] | None = None
 
     def begin(self, prompt: Sequence[int]) -> None:
         """The prompt is read: a draft model that will guess reads it now too, with the
@@ -711,8 +710,7 @@ class Speculation:
         never guessed (rows may still be padded to the cheaper count)."""
         room = min(room, MAX_DRAFT)
         self.forced = 0
-        self.admit = admit
-        guesses = self._guess(history, room)
+        guesses = self._guess(history, room, admit)
         forced = list(forced[:room])
         if not forced or guesses[: len(forced)] == forced:
             return guesses
@@ -725,7 +723,7 @@ class Speculation:
         k_more = self.controllers[source].plan(len(more))[0] if more else 0
         self.source, self.forced = source, k
         self.guessed = k + k_more
-        return self._pad(forced + more[:k_more], room)
+        return self._pad(forced + more[:k_more], room, admit)
 
     def _after(self, history: list[int], room: int) -> tuple[str, list[int]]:
         """What comes after a grammar's forced text: what earlier replies did there, or
@@ -736,7 +734,9 @@ class Speculation:
             return "memory", tokens
         return "ngram", self.lookup.ngrams(room, after=history[-self.lookup.n_max :])
 
-    def _guess(self, history: list[int], room: int) -> list[int]:
+    def _guess(
+        self, history: list[int], room: int, admit: Callable[[Sequence[int]], int] | None
+    ) -> list[int]:
         best: tuple[float, int, str, list[int]] = (1.0, 0, "", [])
         if self.lookup is not None:
             n = min(self.lookup.available(), room)
@@ -764,13 +764,15 @@ class Speculation:
             assert self.draft is not None
             tokens = self.draft.propose(history, k)
         self.guessed = len(tokens[:k])
-        return self._pad(tokens[:k], room)
+        return self._pad(tokens[:k], room, admit)
 
-    def _pad(self, guesses: list[int], room: int) -> list[int]:
+    def _pad(
+        self, guesses: list[int], room: int, admit: Callable[[Sequence[int]], int] | None
+    ) -> list[int]:
         """Guesses up to the cheapest row count: what the n-grams say comes next, or else
         the last guess again (verified like the others, so never wrong, rarely right)."""
-        if self.admit is not None and guesses:
-            guesses = guesses[: self.admit(guesses)]
+        if admit is not None and guesses:
+            guesses = guesses[: admit(guesses)]
             self.guessed = min(self.guessed, len(guesses))
             self.forced = min(self.forced, len(guesses))
         if not guesses:
