@@ -8,6 +8,9 @@ every side alike) of:
 - ggrun's public streaming API: a 512-token prompt processed in one batch (pp512), and
   128 tokens generated one at a time through ``Model.stream`` with greedy sampling (tg128;
   unlike llama-bench this includes sampling and detokenization).
+Each side runs while no other process maps the model file: on a 2-core Xeon VM a second
+process holding it made decoding ~4% faster, for llama-bench and ggrun alike, and an
+earlier version of this program gave llama-bench that edge (its parent held the model).
 Then a 10-turn chat, twice, recording the time to first token of each turn (KV reuse).
 
 It prints medians, spreads and the ratios, and writes JSON (``--out``).
@@ -203,24 +206,27 @@ def main() -> None:
             got["ggrun"] = ggrun_speed(model, rng, args.presets)
         print(json.dumps(got))
         return
-    with Model(path, cfg) as model:
-        ggrun_speed(model, rng)  # burn in
-        in_process_native(model, rng)
-        for r in range(args.rounds):  # interleave, so that drift on a shared host hits all
-            print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
-            rounds = [("llama_bench", llama_bench(path, args.threads, args.reps))]
-            if args.fresh:
-                child = [sys.executable, __file__, "--child", "--model", str(path)]
-                child += ["--threads", str(args.threads)] + (["--presets"] if args.presets else [])
-                out = subprocess.run(child, capture_output=True, text=True, check=True)
-                rounds += list(json.loads(out.stdout.strip().splitlines()[-1]).items())
-            else:
+    for r in range(args.rounds):  # interleave, so that drift on a shared host hits all
+        print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
+        # each side runs while no other process maps the model: on this host, a process
+        # holding the same file open makes another one's decoding ~4% faster (RESULTS.md)
+        rounds = [("llama_bench", llama_bench(path, args.threads, args.reps))]
+        if args.fresh:
+            child = [sys.executable, __file__, "--child", "--model", str(path)]
+            child += ["--threads", str(args.threads)] + (["--presets"] if args.presets else [])
+            out = subprocess.run(child, capture_output=True, text=True, check=True)
+            rounds += list(json.loads(out.stdout.strip().splitlines()[-1]).items())
+        else:
+            with Model(path, cfg) as model:
+                ggrun_speed(model, rng)  # burn in
+                in_process_native(model, rng)
                 rounds.append(("native_in_process", in_process_native(model, rng)))
                 rounds.append(("ggrun", ggrun_speed(model, rng, args.presets)))
-            for side, got in rounds:
-                for k, v in got.items():
-                    res[side].setdefault(k, [])
-                    res[side][k] += v
+        for side, got in rounds:
+            for k, v in got.items():
+                res[side].setdefault(k, [])
+                res[side][k] += v
+    with Model(path, cfg) as model:
         turns = [ttft(model) for _ in range(2)]
     result: dict[str, Any] = {
         "model": path.name,

@@ -192,8 +192,9 @@ class Decoder:
             mode = job.speculative if self.draft is not None else "lookup"  # no draft here
             memory = self.memory if job.request.memory else None
             s.spec = speculative.Speculation(
-                mode, job.tokens, self.costs, self.draft, memory, self.ctx.weights.token_bytes
-            )
+                mode, job.tokens, self.costs, self.draft, memory,
+                self.ctx.weights.token_bytes, self.ctx.weights.tokenize,
+            )  # fmt: skip
         self.seqs[seq] = s
         if limit <= 0:
             self._finish(s, "length")

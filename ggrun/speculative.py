@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import re
 import threading
 import time
 from collections import deque
@@ -61,6 +62,12 @@ AUTO_MIN_PROMPT = 64  # auto: look up only in prompts at least this long; and wi
 # the context's own n-grams, common/ngram-cache.cpp)
 NGRAM_MIN_COUNT = {1: 2, 2: 2, 3: 1, 4: 1}
 NGRAM_MIN_SHARE = {1: 0.66, 2: 0.5, 3: 0.5, 4: 0.5}
+RUN_MIN = 4  # tokens a copy must have held for to be judged as a run
+# A value copied into a JSON object usually follows its key's name in the document, as a
+# label ("Email: ada@example.org", "opened 2010-01-10"): after a grammar forces a key and
+# the value's start, the text after that label is guessed (the controller cuts it)
+LABEL_BYTES = 160
+_KEY_AT_END = re.compile(rb'"([A-Za-z][A-Za-z0-9_ -]{0,47})"[ \t]*:[ \t]*"?\Z')
 
 
 @dataclass(frozen=True)
@@ -212,11 +219,12 @@ class Controller:
         """The draft length with the most tokens per unit of cost (0 when none pays)."""
         return self.plan(available)[0]
 
-    def plan(self, available: int, lag: int = 0) -> tuple[int, float]:
+    def plan(self, available: int, lag: int = 0, floor: float = 0.0) -> tuple[int, float]:
         """The best draft length and its tokens per unit of cost (plain decoding: 1);
-        ``lag``: tokens a draft model must read before it guesses."""
+        ``lag``: tokens a draft model must read before it guesses; ``floor``: the least
+        chance of acceptance to plan with, whatever the record says."""
         read = self.catch_up * max(0, lag - 2)  # a token or two read is part of a guess
-        r = min(self.rate, 0.995)
+        r = min(max(self.rate, floor), 0.995)
         best_k, best = 0, 1.0
         for k in KS[1:]:
             if k > available:
@@ -424,6 +432,7 @@ class Lookup:
         self.ptr = -1  # where the copy source continues, while the text keeps to it
         self.anchor = -1  # where the copy stopped, the last time the text departed
         self.run = 0  # tokens the text has kept to the copy since it was aligned
+        self.labels: dict[bytes, bytes] = {}  # a key -> the text after its label
         self._add(tokens)
 
     def _add(self, tokens: Sequence[int]) -> None:
@@ -501,6 +510,19 @@ class Lookup:
                 return total >= 2 and 2 * max(seen.values()) < total
         return False
 
+    def labelled(self, text: bytes) -> bytes:
+        """The prompt's text after the label of the JSON key that ``text`` ends on, as a
+        value's start (``ada@example.org. Phone: +44…`` after ``"email": "`` where the
+        document says ``Email: ada@example.org. Phone: +44…``), to its line's end; empty
+        where ``text`` ends on no key, or the prompt has no such label."""
+        m = _KEY_AT_END.search(text[-64:])
+        if m is None or not self.n_prompt or len(self.ends) < self.n_prompt:
+            return b""
+        key = m.group(1)
+        if key not in self.labels:
+            self.labels[key] = _label(bytes(self.text[: self.ends[self.n_prompt - 1]]), key)
+        return self.labels[key]
+
     def _align(self) -> int:
         h = self.hist
         a, self.anchor, self.run = self.anchor, -1, 0  # each divergence is tried once
@@ -540,6 +562,28 @@ class Lookup:
                 return q + 1  # the end of a longer token: the n-grams could not see it
             end = at + len(piece) - 1
         return -1
+
+
+def _label(prompt: bytes, key: bytes) -> bytes:
+    """The text after ``key`` as a label in ``prompt`` (its words in any case, joined by a
+    space, ``_`` or ``-`` or nothing; then ``:`` or ``=``, or else a space): the first
+    such label with a colon, or else the first one. Empty if none."""
+    words = [re.escape(w) for w in re.split(rb"[ _-]+", key) if w]
+    if not words:
+        return b""
+    name = rb"(?<![A-Za-z0-9_])" + rb"[ _-]?".join(words) + rb"(?![A-Za-z0-9_])"
+    spaced = None
+    for m in re.finditer(name + rb"([ \t]*[:=][ \t]*|[ \t]+)", prompt, re.IGNORECASE):
+        if b":" in m.group(1) or b"=" in m.group(1):
+            return _line(prompt, m.end())
+        if spaced is None:
+            spaced = m.end()
+    return b"" if spaced is None else _line(prompt, spaced)
+
+
+def _line(text: bytes, at: int) -> bytes:
+    end = text.find(b"\n", at, at + LABEL_BYTES)
+    return text[at : end if end >= 0 else at + LABEL_BYTES]
 
 
 class DraftModel:
@@ -653,8 +697,10 @@ class Speculation:
         draft: DraftModel | None,
         memory: Memory | None = None,
         text_of: Callable[[int], bytes] | None = None,
+        tokenize: Callable[[str], list[int]] | None = None,
     ) -> None:
         self.lookup = Lookup(tokens, text_of=text_of) if mode in ("lookup", "auto") else None
+        self.tokenize = tokenize  # a value found after its label is guessed in its tokens
         self.memory = memory if self.lookup is not None else None  # earlier replies
         self.draft = draft if mode in ("draft", "auto") else None
         if mode == "auto" and draft is not None and draft.behind(tokens) >= AUTO_MIN_PROMPT:
@@ -662,8 +708,10 @@ class Speculation:
         self.costs = costs
         self.controllers = {
             "copy": Controller(costs),
+            "run": Controller(costs, prior=DRAFT_PRIOR),
             "ngram": Controller(costs),
             "memory": Controller(costs),
+            "label": Controller(costs),
             # asked for, a draft starts trusted; under auto it must earn its place
             "draft": Controller(costs, prior=DRAFT_PRIOR if mode == "draft" else PRIOR, fade=1.0),
             # the text a grammar forces is what the model writes, bar its tokenization
@@ -718,21 +766,37 @@ class Speculation:
         k = len(forced) if ctl.rate >= 0.75 else ctl.plan(len(forced))[0]  # all, if it holds
         if not k:
             return guesses
-        forced = forced[:k]
-        source, more = self._after(history + forced, room - k)
+        source, forced, more = self._after(history, list(forced[:k]), room)
+        k = len(forced)
         k_more = self.controllers[source].plan(len(more))[0] if more else 0
         self.source, self.forced = source, k
         self.guessed = k + k_more
         return self._pad(forced + more[:k_more], room, admit)
 
-    def _after(self, history: list[int], room: int) -> tuple[str, list[int]]:
-        """What comes after a grammar's forced text: what earlier replies did there, or
-        else what usually followed its last tokens here."""
-        if room <= 0 or self.lookup is None:
-            return "ngram", []
+    def _after(
+        self, history: list[int], forced: list[int], room: int
+    ) -> tuple[str, list[int], list[int]]:
+        """What comes after a grammar's forced text, within ``room`` with it: a JSON
+        value's text after its key's label in the prompt (:meth:`Lookup.labelled`), or
+        what earlier replies did there, or else what usually followed its last tokens
+        here. With the forced tokens again: fewer where the value's first token takes in
+        the forced text's end (`` "+`` for ``"phone": "+44``), as the model writes them."""
+        lookup, room = self.lookup, room - len(forced)
+        if room <= 0 or lookup is None:
+            return "ngram", forced, []
+        if self.tokenize is not None and lookup.text_of is not None:
+            text = b"".join(map(lookup.text_of, forced))
+            if value := lookup.labelled(bytes(lookup.text[-64:]) + text):
+                tokens = self.tokenize((text + value).decode("utf-8", "ignore"))
+                n = 0
+                while n < min(len(tokens), len(forced)) and tokens[n] == forced[n]:
+                    n += 1
+                if n and len(tokens) > n:
+                    return "label", forced[:n], tokens[n : n + room + len(forced) - n]
+        history = history + forced
         if self.memory is not None and (tokens := self.memory.propose(history, room)):
-            return "memory", tokens
-        return "ngram", self.lookup.ngrams(room, after=history[-self.lookup.n_max :])
+            return "memory", forced, tokens
+        return "ngram", forced, lookup.ngrams(room, after=history[-lookup.n_max :])
 
     def _guess(
         self, history: list[int], room: int, admit: Callable[[Sequence[int]], int] | None
@@ -740,11 +804,16 @@ class Speculation:
         best: tuple[float, int, str, list[int]] = (1.0, 0, "", [])
         if self.lookup is not None:
             n = min(self.lookup.available(), room)
-            source, tokens = ("copy", self.lookup.propose(n)) if n else ("ngram", [])
+            # a copy that has held for a while goes on (a long value, a function's body):
+            # judged apart from fresh ones, which often stop at once (a value's end)
+            run = self.lookup.run
+            copy = "run" if run >= RUN_MIN else "copy"
+            source, tokens = (copy, self.lookup.propose(n)) if n else ("ngram", [])
             if not n:
                 tokens = self.lookup.ngrams(room)
-            if tokens:
-                k, gain = self.controllers[source].plan(len(tokens))
+            if tokens:  # a run that held for r tokens goes on with (r + 1) / (r + 2) at least
+                floor = (run + 1) / (run + 2) if source == "run" else 0.0
+                k, gain = self.controllers[source].plan(len(tokens), floor=floor)
                 if k and gain > best[0]:
                     best = (gain, k, source, tokens)
         if self.memory is not None and (tokens := self.memory.propose(history, room)):

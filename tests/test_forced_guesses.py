@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from ggrun import llama
+from ggrun import llama, speculative
 from ggrun.sampling import SamplingConfig
 from ggrun.schema_gbnf import schema_to_gbnf
 
@@ -143,3 +143,35 @@ def test_the_probe_sees_where_the_grammar_ends(qwen_path: Path) -> None:
         finally:
             s.close()
             ctx.close()
+
+
+def test_a_value_is_found_after_its_label_in_the_document() -> None:
+    label = speculative._label
+    doc = b"Record #12. Full name: Ada Lovelace. E-mail: ada@example.org\nPlan: gold"
+    assert label(doc, b"email") == b""  # whole words: "E-mail" is not "email"
+    assert label(doc, b"e-mail") == b"ada@example.org"  # to the line's end
+    assert label(doc, b"full_name") == b"Ada Lovelace. E-mail: ada@example.org"
+    assert label(doc, b"Plan") == b"gold"  # any case
+    assert label(b"with keys name, plan. Name: Bo", b"name") == b"Bo"  # a list is no label
+    assert label(b"the name below. Name: Bo", b"name") == b"Bo"  # a colon's label first
+    assert label(b"Account opened 2010-01-10.", b"opened") == b"2010-01-10."  # else a space's
+    assert label(b"a surname: Bo", b"name") == b""
+    assert len(label(b"notes: " + b"x" * 1000, b"notes")) == speculative.LABEL_BYTES
+
+
+def test_after_a_forced_key_the_labelled_value_is_guessed(smol_path: Path) -> None:
+    with llama.Weights(smol_path) as w:
+        prompt = w.tokenize("Record. Name: Ada Lovelace. Email: ada@example.org. Plan: gold.")
+        spec = speculative.Speculation(
+            "lookup", prompt, speculative.CostModel(), None, None, w.token_bytes, w.tokenize
+        )
+        reply = w.tokenize('{"name": "Ada Lovelace", "email')
+        spec.extend(reply)
+        forced = w.tokenize('": "')
+        guesses = spec.guess(prompt + reply, 16, forced)
+        assert spec.source == "label" and spec.forced == len(forced) < spec.guessed
+        value = w.tokenize("ada@example.org. Plan: gold.")
+        assert guesses[: spec.guessed] == forced + value[: spec.guessed - len(forced)]
+        # without a key at the end of the forced text, no label is looked for
+        spec.guess(prompt + reply, 16, w.tokenize('": 4'))
+        assert spec.source != "label"
