@@ -193,7 +193,7 @@ class Decoder:
             memory = self.memory if job.request.memory else None
             s.spec = speculative.Speculation(
                 mode, job.tokens, self.costs, self.draft, memory,
-                self.ctx.weights.token_bytes, self.ctx.weights.tokenize,
+                self.ctx.weights.token_bytes, self.ctx.weights.tokenize, sampler.forced_after,
             )  # fmt: skip
         self.seqs[seq] = s
         if limit <= 0:

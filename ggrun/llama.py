@@ -924,8 +924,31 @@ class Sampler:
         self.forced_end = False
         if not self.grammar_active or self._grammar is None:
             return ""
+        return self._probe(self._grammar, before, limit)
+
+    def forced_after(self, text: str, limit: int = 64) -> str | None:
+        """As :meth:`forced`, had ``text`` come next (its tokens as the tokenizer cuts
+        it); None where the grammar is off or rejects ``text``."""
+        self.forced_end = False
+        if not self.grammar_active or self._grammar is None:
+            return None
+        ll = self._ll
+        g = ll.llama_sampler_clone(self._grammar)
+        try:
+            for t in self._ctx.weights.tokenize(text):
+                if not self._allowed(t, g):
+                    return None
+                ll.llama_sampler_accept(g, t)
+            return self._probe(g, text, limit)
+        finally:
+            ll.llama_sampler_free(g)
+
+    def _probe(self, g: Any, before: str, limit: int) -> str:
+        """The forced text from grammar state ``g``: the sampler's own (never moved: a
+        copy is made once a character is found) or a copy of it (moved on)."""
         ll, probe = self._ll, self._ctx.weights.char_probe()
-        g, out = self._grammar, list[str]()
+        out: list[str] = []
+        made = None  # the copy made here
         t0 = time.perf_counter()
         try:
             while len(out) < limit and time.perf_counter() - t0 < FORCED_BUDGET:
@@ -933,14 +956,14 @@ class Sampler:
                 if token is None:
                     break
                 if g is self._grammar:  # the state itself is never moved
-                    g = ll.llama_sampler_clone(g)
+                    g = made = ll.llama_sampler_clone(g)
                 ll.llama_sampler_accept(g, token)
                 out.append(probe.char[token])
             # the grammar done (a space at most may follow): the reply ends, as json.dumps's
             self.forced_end = len(out) < limit and probe.may_end(ll, g)
         finally:
-            if g is not self._grammar:
-                ll.llama_sampler_free(g)
+            if made is not None:
+                ll.llama_sampler_free(made)
         return "".join(out).rstrip(" ")
 
     def admitted(self, tokens: Sequence[int]) -> int:

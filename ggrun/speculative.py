@@ -67,6 +67,11 @@ RUN_MIN = 4  # tokens a copy must have held for to be judged as a run
 # label ("Email: ada@example.org", "opened 2010-01-10"): after a grammar forces a key and
 # the value's start, the text after that label is guessed (the controller cuts it)
 LABEL_BYTES = 160
+# where a value copied from a document seems to end: a full stop, a comma or a semicolon
+# before a space, or a line's end; there the value is guessed closed, with what the grammar
+# forces after it and the next key's labelled value, for up to CHAIN_FIELDS values at once
+_VALUE_END = re.compile(rb"[.,;](?=\s|\Z)|\n")
+CHAIN_FIELDS = 4
 _KEY_AT_END = re.compile(rb'"([A-Za-z][A-Za-z0-9_ -]{0,47})"[ \t]*:[ \t]*"?\Z')
 
 
@@ -698,9 +703,12 @@ class Speculation:
         memory: Memory | None = None,
         text_of: Callable[[int], bytes] | None = None,
         tokenize: Callable[[str], list[int]] | None = None,
+        force: Callable[[str], str | None] | None = None,
     ) -> None:
         self.lookup = Lookup(tokens, text_of=text_of) if mode in ("lookup", "auto") else None
         self.tokenize = tokenize  # a value found after its label is guessed in its tokens
+        self.force = force  # the grammar's forced text, had some text come next
+        self.expect = b""  # the text the reply should go on with (a labelled value, ...)
         self.memory = memory if self.lookup is not None else None  # earlier replies
         self.draft = draft if mode in ("draft", "auto") else None
         if mode == "auto" and draft is not None and draft.behind(tokens) >= AUTO_MIN_PROMPT:
@@ -731,6 +739,9 @@ class Speculation:
         """Tokens the sequence took this step (accepted guesses and the new one)."""
         if self.lookup is not None:
             self.lookup.extend(tokens)
+        if self.expect and self.lookup is not None and self.lookup.text_of is not None:
+            text = b"".join(map(self.lookup.text_of, tokens))
+            self.expect = self.expect[len(text) :] if self.expect.startswith(text) else b""
 
     def record(self, drafted: int, accepted: int) -> None:
         """How the last guess went: of its :attr:`guessed` tokens (not the padding)."""
@@ -758,8 +769,14 @@ class Speculation:
         never guessed (rows may still be padded to the cheaper count)."""
         room = min(room, MAX_DRAFT)
         self.forced = 0
-        guesses = self._guess(history, room, admit)
         forced = list(forced[:room])
+        if self.expect and not forced and self.tokenize is not None:  # a labelled value
+            self.expect = self._chain(b"", self.expect)
+            tokens = self.tokenize(self.expect.decode("utf-8", "ignore"))[:room]
+            if k := self.controllers["label"].plan(len(tokens))[0]:
+                self.source, self.guessed = "label", k
+                return self._pad(tokens[:k], room, admit)
+        guesses = self._guess(history, room, admit)
         if not forced or guesses[: len(forced)] == forced:
             return guesses
         ctl = self.controllers["grammar"]
@@ -787,7 +804,8 @@ class Speculation:
         if self.tokenize is not None and lookup.text_of is not None:
             text = b"".join(map(lookup.text_of, forced))
             if value := lookup.labelled(bytes(lookup.text[-64:]) + text):
-                tokens = self.tokenize((text + value).decode("utf-8", "ignore"))
+                self.expect = self._chain(text, value)
+                tokens = self.tokenize(self.expect.decode("utf-8", "ignore"))
                 n = 0
                 while n < min(len(tokens), len(forced)) and tokens[n] == forced[n]:
                     n += 1
@@ -797,6 +815,24 @@ class Speculation:
         if self.memory is not None and (tokens := self.memory.propose(history, room)):
             return "memory", forced, tokens
         return "ngram", forced, lookup.ngrams(room, after=history[-lookup.n_max :])
+
+    def _chain(self, text: bytes, value: bytes) -> bytes:
+        """``text``, then ``value`` (the document's text after a label) to where the value
+        seems to end (:data:`_VALUE_END`), its closing quote and what the grammar forces
+        after it (``", "city": "``), then the next key's labelled value, and so on; the
+        document's text to the line's end where no value ends, or the grammar stops."""
+        lookup = self.lookup
+        assert lookup is not None
+        for _ in range(CHAIN_FIELDS):
+            m = _VALUE_END.search(value)
+            if m is None or self.force is None:
+                break
+            closed = self.force((text + value[: m.start()] + b'"').decode("utf-8", "ignore"))
+            if closed is None:  # not in a string, or its end not allowed here
+                break
+            text += value[: m.start()] + b'"' + closed.encode()
+            value = lookup.labelled(bytes(lookup.text[-64:]) + text)
+        return text + value
 
     def _guess(
         self, history: list[int], room: int, admit: Callable[[Sequence[int]], int] | None
