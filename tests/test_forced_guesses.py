@@ -175,3 +175,78 @@ def test_after_a_forced_key_the_labelled_value_is_guessed(smol_path: Path) -> No
         # without a key at the end of the forced text, no label is looked for
         spec.guess(prompt + reply, 16, w.tokenize('": 4'))
         assert spec.source != "label"
+
+
+def test_the_probe_answers_for_text_not_yet_written(probe: Any) -> None:
+    w = probe[0]
+    ctx = llama.Context(w, llama.ContextParams(n_ctx=64))
+    s = llama.Sampler(SamplingConfig(temperature=0), ctx, schema_to_gbnf(SCHEMA))
+    try:
+        assert s.forced_after('{"name": "Bo"') == ', "email": "'
+        before = '{"name": "Bo", "email": "b@x.io", "city": "Leeds", "status": "a'
+        assert s.forced_after(before) == 'ctive", "age":'
+        assert s.forced_after("}") is None  # the grammar rejects it
+        assert s.forced() == '{"name": "'  # its own state never moved
+    finally:
+        s.close()
+        ctx.close()
+
+
+RECORD = {
+    "type": "object",
+    "properties": {k: {"type": "string"} for k in ("name", "city", "plan")},
+    "required": ["name", "city", "plan"],
+}
+
+
+def test_a_record_s_labelled_fields_chain_into_one_guess(smol_path: Path) -> None:
+    with llama.Weights(smol_path) as w:
+        ctx = llama.Context(w, llama.ContextParams(n_ctx=256))
+        s = llama.Sampler(SamplingConfig(temperature=0), ctx, schema_to_gbnf(RECORD))
+        try:
+            prompt = w.tokenize("Name: Ada Lovelace. City: London. Plan: gold, monthly.")
+            spec = speculative.Speculation(
+                "lookup", prompt, speculative.CostModel(), None, None,
+                w.token_bytes, w.tokenize, s.forced_after,
+            )  # fmt: skip
+            for t in (reply := w.tokenize('{"')):
+                s.accept(t)
+            spec.extend(reply)
+            forced = w.tokenize('name": "')
+            guesses = spec.guess(prompt + reply, 31, forced, s.admitted)
+            # each value to where the document's seems to end, closed as the grammar wants
+            whole = b'name": "Ada Lovelace", "city": "London", "plan": "gold"}'
+            assert spec.expect == whole and spec.source == "label"
+            assert guesses[: spec.guessed] == w.tokenize(whole.decode())[: spec.guessed]
+            spec.extend(w.tokenize('name": "Ada'))  # the reply keeps to it
+            assert spec.expect == whole[len('name": "Ada') :]
+            spec.extend(w.tokenize(" Byron"))  # and departs from it: nothing expected
+            assert spec.expect == b""
+        finally:
+            s.close()
+            ctx.close()
+
+
+LABELLED = (
+    "Customer record. Name: Dana Whitfield. Email: dana.w@orbitalfreight.co.uk. City: "
+    "Leeds. Status: active. Age: 41."
+)
+
+
+def test_a_labelled_record_is_plain_decodings_in_fewer_steps(qwen: Any) -> None:
+    """The fields are guessed from their labels and chained: fewer steps than for the same
+    record in prose (9 against 15 for 43 tokens here; the counts move with the measured
+    row costs, which decide how many guesses pay)."""
+    kw: dict[str, Any] = {"schema": SCHEMA, "temperature": 0, "max_tokens": 160}
+    steps = []
+    for doc in (LABELLED, DOC):
+        prompt = "Copy the fields of this customer record exactly, as JSON:\n\n" + doc
+        msgs = [{"role": "user", "content": prompt}]
+        qwen.memory.clear()
+        plain = qwen.chat(msgs, speculative="off", **kw)
+        qwen.memory.clear()
+        fast = qwen.chat(msgs, speculative="lookup", **kw)
+        assert fast.text == plain.text
+        assert '"email": "dana.w@orbitalfreight.co.uk"' in fast.text
+        steps.append(fast.completion_tokens - fast.accepted_tokens)  # one sampled a step
+    assert steps[0] < steps[1]
