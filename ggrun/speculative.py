@@ -16,7 +16,9 @@ Guesses come from:
   went on where they matched the text's end the longest (SuffixDecoding's global tree);
 - the request's grammar: the text it forces next (keys, ``": "``, braces, an enum's
   tail, a tool call's envelope), probed by :meth:`ggrun.llama.Sampler.forced` and
-  guessed as the tokens the model writes it in;
+  guessed as the tokens the model writes it in; after a forced key, the prompt's text
+  after that key's label (``Email: …``), closed where the document's value seems to end
+  and chained to the next key (:meth:`Lookup.labelled`);
 - a small :class:`DraftModel` of the same tokenizer.
 
 A :class:`Controller` per source (copy, n-grams, memory, grammar, draft) decides how many
