@@ -3,9 +3,10 @@ against llama.cpp's own speculative tools, on the same prompts, interleaved in o
 
 Tasks, five prompts each: a code edit (return a ~40-line function with one variable
 renamed), an extraction (copy fields of a document as JSON), the same under a JSON
-schema, a forced tool call with the record as its arguments (``tool_choice: required``;
-llama.cpp's tools have no tool-call grammar and do not run it), a summary of a pasted
-text, and free generation (a story: nothing to copy). For every prompt, in turn: plain
+schema, the same facts in prose under the schema (no field labelled in the text), a
+forced tool call with the record as its arguments (``tool_choice: required``; llama.cpp's
+tools have no tool-call grammar and do not run it), a summary of a pasted text, and free
+generation (a story: nothing to copy). For every prompt, in turn: plain
 decoding, then lookup, auto, the draft model, and auto on the model loaded with the draft
 ("auto+draft"), through ggrun's public API (greedy, 2 threads; ``--modes`` picks them),
 then llama.cpp's ``llama-speculative-simple`` with ``ngram-mod`` and with the draft model,
@@ -70,6 +71,19 @@ def _doc(i: int) -> str:
     )
 
 
+def _prose(i: int) -> str:
+    """The facts of :func:`_doc` in prose, with no field named: nothing to find by label."""
+    people = ["Ada Lovelace", "Alan Turing", "Grace Hopper", "Edsger Dijkstra", "Barbara Liskov"]
+    cities = ["London", "Manchester", "Arlington", "Nuenen", "Boston"]
+    return (
+        f"{people[i]} wrote to us from {cities[i]} last week. She can be reached at "
+        f"{people[i].split()[0].lower()}@example.org or on +44 20 7946 0{i}58, and has been "
+        f"with us since 201{i}-0{i + 1}-1{i}, on the premium plan. {people[i]} prefers email, "
+        f"asked about invoices twice, lives in {cities[i]} near the station, and renewed "
+        "the premium plan last year without changes."
+    )
+
+
 PASSAGE = (
     "The Python standard library's json module encodes and decodes JSON. json.dumps turns "
     "a Python object into a string and json.loads parses a string back. Both take options: "
@@ -91,6 +105,11 @@ TASKS: dict[str, list[str]] = {
     ],
     "schema extraction": [
         f"Copy the fields of this customer record exactly, as JSON:\n\n{_doc(i)}" for i in range(5)
+    ],
+    "prose extraction": [
+        "Copy the customer's name, city, email, phone, the date the account was opened, the "
+        f"plan and the notes exactly, as JSON:\n\n{_prose(i)}"
+        for i in range(5)
     ],
     "tool call": [
         f"File this customer record in the CRM, copying every field exactly:\n\n{_doc(i)}"
@@ -129,6 +148,7 @@ SAVE = {
 # what a task's requests carry: ggrun's keywords, and the same for llama.cpp's tools
 CONSTRAINTS: dict[str, tuple[dict[str, Any], list[str]]] = {
     "schema extraction": ({"schema": RECORD}, ["--json-schema", json.dumps(RECORD)]),
+    "prose extraction": ({"schema": RECORD}, ["--json-schema", json.dumps(RECORD)]),
     "tool call": ({"tools": [SAVE], "tool_choice": "required"}, []),
 }
 

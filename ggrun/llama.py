@@ -658,10 +658,13 @@ class _CharProbe:
         ok = set(self.allowed(ll, grammar))
         return bool(ok & self.ends) and ok <= self.ends | {self.space}
 
-    def next_char(self, ll: Any, grammar: Any, before: str) -> int | None:
+    def next_char(
+        self, ll: Any, grammar: Any, before: str, spaced: dict[str, bool] | None = None
+    ) -> int | None:
         """The character token that comes next: the only one allowed; or, where the
-        grammar's only choice is an optional space (JSON's), the one ``json.dumps``
-        writes (a space after ``:`` and ``,``, none elsewhere); else None."""
+        grammar's only choice is an optional space (JSON's), a space after a character
+        that ``spaced`` says takes one (by default ``json.dumps``'s: ``:`` and ``,``),
+        else the other; None where there is a real choice."""
         ok = self.allowed(ll, grammar)
         if len(ok) == 1:
             return ok[0] if ok[0] in self.char else None
@@ -671,7 +674,37 @@ class _CharProbe:
         if " " not in (a, b) or a == b:
             return None
         space, other = (ok[0], ok[1]) if a == " " else (ok[1], ok[0])
-        return space if before in (":", ",") else other
+        spaced = {":": True, ",": True} if spaced is None else spaced
+        return space if spaced.get(before, False) else other
+
+
+class _Spacing:
+    """How a reply spaces its JSON, outside strings: whether a space follows ``:`` and
+    ``,`` where the grammar leaves it optional. ``json.dumps``'s way until the reply shows
+    its own (a model asked for compact JSON writes ``{"a":1,"b":2}``)."""
+
+    def __init__(self) -> None:
+        self.spaced = {":": True, ",": True}
+        self._string = self._escape = False
+        self._after = ""  # the ':' or ',' just written, outside a string
+
+    def feed(self, text: str) -> None:
+        for c in text:
+            if self._string:
+                if self._escape:
+                    self._escape = False
+                elif c == "\\":
+                    self._escape = True
+                elif c == '"':
+                    self._string = False
+                continue
+            if self._after:
+                self.spaced[self._after] = c == " "
+                self._after = ""
+            if c == '"':
+                self._string = True
+            elif c in ":,":
+                self._after = c
 
 
 class _Penalties:
@@ -843,6 +876,7 @@ class Sampler:
         self._grammar: Any = None
         self.grammar_active = grammar is not None and not lazy
         self.forced_end = False  # the last forced text ends the grammar (Sampler.forced)
+        self._spacing = _Spacing()  # how the reply spaces its JSON (Sampler.forced)
         self._cand: _Candidates | None = None
         last_n = settings.repeat_last_n if settings.repeat_last_n >= 0 else ctx.seq_ctx
         self._penalties = (
@@ -885,6 +919,8 @@ class Sampler:
                     return False
                 ll.llama_sampler_accept(self._grammar, token)
             ll.llama_sampler_free(original)
+            for token in replay:
+                self._spacing.feed(self._ctx.weights.token_text(token))
         self.grammar_active = True
         return True
 
@@ -907,6 +943,7 @@ class Sampler:
             if not self._allowed(token):
                 raise GrammarError("a forced token breaks the grammar")
             self._ll.llama_sampler_accept(self._grammar, token)
+            self._spacing.feed(self._ctx.weights.token_text(token))
         if self._chain is not None:
             self._ll.llama_sampler_accept(self._chain, token)
 
@@ -928,11 +965,11 @@ class Sampler:
 
     def forced_after(self, text: str, limit: int = 64) -> str | None:
         """As :meth:`forced`, had ``text`` come next (its tokens as the tokenizer cuts
-        it); None where the grammar is off or rejects ``text``."""
-        self.forced_end = False
+        it); None where the grammar is off or rejects ``text``. :attr:`forced_end` stays
+        :meth:`forced`'s."""
         if not self.grammar_active or self._grammar is None:
             return None
-        ll = self._ll
+        ll, end = self._ll, self.forced_end
         g = ll.llama_sampler_clone(self._grammar)
         try:
             for t in self._ctx.weights.tokenize(text):
@@ -942,17 +979,19 @@ class Sampler:
             return self._probe(g, text, limit)
         finally:
             ll.llama_sampler_free(g)
+            self.forced_end = end
 
     def _probe(self, g: Any, before: str, limit: int) -> str:
         """The forced text from grammar state ``g``: the sampler's own (never moved: a
         copy is made once a character is found) or a copy of it (moved on)."""
         ll, probe = self._ll, self._ctx.weights.char_probe()
+        spaced = self._spacing.spaced
         out: list[str] = []
         made = None  # the copy made here
         t0 = time.perf_counter()
         try:
             while len(out) < limit and time.perf_counter() - t0 < FORCED_BUDGET:
-                token = probe.next_char(ll, g, out[-1] if out else before[-1:])
+                token = probe.next_char(ll, g, out[-1] if out else before[-1:], spaced)
                 if token is None:
                     break
                 if g is self._grammar:  # the state itself is never moved
@@ -1032,6 +1071,7 @@ class Sampler:
             ll.llama_sampler_apply(self._chain, ctypes.byref(arr))
             token = int(arr.data[arr.selected].id)
         ll.llama_sampler_accept(self._grammar, token)
+        self._spacing.feed(self._ctx.weights.token_text(token))
         self._check_budget(t0)
         ll.llama_sampler_accept(self._chain, token)
         return token

@@ -69,6 +69,7 @@ RUN_MIN = 4  # tokens a copy must have held for to be judged as a run
 # label ("Email: ada@example.org", "opened 2010-01-10"): after a grammar forces a key and
 # the value's start, the text after that label is guessed (the controller cuts it)
 LABEL_BYTES = 160
+LABEL_KEYS = 64  # keys a request looks labels up for (each one a scan of the prompt)
 # where a value copied from a document seems to end: a full stop, a comma or a semicolon
 # before a space, or a line's end; there the value is guessed closed, with what the grammar
 # forces after it and the next key's labelled value, for up to CHAIN_FIELDS values at once
@@ -527,7 +528,9 @@ class Lookup:
             return b""
         key = m.group(1)
         if key not in self.labels:
-            self.labels[key] = _label(bytes(self.text[: self.ends[self.n_prompt - 1]]), key)
+            if len(self.labels) >= LABEL_KEYS:  # free-form JSON with keys by the hundred
+                return b""
+            self.labels[key] = _label(self.text, self.ends[self.n_prompt - 1], key)
         return self.labels[key]
 
     def _align(self) -> int:
@@ -571,26 +574,26 @@ class Lookup:
         return -1
 
 
-def _label(prompt: bytes, key: bytes) -> bytes:
-    """The text after ``key`` as a label in ``prompt`` (its words in any case, joined by a
-    space, ``_`` or ``-`` or nothing; then ``:`` or ``=``, or else a space): the first
-    such label with a colon, or else the first one. Empty if none."""
+def _label(text: bytearray, end: int, key: bytes) -> bytes:
+    """The text after ``key`` as a label in ``text[:end]`` (the prompt): its words in any
+    case, joined by a space, ``_`` or ``-`` or nothing; then ``:`` or ``=`` (the first such
+    label), or else a space (the first). Empty if none. Two scans at most, no copy."""
     words = [re.escape(w) for w in re.split(rb"[ _-]+", key) if w]
     if not words:
         return b""
     name = rb"(?<![A-Za-z0-9_])" + rb"[ _-]?".join(words) + rb"(?![A-Za-z0-9_])"
-    spaced = None
-    for m in re.finditer(name + rb"([ \t]*[:=][ \t]*|[ \t]+)", prompt, re.IGNORECASE):
-        if b":" in m.group(1) or b"=" in m.group(1):
-            return _line(prompt, m.end())
-        if spaced is None:
-            spaced = m.end()
-    return b"" if spaced is None else _line(prompt, spaced)
+    for sep in (rb"[ \t]*[:=][ \t]*", rb"[ \t]+"):
+        m = re.compile(name + sep, re.IGNORECASE).search(text, 0, end)
+        if m is not None:
+            return _line(text, m.end(), end)
+    return b""
 
 
-def _line(text: bytes, at: int) -> bytes:
-    end = text.find(b"\n", at, at + LABEL_BYTES)
-    return text[at : end if end >= 0 else at + LABEL_BYTES]
+def _line(text: bytearray, at: int, end: int) -> bytes:
+    """``text`` from ``at`` to its line's end, ``end`` or :data:`LABEL_BYTES` on."""
+    stop = min(end, at + LABEL_BYTES)
+    nl = text.find(b"\n", at, stop)
+    return bytes(text[at : nl if nl >= 0 else stop])
 
 
 class DraftModel:
@@ -711,6 +714,7 @@ class Speculation:
         self.tokenize = tokenize  # a value found after its label is guessed in its tokens
         self.force = force  # the grammar's forced text, had some text come next
         self.expect = b""  # the text the reply should go on with (a labelled value, ...)
+        self._open = 0  # where in it the part not yet closed by the chain starts
         self.memory = memory if self.lookup is not None else None  # earlier replies
         self.draft = draft if mode in ("draft", "auto") else None
         if mode == "auto" and draft is not None and draft.behind(tokens) >= AUTO_MIN_PROMPT:
@@ -744,6 +748,7 @@ class Speculation:
         if self.expect and self.lookup is not None and self.lookup.text_of is not None:
             text = b"".join(map(self.lookup.text_of, tokens))
             self.expect = self.expect[len(text) :] if self.expect.startswith(text) else b""
+            self._open = max(0, self._open - len(text)) if self.expect else 0
 
     def record(self, drafted: int, accepted: int) -> None:
         """How the last guess went: of its :attr:`guessed` tokens (not the padding)."""
@@ -772,12 +777,20 @@ class Speculation:
         room = min(room, MAX_DRAFT)
         self.forced = 0
         forced = list(forced[:room])
-        if self.expect and not forced and self.tokenize is not None:  # a labelled value
-            self.expect = self._chain(b"", self.expect)
+        # a labelled value (not in the middle of a character the model has begun)
+        if (
+            self.expect
+            and not forced
+            and self.tokenize is not None
+            and self.expect[0] & 0xC0 != 0x80
+        ):
+            closed, rest = self._chain(self.expect[: self._open], self.expect[self._open :])
+            self.expect, self._open = closed + rest, len(closed)
             tokens = self.tokenize(self.expect.decode("utf-8", "ignore"))[:room]
             if k := self.controllers["label"].plan(len(tokens))[0]:
                 self.source, self.guessed = "label", k
-                return self._pad(tokens[:k], room, admit)
+                if guesses := self._pad(tokens[:k], room, admit):
+                    return guesses
         guesses = self._guess(history, room, admit)
         if not forced or guesses[: len(forced)] == forced:
             return guesses
@@ -785,9 +798,12 @@ class Speculation:
         k = len(forced) if ctl.rate >= 0.75 else ctl.plan(len(forced))[0]  # all, if it holds
         if not k:
             return guesses
-        source, forced, more = self._after(history, list(forced[:k]), room)
-        k = len(forced)
+        whole = forced[:k]
+        source, forced, more = self._after(history, whole, room)
         k_more = self.controllers[source].plan(len(more))[0] if more else 0
+        if not k_more:  # the forced text alone, as the grammar has it
+            forced = whole
+        k = len(forced)
         self.source, self.forced = source, k
         self.guessed = k + k_more
         return self._pad(forced + more[:k_more], room, admit)
@@ -806,7 +822,8 @@ class Speculation:
         if self.tokenize is not None and lookup.text_of is not None:
             text = b"".join(map(lookup.text_of, forced))
             if value := lookup.labelled(bytes(lookup.text[-64:]) + text):
-                self.expect = self._chain(text, value)
+                closed, rest = self._chain(text, value)
+                self.expect, self._open = closed + rest, len(closed)
                 tokens = self.tokenize(self.expect.decode("utf-8", "ignore"))
                 n = 0
                 while n < min(len(tokens), len(forced)) and tokens[n] == forced[n]:
@@ -818,11 +835,12 @@ class Speculation:
             return "memory", forced, tokens
         return "ngram", forced, lookup.ngrams(room, after=history[-lookup.n_max :])
 
-    def _chain(self, text: bytes, value: bytes) -> bytes:
+    def _chain(self, text: bytes, value: bytes) -> tuple[bytes, bytes]:
         """``text``, then ``value`` (the document's text after a label) to where the value
         seems to end (:data:`_VALUE_END`), its closing quote and what the grammar forces
-        after it (``", "city": "``), then the next key's labelled value, and so on; the
-        document's text to the line's end where no value ends, or the grammar stops."""
+        after it (``", "city": "``), then the next key's labelled value, and so on: that
+        text, and the document's text after it (to the line's end) where no value ends or
+        the grammar stops."""
         lookup = self.lookup
         assert lookup is not None
         for _ in range(CHAIN_FIELDS):
@@ -834,7 +852,7 @@ class Speculation:
                 break
             text += value[: m.start()] + b'"' + closed.encode()
             value = lookup.labelled(bytes(lookup.text[-64:]) + text)
-        return text + value
+        return text, value
 
     def _guess(
         self, history: list[int], room: int, admit: Callable[[Sequence[int]], int] | None

@@ -146,7 +146,9 @@ def test_the_probe_sees_where_the_grammar_ends(qwen_path: Path) -> None:
 
 
 def test_a_value_is_found_after_its_label_in_the_document() -> None:
-    label = speculative._label
+    def label(doc: bytes, key: bytes) -> bytes:
+        return speculative._label(bytearray(doc), len(doc), key)
+
     doc = b"Record #12. Full name: Ada Lovelace. E-mail: ada@example.org\nPlan: gold"
     assert label(doc, b"email") == b""  # whole words: "E-mail" is not "email"
     assert label(doc, b"e-mail") == b"ada@example.org"  # to the line's end
@@ -250,3 +252,25 @@ def test_a_labelled_record_is_plain_decodings_in_fewer_steps(qwen: Any) -> None:
         assert '"email": "dana.w@orbitalfreight.co.uk"' in fast.text
         steps.append(fast.completion_tokens - fast.accepted_tokens)  # one sampled a step
     assert steps[0] < steps[1]
+
+
+def test_the_probe_follows_the_reply_s_own_spacing(probe: Any) -> None:
+    """json.dumps's spaces until the reply shows its own: compact JSON is guessed compact
+    (a comma inside a string says nothing of the reply's spacing)."""
+    w = probe[0]
+    ctx = llama.Context(w, llama.ContextParams(n_ctx=64))
+    try:
+        for reply, forced in (
+            ('{"name": "Bo, Jo", "email": "b"', ', "city": "'),
+            ('{"name":"Bo, Jo","email":"b"', ',"city":"'),
+            ('{"name":"Bo, Jo"', ', "email":"'),  # no comma of its own yet: json.dumps's
+        ):
+            s = llama.Sampler(SamplingConfig(temperature=0), ctx, schema_to_gbnf(SCHEMA))
+            try:
+                for t in w.tokenize(reply):
+                    s.accept(t)
+                assert s.forced('"') == forced
+            finally:
+                s.close()
+    finally:
+        ctx.close()
