@@ -59,27 +59,27 @@ def _function(i: int) -> tuple[str, str]:
     return var, "\n".join(body) + "\n"
 
 
+PEOPLE = ["Ada Lovelace", "Alan Turing", "Grace Hopper", "Edsger Dijkstra", "Barbara Liskov"]
+CITIES = ["London", "Manchester", "Arlington", "Nuenen", "Boston"]
+
+
 def _doc(i: int) -> str:
-    people = ["Ada Lovelace", "Alan Turing", "Grace Hopper", "Edsger Dijkstra", "Barbara Liskov"]
-    cities = ["London", "Manchester", "Arlington", "Nuenen", "Boston"]
     return (
-        f"Customer record #{1000 + i}. Name: {people[i]}. City: {cities[i]}. Email: "
-        f"{people[i].split()[0].lower()}@example.org. Phone: +44 20 7946 0{i}58. Account "
-        f"opened 201{i}-0{i + 1}-1{i}. Plan: premium. Notes: {people[i]} prefers email, "
-        f"asked about invoices twice, lives in {cities[i]} near the station, and renewed "
+        f"Customer record #{1000 + i}. Name: {PEOPLE[i]}. City: {CITIES[i]}. Email: "
+        f"{PEOPLE[i].split()[0].lower()}@example.org. Phone: +44 20 7946 0{i}58. Account "
+        f"opened 201{i}-0{i + 1}-1{i}. Plan: premium. Notes: {PEOPLE[i]} prefers email, "
+        f"asked about invoices twice, lives in {CITIES[i]} near the station, and renewed "
         "the premium plan last year without changes."
     )
 
 
 def _prose(i: int) -> str:
     """The facts of :func:`_doc` in prose, with no field named: nothing to find by label."""
-    people = ["Ada Lovelace", "Alan Turing", "Grace Hopper", "Edsger Dijkstra", "Barbara Liskov"]
-    cities = ["London", "Manchester", "Arlington", "Nuenen", "Boston"]
     return (
-        f"{people[i]} wrote to us from {cities[i]} last week. She can be reached at "
-        f"{people[i].split()[0].lower()}@example.org or on +44 20 7946 0{i}58, and has been "
-        f"with us since 201{i}-0{i + 1}-1{i}, on the premium plan. {people[i]} prefers email, "
-        f"asked about invoices twice, lives in {cities[i]} near the station, and renewed "
+        f"{PEOPLE[i]} wrote to us from {CITIES[i]} last week. She can be reached at "
+        f"{PEOPLE[i].split()[0].lower()}@example.org or on +44 20 7946 0{i}58, and has been "
+        f"with us since 201{i}-0{i + 1}-1{i}, on the premium plan. {PEOPLE[i]} prefers email, "
+        f"asked about invoices twice, lives in {CITIES[i]} near the station, and renewed "
         "the premium plan last year without changes."
     )
 

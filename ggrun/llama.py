@@ -674,8 +674,11 @@ class _CharProbe:
         if " " not in (a, b) or a == b:
             return None
         space, other = (ok[0], ok[1]) if a == " " else (ok[1], ok[0])
-        spaced = {":": True, ",": True} if spaced is None else spaced
+        spaced = _DUMPS_SPACING if spaced is None else spaced
         return space if spaced.get(before, False) else other
+
+
+_DUMPS_SPACING = {":": True, ",": True}  # json.dumps: a space after these, none elsewhere
 
 
 class _Spacing:
@@ -684,7 +687,7 @@ class _Spacing:
     its own (a model asked for compact JSON writes ``{"a":1,"b":2}``)."""
 
     def __init__(self) -> None:
-        self.spaced = {":": True, ",": True}
+        self.spaced = dict(_DUMPS_SPACING)
         self._string = self._escape = False
         self._after = ""  # the ':' or ',' just written, outside a string
 
@@ -942,8 +945,7 @@ class Sampler:
         if self.grammar_active:
             if not self._allowed(token):
                 raise GrammarError("a forced token breaks the grammar")
-            self._ll.llama_sampler_accept(self._grammar, token)
-            self._spacing.feed(self._ctx.weights.token_text(token))
+            self._accept_grammar(token)
         if self._chain is not None:
             self._ll.llama_sampler_accept(self._chain, token)
 
@@ -1070,11 +1072,16 @@ class Sampler:
             self._check_budget(t0)
             ll.llama_sampler_apply(self._chain, ctypes.byref(arr))
             token = int(arr.data[arr.selected].id)
-        ll.llama_sampler_accept(self._grammar, token)
-        self._spacing.feed(self._ctx.weights.token_text(token))
+        self._accept_grammar(token)
         self._check_budget(t0)
         ll.llama_sampler_accept(self._chain, token)
         return token
+
+    def _accept_grammar(self, token: int) -> None:
+        """The grammar takes ``token`` (allowed: checked first), and the reply's spacing
+        learns from its text."""
+        self._ll.llama_sampler_accept(self._grammar, token)
+        self._spacing.feed(self._ctx.weights.token_text(token))
 
     def _check_budget(self, t0: float) -> None:
         dt = time.perf_counter() - t0

@@ -518,12 +518,12 @@ class Lookup:
                 return total >= 2 and 2 * max(seen.values()) < total
         return False
 
-    def labelled(self, text: bytes) -> bytes:
-        """The prompt's text after the label of the JSON key that ``text`` ends on, as a
-        value's start (``ada@example.org. Phone: +44…`` after ``"email": "`` where the
-        document says ``Email: ada@example.org. Phone: +44…``), to its line's end; empty
-        where ``text`` ends on no key, or the prompt has no such label."""
-        m = _KEY_AT_END.search(text[-64:])
+    def labelled(self, after: bytes) -> bytes:
+        """The prompt's text after the label of the JSON key that the text so far, then
+        ``after``, ends on as a value's start (``ada@example.org. Phone: +44…`` after
+        ``"email": "`` where the document says ``Email: ada@example.org. Phone: +44…``),
+        to its line's end; empty where no key ends it, or the prompt has no such label."""
+        m = _KEY_AT_END.search((bytes(self.text[-64:]) + after)[-64:])
         if m is None or not self.n_prompt or len(self.ends) < self.n_prompt:
             return b""
         key = m.group(1)
@@ -743,10 +743,12 @@ class Speculation:
 
     def extend(self, tokens: Sequence[int]) -> None:
         """Tokens the sequence took this step (accepted guesses and the new one)."""
-        if self.lookup is not None:
-            self.lookup.extend(tokens)
-        if self.expect and self.lookup is not None and self.lookup.text_of is not None:
-            text = b"".join(map(self.lookup.text_of, tokens))
+        if self.lookup is None:
+            return
+        n = len(self.lookup.text)
+        self.lookup.extend(tokens)
+        if self.expect:  # set only where the lookup keeps the text (text_of)
+            text = bytes(self.lookup.text[n:])
             self.expect = self.expect[len(text) :] if self.expect.startswith(text) else b""
             self._open = max(0, self._open - len(text)) if self.expect else 0
 
@@ -821,7 +823,7 @@ class Speculation:
             return "ngram", forced, []
         if self.tokenize is not None and lookup.text_of is not None:
             text = b"".join(map(lookup.text_of, forced))
-            if value := lookup.labelled(bytes(lookup.text[-64:]) + text):
+            if value := lookup.labelled(text):
                 closed, rest = self._chain(text, value)
                 self.expect, self._open = closed + rest, len(closed)
                 tokens = self.tokenize(self.expect.decode("utf-8", "ignore"))
@@ -851,7 +853,7 @@ class Speculation:
             if closed is None:  # not in a string, or its end not allowed here
                 break
             text += value[: m.start()] + b'"' + closed.encode()
-            value = lookup.labelled(bytes(lookup.text[-64:]) + text)
+            value = lookup.labelled(text)
         return text, value
 
     def _guess(
